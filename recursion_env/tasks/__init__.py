@@ -1,0 +1,128 @@
+"""Puzzle tasks: ``make_task(name, **kw)`` and saved datasets.
+
+Every task has ``name``, ``seq_len``, ``vocab_size`` and ``generate(n, seed)``, ``verify(inputs, answers)``,
+``rule_score`` (the label-free fraction of rules satisfied), ``parse``/``format``/``to_line``, ``augment``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .base import PuzzleBatch, Task
+from .maze import MazeTask
+from .nqueens import NQueensTask
+from .sudoku import SudokuTask
+
+TASKS: dict[str, type[Task]] = {"sudoku": SudokuTask, "maze": MazeTask, "nqueens": NQueensTask}
+DATASET_VERSION = 1
+
+
+def make_task(name: str, **kwargs) -> Task:
+    """Build a task by name: ``sudoku`` (size, box, min_givens, max_givens), ``maze`` (size, loop_fraction,
+    min_path) or ``nqueens`` (board, min_given, max_given)."""
+    try:
+        cls = TASKS[name.lower().replace("-", "")]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}") from None
+    if "box" in kwargs and kwargs["box"] is not None:
+        kwargs["box"] = tuple(kwargs["box"])
+    return cls(**kwargs)
+
+
+def build_dataset(task: Task, n: int, seed: int, chunk: int = 500, progress: bool = False) -> PuzzleBatch:
+    """``n`` puzzles in chunks of ``chunk``; chunk ``k`` is ``task.generate(chunk, seed=[seed, k])``, so a
+    dataset is reproducible from (task, n, seed, chunk) and shows a progress bar while it builds."""
+    from tqdm import tqdm
+
+    parts = []
+    with tqdm(total=n, desc=f"generating {task.name}", unit="puzzle", disable=not progress) as bar:
+        for k, start in enumerate(range(0, n, chunk)):
+            parts.append(task.generate(min(chunk, n - start), seed=[seed, k]))
+            bar.update(len(parts[-1]))
+    if not parts:
+        raise ValueError(f"build_dataset: n must be positive, got {n}")
+    return PuzzleBatch.concat(parts)
+
+
+def save_dataset(path, task: Task, batch: PuzzleBatch, seed=None) -> Path:
+    """Write ``batch`` as ``.npz`` with a JSON header (task, kwargs, seed, version, n). Atomic: written to a
+    temporary file in the same folder, then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"task": task.name, "kwargs": task.kwargs, "seed": seed, "version": DATASET_VERSION,
+              "n": len(batch), "seq_len": task.seq_len, "vocab_size": task.vocab_size}
+    arrays = {"inputs": batch.inputs, "labels": batch.labels,
+              "header": np.asarray(json.dumps(header))}
+    for k, v in batch.meta.items():
+        if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == len(batch) and v.dtype.kind in "biufU":
+            arrays[f"meta_{k}"] = v
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_dataset(path) -> tuple[Task, PuzzleBatch, dict]:
+    """Read a dataset written by :func:`save_dataset`: returns (task, batch, header). Never unpickles."""
+    path = Path(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable .npz dataset ({e})") from None
+    with data:
+        if "header" not in data or "inputs" not in data or "labels" not in data:
+            raise ValueError(f"{path}: missing 'header', 'inputs' or 'labels'; found {sorted(data.files)}")
+        header = json.loads(str(data["header"]))
+        if header.get("version") != DATASET_VERSION:
+            raise ValueError(f"{path}: dataset version {header.get('version')} is not {DATASET_VERSION}")
+        task = make_task(header["task"], **header["kwargs"])
+        meta = {k[5:]: data[k] for k in data.files if k.startswith("meta_")}
+        batch = PuzzleBatch(task.name, data["inputs"], data["labels"], meta)
+    if batch.inputs.shape[1] != task.seq_len:
+        raise ValueError(f"{path}: rows have {batch.inputs.shape[1]} cells, task {task!r} needs {task.seq_len}")
+    task.check_tokens(batch.inputs, f"{path}: inputs")
+    task.check_tokens(batch.labels, f"{path}: labels")
+    return task, batch, header
+
+
+def load_puzzles(path, task: Task | None = None) -> tuple[Task, PuzzleBatch]:
+    """Load puzzles from any supported file: a saved ``.npz`` dataset, a Sudoku-Extreme style ``.csv``
+    (``source,question,answer,rating``), or a text file of puzzle lines for ``task`` (labels by solver for
+    Sudoku; zeros elsewhere, where only the verifier can judge)."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file")
+    if path.suffix == ".npz":
+        loaded_task, batch, _ = load_dataset(path)
+        if task is not None and (task.name, task.seq_len) != (loaded_task.name, loaded_task.seq_len):
+            raise ValueError(f"{path}: holds {loaded_task!r}, expected {task!r}")
+        return loaded_task, batch
+    if task is None:
+        task = make_task("sudoku", size=9)
+    if path.suffix == ".csv":
+        if not isinstance(task, SudokuTask):
+            raise ValueError(f"{path}: CSV files are read for sudoku only, not {task.name}")
+        return task, task.read_csv(path)
+    if isinstance(task, SudokuTask):
+        return task, task.read_puzzles(path)
+    inputs = task.read_lines(path)
+    if isinstance(task, MazeTask):
+        labels = np.stack([task.canonical_path(x) for x in inputs]) if len(inputs) else np.zeros_like(inputs)
+        return task, PuzzleBatch(task.name, inputs, labels, {})
+    # N-Queens completions are not unique: no label, the verifier judges
+    return task, PuzzleBatch(task.name, inputs, np.zeros_like(inputs), {"labels_known": False})
+
+
+__all__ = ["Task", "PuzzleBatch", "SudokuTask", "MazeTask", "NQueensTask", "TASKS", "make_task",
+           "build_dataset", "save_dataset", "load_dataset", "load_puzzles"]
