@@ -87,11 +87,17 @@ class Task:
     def generate(self, n: int, seed) -> PuzzleBatch:
         raise NotImplementedError
 
-    def rule_score(self, inputs: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    def rule_context(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """Per-puzzle facts :meth:`rule_score` needs that depend on the puzzle alone (computed once per reset
+        by the MDP core); ``None`` when there are none. A tensor whose first axis is the batch."""
+        return None
+
+    def rule_score(self, inputs: torch.Tensor, answers: torch.Tensor, context=None) -> torch.Tensor:
         """Fraction of the task's rule constraints that ``answers`` satisfies, ``float32 [n]`` in [0, 1].
 
         Label-free; equals 1 exactly when the answer solves the puzzle (givens kept are checked separately by
-        :meth:`verify`, the MDP core keeps them by construction).
+        :meth:`verify`, the MDP core keeps them by construction). ``context`` is :meth:`rule_context` of
+        ``inputs``, recomputed when not given.
         """
         raise NotImplementedError
 

@@ -146,7 +146,10 @@ class MazeTask(Task):
             reach = new_reach
         return length
 
-    def rule_score(self, inputs: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    def rule_context(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.shortest_length(inputs)
+
+    def rule_score(self, inputs: torch.Tensor, answers: torch.Tensor, context=None) -> torch.Tensor:
         """Fraction satisfied of: each path cell has exactly two path/S/G neighbours, S and G exactly one,
         no wall/S/G token on an open cell, and the path has the shortest length. All hold iff the answer
         marks a shortest S→G path (the degree rules leave one S–G path plus cycles; the length rules out
@@ -163,7 +166,7 @@ class MazeTask(Task):
         ok_ends = (ends & (degree == 1)).sum(-1)
         open_in = inputs.reshape(-1, n * n) == OPEN
         bad_token = (open_in & (flat != OPEN) & (flat != PATH)).sum(-1)
-        length = self.shortest_length(inputs)
+        length = self.shortest_length(inputs) if context is None else context
         ok_len = (is_path.sum(-1) == (length - 1)).to(torch.int64)
         total = is_path.sum(-1) + ends.sum(-1) + 1 + bad_token
         return ((ok_path + ok_ends + ok_len).to(torch.float32) / total.clamp(min=1).to(torch.float32))

@@ -81,7 +81,7 @@ class NQueensTask(Task):
             lines.append([r * b + (b - 1 - r - d) for r in range(b) if 0 <= b - 1 - r - d < b])
         return torch.tensor([ln + [self.seq_len] * (b - len(ln)) for ln in lines], dtype=torch.int64)
 
-    def rule_score(self, inputs: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    def rule_score(self, inputs: torch.Tensor, answers: torch.Tensor, context=None) -> torch.Tensor:
         """Fraction satisfied of: every row and column holds exactly one queen, every diagonal at most one,
         and no square is left undecided (one constraint per square)."""
         b = self.board

@@ -12,7 +12,6 @@ puzzle uniquely solvable.
 from __future__ import annotations
 
 import csv
-from functools import cached_property
 
 import numpy as np
 import torch
@@ -240,18 +239,18 @@ class SudokuTask(Task):
         return PuzzleBatch(self.name, inputs, labels, {"size": self.size, "box": self.box})
 
     # -- rules ------------------------------------------------------------------------------------------
-    @cached_property
-    def _units_index(self) -> torch.Tensor:
-        return torch.tensor(self.units, dtype=torch.int64)
+    def _units_on(self, device) -> torch.Tensor:
+        cache = self.__dict__.setdefault("_units_cache", {})
+        if device not in cache:
+            cache[device] = torch.tensor(self.units, dtype=torch.int64, device=device)
+        return cache[device]
 
-    def rule_score(self, inputs: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    def rule_score(self, inputs: torch.Tensor, answers: torch.Tensor, context=None) -> torch.Tensor:
         """Mean over rows, columns and boxes of (distinct digits present) / size. Blanks count as absent."""
-        units = self._units_index.to(answers.device)
-        vals = answers[..., units]  # [n, U, size]
-        onehot = torch.zeros(*vals.shape[:-1], self.size + 1, device=answers.device, dtype=torch.bool)
-        onehot.scatter_(-1, vals.clamp(0, self.size), True)
-        present = onehot[..., 1:].sum(-1).to(torch.float32)  # distinct digits per unit
-        return present.mean(-1) / self.size
+        vals = answers[..., self._units_on(answers.device)]  # [n, U, size]
+        onehot = torch.zeros(*vals.shape[:-1], self.size + 1, device=answers.device, dtype=torch.float32)
+        onehot.scatter_(-1, vals, 1.0)
+        return onehot[..., 1:].sum((-1, -2)) / (len(self.units) * self.size)
 
     # -- text -------------------------------------------------------------------------------------------
     def parse(self, text: str) -> np.ndarray:

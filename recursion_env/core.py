@@ -1,0 +1,407 @@
+"""The recursion MDP: one batched, device-agnostic torch core that owns every rule.
+
+State of each of the B puzzles: the puzzle (givens, 0 = blank), the current decoded ``answer``, the
+``latent`` ``[2, latent_len, D]`` (the answer embedding y and the reasoning latent z), the number of
+transitions taken (``step``) and the forward passes charged (``nfe``).
+
+One transition is one latent refinement: the agent hands in the next latent, its decoded answer and a halt
+flag; the core keeps the givens (it writes them back into ``answer``), charges ``nfe_per_step`` forward
+passes, and pays
+
+    r_t = S(answer_{t+1}) - S(answer_t) - lam * nfe_per_step + solve_bonus * (solved_{t+1} - solved_t)
+
+i.e. the change of the potential S + solve_bonus * [solved] minus the compute charged, so a return telescopes:
+sum r = S(final) - S(initial) + solve_bonus * [final solved] - lam * NFE (the initial answer, givens and
+blanks, is unsolved whenever the puzzle has a blank). ``S`` is the fraction of blank cells
+equal to the label (``reward_mode="label"``) or the fraction of the task's rules satisfied
+(``reward_mode="verifier"``, label-free). ``solved`` is always the rule verifier, so a different valid
+completion (N-Queens, mazes with loops) counts as solved.
+
+An episode terminates when the agent halts (or, with ``terminate_on_solve``, when it is solved) and is
+truncated after ``max_steps`` transitions. :meth:`RecursionCore.stop` ends episodes without a transition
+(no compute, zero reward): the halting controller's "halt now".
+
+The Gymnasium and TorchRL environments are thin adapters over this class; neither re-implements a rule.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .tasks import PuzzleBatch, Task, load_dataset, load_puzzles, make_task
+
+REWARD_MODES = ("label", "verifier")
+OBS_KEYS = ("puzzle", "answer", "latent", "step", "nfe")
+INFO_KEYS = ("nfe", "cell_accuracy", "solved", "score")
+ACTION_KEYS = ("latent", "answer", "halt")
+
+
+@dataclass
+class RecursionConfig:
+    """Options of the recursion MDP (the environment arguments of every adapter)."""
+
+    latent_dim: int = 64
+    #: positions of the latent; ``None`` means the puzzle length L (agents with extra slots ask for more)
+    latent_len: int | None = None
+    lam: float = 0.0
+    reward_mode: str = "label"
+    #: TRM's budget: 16 supervision steps x 3 recursions x 7 calls
+    max_steps: int = 336
+    nfe_per_step: int = 1
+    solve_bonus: float = 1.0
+    terminate_on_solve: bool = False
+
+    def __post_init__(self) -> None:
+        if self.reward_mode not in REWARD_MODES:
+            raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {self.reward_mode!r}")
+        for name in ("latent_dim", "max_steps", "nfe_per_step"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.latent_len is not None and int(self.latent_len) < 1:
+            raise ValueError(f"latent_len must be >= 1, got {self.latent_len}")
+        if not np.isfinite(self.lam) or not np.isfinite(self.solve_bonus):
+            raise ValueError("lam and solve_bonus must be finite")
+
+    @classmethod
+    def split(cls, kwargs: dict) -> tuple[RecursionConfig, dict]:
+        """Separate config options from the rest (task options) in one keyword dict."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in kwargs.items() if k in names}), {
+            k: v for k, v in kwargs.items() if k not in names}
+
+
+class StepResult(NamedTuple):
+    obs: dict[str, torch.Tensor]
+    reward: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    info: dict[str, torch.Tensor]
+
+
+class PuzzleSource:
+    """Where the core draws puzzles from: a fixed batch (a loaded dataset), or fresh generated puzzles.
+
+    Generated puzzle ``i`` is ``task.generate(1, seed=[seed, i])`` with ``i`` drawn from a 2^62 range, so every
+    reset gets a fresh puzzle that is still reproducible from the reset seed; the last ``cache_size`` are kept.
+    """
+
+    def __init__(self, task: Task, batch: PuzzleBatch | None = None, seed: int = 0, cache_size: int = 4096):
+        self.task, self.batch, self.seed, self.cache_size = task, batch, int(seed), cache_size
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        if batch is not None and len(batch) == 0:
+            raise ValueError("PuzzleSource: the dataset holds no puzzles")
+
+    def _generated(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        hit = self._cache.get(i)
+        if hit is None:
+            b = self.task.generate(1, seed=[self.seed, i])
+            hit = (b.inputs[0], b.labels[0])
+            self._cache[i] = hit
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(i)
+        return hit
+
+    def draw(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if self.batch is not None:
+            idx = rng.integers(len(self.batch), size=n)
+            return self.batch.inputs[idx], self.batch.labels[idx]
+        pairs = [self._generated(int(i)) for i in rng.integers(2**62, size=n)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def _as_tensor(value, name: str, device) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    try:
+        arr = np.asarray(value)
+    except Exception as e:  # noqa: BLE001 - anything unconvertible is a bad field
+        raise ValueError(f"action field {name!r} is not an array: {e}") from None
+    if arr.dtype == object:
+        raise ValueError(f"action field {name!r} is not a numeric array (dtype object)")
+    return torch.tensor(arr, device=device)  # a copy: the caller's array is never aliased
+
+
+class RecursionCore:
+    """B puzzles stepped together; see the module docstring for the rules.
+
+    Args:
+        task: a :class:`~recursion_env.tasks.Task` or a task name.
+        batch_size: B.
+        config: a :class:`RecursionConfig` (or pass its fields as keywords).
+        dataset: a saved ``.npz`` / Sudoku-Extreme ``.csv`` / text file, or a :class:`PuzzleBatch`, to draw from;
+            by default puzzles are generated on the fly.
+        device: where every tensor lives.
+        seed: seeds the puzzle draws (``reset(seed=...)`` re-seeds).
+    """
+
+    def __init__(self, task: Task | str = "sudoku", batch_size: int = 1, config: RecursionConfig | None = None,
+                 dataset=None, device: str | torch.device = "cpu", seed: int | None = None,
+                 generator_seed: int = 0, **overrides):
+        if isinstance(task, str):
+            task = make_task(task)
+        config = config or RecursionConfig()
+        if overrides:
+            config = RecursionConfig(**{**asdict(config), **overrides})
+        self.task, self.config = task, config
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(dataset, PuzzleBatch):
+            batch = dataset
+        elif dataset is not None:
+            _, batch = load_puzzles(dataset, task)
+        else:
+            batch = None
+        if batch is not None:
+            task.check_tokens(batch.inputs, "dataset inputs")
+        self.source = PuzzleSource(task, batch, seed=generator_seed)
+        self.seq_len = task.seq_len
+        self.latent_shape = (2, config.latent_len or task.seq_len, config.latent_dim)
+        self.rng = np.random.default_rng(seed)
+        B, L, dev = self.batch_size, self.seq_len, self.device
+        self.puzzle = torch.zeros(B, L, dtype=torch.int64, device=dev)
+        self.label = torch.zeros(B, L, dtype=torch.int64, device=dev)
+        self.givens = torch.zeros(B, L, dtype=torch.bool, device=dev)
+        self.answer = torch.zeros(B, L, dtype=torch.int64, device=dev)
+        self.latent = torch.zeros(B, *self.latent_shape, dtype=torch.float32, device=dev)
+        self.step_count = torch.zeros(B, dtype=torch.int64, device=dev)
+        self.nfe = torch.zeros(B, dtype=torch.int64, device=dev)
+        self.score = torch.zeros(B, dtype=torch.float32, device=dev)
+        self.cell_accuracy = torch.zeros(B, dtype=torch.float32, device=dev)
+        self.solved = torch.zeros(B, dtype=torch.bool, device=dev)
+        #: S + solve_bonus * [solved]; a transition's reward is the change of this potential minus the compute
+        self.potential = torch.zeros(B, dtype=torch.float32, device=dev)
+        self.accuracy_offset, self.accuracy_denominator = self._accuracy_terms(self.puzzle)
+        self.context = task.rule_context(self.puzzle)
+        # an episode that ended (or never began) must be reset before it is stepped
+        self.done = torch.ones(B, dtype=torch.bool, device=dev)
+
+    # -- scoring ----------------------------------------------------------------------------------------
+    def _evaluate(self, puzzle, label, answer, context, accuracy_offset, accuracy_denominator):
+        """(score S, cell accuracy, solved) of answers; one place for the reward's ingredients.
+
+        Labels agree with the puzzle on the givens (reset writes them in) and answers keep the givens, so the
+        correct blank cells are the equal cells minus the givens; see :meth:`_accuracy_terms`.
+        """
+        cell_acc = ((answer == label).sum(-1) - accuracy_offset) / accuracy_denominator
+        rules = self.task.rule_score(puzzle, answer, context)
+        solved = rules >= 1.0
+        score = cell_acc if self.config.reward_mode == "label" else rules
+        return score, cell_acc, solved
+
+    def _accuracy_terms(self, puzzle):
+        """(offset, denominator) with cell accuracy = (equal cells - offset) / denominator: the givens are
+        subtracted, and a puzzle without blanks scores 1."""
+        n_blank = (puzzle == 0).sum(-1)
+        offset = (self.seq_len - n_blank) - (n_blank == 0).to(torch.int64)
+        return offset, n_blank.clamp(min=1).to(torch.float32)
+
+    # -- reset ------------------------------------------------------------------------------------------
+    def seed(self, seed: int | None) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def _mask(self, mask) -> torch.Tensor | None:
+        """A validated bool mask ``[B]`` of the envs to act on; ``None`` means all of them."""
+        if mask is None:
+            return None
+        mask = torch.as_tensor(mask, device=self.device).reshape(-1)
+        if mask.dtype != torch.bool or mask.shape[0] != self.batch_size:
+            raise ValueError(f"mask must be bool [{self.batch_size}], got {mask.dtype} {tuple(mask.shape)}")
+        return mask
+
+    def _refuse_finished(self, active: torch.Tensor | None, what: str) -> None:
+        finished = self.done if active is None else self.done & active
+        if bool(finished.any()):
+            raise RuntimeError(f"{what} on a finished episode (env {finished.nonzero().reshape(-1).tolist()}); "
+                               "call reset() first")
+
+    def reset(self, mask=None, *, seed: int | None = None, puzzles=None, labels=None, latent=None):
+        """Start new episodes for the envs in ``mask`` (all by default) and return the observation of the whole
+        batch. Puzzles are drawn from the source unless given (``puzzles``/``labels`` ``[n, L]``, ``n`` the
+        number of envs reset); ``latent`` ``[n, 2, latent_len, D]`` replaces the zero initial state."""
+        if seed is not None:
+            self.seed(seed)
+        active = self._mask(mask)
+        idx = None if active is None else active.nonzero().reshape(-1)
+        n = self.batch_size if idx is None else int(idx.numel())
+        if n == 0:
+            return self.observation()
+        if puzzles is None:
+            if labels is not None:
+                raise ValueError("reset: labels given without puzzles")
+            x, y = self.source.draw(n, self.rng)
+            puzzles, labels = torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
+        else:
+            puzzles = _as_tensor(puzzles, "puzzles", self.device).to(torch.int64).reshape(n, self.seq_len)
+            labels = (torch.zeros_like(puzzles) if labels is None
+                      else _as_tensor(labels, "labels", self.device).to(torch.int64).reshape(n, self.seq_len))
+            self.task.check_tokens(puzzles, "reset puzzles")
+            self.task.check_tokens(labels, "reset labels")
+        if latent is None:
+            latent = torch.zeros(n, *self.latent_shape, device=self.device)
+        else:
+            latent = self._check_latent(latent, n, "reset latent")
+        labels = torch.where(puzzles != 0, puzzles, labels)
+        offset, denominator = self._accuracy_terms(puzzles)
+        context = self.task.rule_context(puzzles)
+        score, cell_acc, solved = self._evaluate(puzzles, labels, puzzles, context, offset, denominator)
+        zeros = torch.zeros(n, dtype=torch.int64, device=self.device)
+        updates = {"puzzle": puzzles, "givens": puzzles != 0, "label": labels, "answer": puzzles.clone(),
+                   "latent": latent, "step_count": zeros, "nfe": zeros, "score": score, "cell_accuracy": cell_acc,
+                   "solved": solved, "potential": score + self.config.solve_bonus * solved,
+                   "accuracy_offset": offset, "accuracy_denominator": denominator,
+                   "done": torch.zeros(n, dtype=torch.bool, device=self.device)}
+        if idx is None:
+            for k, v in updates.items():
+                setattr(self, k, v)
+            self.context = context
+        else:
+            for k, v in updates.items():
+                new = getattr(self, k).clone()
+                new[idx] = v
+                setattr(self, k, new)
+            if self.context is not None:
+                ctx = self.context.clone()
+                ctx[idx] = context
+                self.context = ctx
+        return self.observation()
+
+    # -- step -------------------------------------------------------------------------------------------
+    def _check_latent(self, latent, n: int, name: str) -> torch.Tensor:
+        latent = _as_tensor(latent, name, self.device)
+        if n == 1 and tuple(latent.shape) == self.latent_shape:
+            latent = latent[None]  # one env may pass its action unbatched
+        if not latent.is_floating_point():
+            raise ValueError(f"{name}: expected a floating-point tensor, got dtype {latent.dtype}")
+        if tuple(latent.shape) != (n, *self.latent_shape):
+            raise ValueError(f"{name}: expected shape {(n, *self.latent_shape)}, got {tuple(latent.shape)}")
+        latent = latent.detach().to(torch.float32)
+        # a sum is finite only if every term is; only an overflowing sum needs the element-wise check
+        if not bool(torch.isfinite(latent.sum())) and not bool(torch.isfinite(latent).all()):
+            raise ValueError(f"{name}: contains NaN or inf")
+        return latent
+
+    def check_action(self, action: Mapping) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Validate an action ``{latent [B,2,latent_len,D] float, answer [B,L] int, halt [B] int/bool}``;
+        raises ``ValueError`` naming the field. Never modifies the given arrays."""
+        if not isinstance(action, Mapping):
+            raise ValueError(f"action must be a mapping with keys {ACTION_KEYS}, got {type(action).__name__}")
+        missing = [k for k in ACTION_KEYS if k not in action]
+        if missing:
+            raise ValueError(f"action is missing field(s) {missing}; expected {ACTION_KEYS}")
+        B = self.batch_size
+        latent = self._check_latent(action["latent"], B, "action 'latent'")
+        answer = _as_tensor(action["answer"], "answer", self.device)
+        if answer.dtype.is_floating_point or answer.dtype.is_complex or answer.dtype == torch.bool:
+            raise ValueError(f"action 'answer': expected integer tokens, got dtype {answer.dtype}")
+        if B == 1 and tuple(answer.shape) == (self.seq_len,):
+            answer = answer[None]
+        if tuple(answer.shape) != (B, self.seq_len):
+            raise ValueError(f"action 'answer': expected shape {(B, self.seq_len)}, got {tuple(answer.shape)}")
+        answer = answer.to(torch.int64)
+        lo, hi = (int(v) for v in torch.aminmax(answer))
+        if lo < 0 or hi >= self.task.vocab_size:
+            raise ValueError(f"action 'answer': token out of the vocabulary [0, {self.task.vocab_size}): "
+                             f"min {lo}, max {hi}")
+        halt = action["halt"]
+        if B == 1 and isinstance(halt, (bool, int, np.bool_, np.integer)):
+            if int(halt) not in (0, 1):
+                raise ValueError(f"action 'halt': values must be 0 or 1, got {halt}")
+            return latent, answer, torch.full((1,), bool(halt), device=self.device)
+        halt = _as_tensor(halt, "halt", self.device)
+        if halt.dtype.is_floating_point or halt.dtype.is_complex:
+            raise ValueError(f"action 'halt': expected 0/1 integers or bools, got dtype {halt.dtype}")
+        if halt.numel() != B or halt.ndim > 2 or (halt.ndim == 2 and halt.shape[1] != 1):
+            raise ValueError(f"action 'halt': expected shape ({B},), got {tuple(halt.shape)}")
+        halt = halt.reshape(B)
+        if halt.dtype != torch.bool:
+            if any(int(v) not in (0, 1) for v in torch.aminmax(halt)):
+                raise ValueError("action 'halt': values must be 0 or 1")
+            halt = halt.to(torch.bool)
+        return latent, answer, halt
+
+    def step(self, action: Mapping, mask=None) -> StepResult:
+        """One transition for the envs in ``mask`` (all by default); the others keep their state and get
+        reward 0. Raises ``RuntimeError`` if a stepped env has finished (reset it first)."""
+        latent, answer, halt = self.check_action(action)
+        active = self._mask(mask)
+        self._refuse_finished(active, "step()")
+        cfg = self.config
+        answer = torch.where(self.givens, self.puzzle, answer)
+        score, cell_acc, solved = self._evaluate(self.puzzle, self.label, answer, self.context, self.accuracy_offset,
+                                                 self.accuracy_denominator)
+        potential = score + cfg.solve_bonus * solved
+        reward = potential - self.potential
+        if cfg.lam:
+            reward = reward - cfg.lam * cfg.nfe_per_step
+        step_count = self.step_count + 1
+        terminated = (halt | solved) if cfg.terminate_on_solve else halt
+        truncated = (step_count >= cfg.max_steps) & ~terminated
+        if active is None:
+            self.answer, self.latent, self.score, self.cell_accuracy, self.solved, self.potential = (
+                answer, latent, score, cell_acc, solved, potential)
+            self.step_count, self.nfe = step_count, self.nfe + cfg.nfe_per_step
+            self.done = terminated | truncated
+        else:
+            a1, a2 = active[:, None], active[:, None, None, None]
+            self.answer = torch.where(a1, answer, self.answer)
+            self.latent = torch.where(a2, latent, self.latent)
+            self.score = torch.where(active, score, self.score)
+            self.cell_accuracy = torch.where(active, cell_acc, self.cell_accuracy)
+            self.solved = torch.where(active, solved, self.solved)
+            self.potential = torch.where(active, potential, self.potential)
+            self.step_count = torch.where(active, step_count, self.step_count)
+            self.nfe = torch.where(active, self.nfe + cfg.nfe_per_step, self.nfe)
+            terminated, truncated = terminated & active, truncated & active
+            reward = torch.where(active, reward, torch.zeros_like(reward))
+            self.done = self.done | terminated | truncated
+        return StepResult(self.observation(), reward, terminated, truncated, self.info())
+
+    def stop(self, mask=None) -> StepResult:
+        """End the selected episodes now, without a transition: no compute is charged, the reward is 0."""
+        active = self._mask(mask)
+        if active is None:
+            active = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)
+        self._refuse_finished(active, "stop()")
+        self.done = self.done | active
+        zeros = torch.zeros(self.batch_size, dtype=torch.float32, device=self.device)
+        return StepResult(self.observation(), zeros, active.clone(), torch.zeros_like(active), self.info())
+
+    # -- views ------------------------------------------------------------------------------------------
+    def observation(self) -> dict[str, torch.Tensor]:
+        return {"puzzle": self.puzzle, "answer": self.answer, "latent": self.latent,
+                "step": self.step_count, "nfe": self.nfe}
+
+    def info(self) -> dict[str, torch.Tensor]:
+        return {"nfe": self.nfe, "cell_accuracy": self.cell_accuracy, "solved": self.solved, "score": self.score}
+
+    def reward_bounds(self) -> tuple[float, float]:
+        """Analytic bounds of one transition's reward: S moves by at most 1 either way, ``solved`` flips once."""
+        cost = self.config.lam * self.config.nfe_per_step
+        return -1.0 - self.config.solve_bonus - cost, 1.0 + self.config.solve_bonus - cost
+
+
+def build_core(task: Task | str, num_envs: int, dataset=None, device="cpu", seed=None, **kwargs) -> RecursionCore:
+    """Make the core from adapter arguments: task options and :class:`RecursionConfig` fields mixed. A saved
+    ``.npz`` dataset names its own task."""
+    config, task_kwargs = RecursionConfig.split(kwargs)
+    if isinstance(task, str):
+        if dataset is not None and str(dataset).endswith(".npz"):
+            loaded, batch, _ = load_dataset(dataset)
+            if loaded.name != make_task(task, **task_kwargs).name:
+                raise ValueError(f"dataset {dataset} holds {loaded.name} puzzles, not {task}")
+            task, dataset = loaded, batch
+        else:
+            task = make_task(task, **task_kwargs)
+    elif task_kwargs:
+        raise ValueError(f"task options {sorted(task_kwargs)} given with a ready task object")
+    return RecursionCore(task, num_envs, config, dataset=dataset, device=device, seed=seed)

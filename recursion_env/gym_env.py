@@ -1,0 +1,182 @@
+"""Gymnasium adapters over :class:`~recursion_env.core.RecursionCore`: one env, and a batched vector env."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from .core import INFO_KEYS, RecursionCore, build_core
+from .render import board_image, board_text
+from .tasks import Task
+
+
+def single_spaces(core: RecursionCore) -> tuple[spaces.Dict, spaces.Dict]:
+    """Observation and action space of one env, from the core's definitions."""
+    L, V, cfg = core.seq_len, core.task.vocab_size, core.config
+    tokens = spaces.MultiDiscrete(np.full(L, V, dtype=np.int64))
+    latent = spaces.Box(-np.inf, np.inf, shape=core.latent_shape, dtype=np.float32)
+    observation = spaces.Dict({
+        "puzzle": tokens,
+        "answer": tokens,
+        "latent": latent,
+        "step": spaces.Box(0, cfg.max_steps, shape=(), dtype=np.int64),
+        "nfe": spaces.Box(0, cfg.max_steps * cfg.nfe_per_step, shape=(), dtype=np.int64),
+    })
+    action = spaces.Dict({"latent": latent, "answer": tokens, "halt": spaces.Discrete(2)})
+    return observation, action
+
+
+def _numpy(obs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Fresh arrays: users keep what an env returns, so nothing may alias the core's state."""
+    return {k: np.array(v.detach().cpu().numpy()) for k, v in obs.items()}
+
+
+class RecursionGymEnv(gym.Env):
+    """Latent recursion of a TRM as a Gymnasium env: one puzzle per episode.
+
+    Registered as ``TRMRecursion-Sudoku-v0``, ``TRMRecursion-Maze-v0``, ``TRMRecursion-NQueens-v0``.
+
+    Spaces (L = ``task.seq_len``, V = ``task.vocab_size``, D = ``latent_dim``, P = ``latent_len``, default L)::
+
+        observation  Dict(puzzle: MultiDiscrete([V]*L)    the givens, 0 = blank
+                          answer: MultiDiscrete([V]*L)    the current decoded answer (givens kept)
+                          latent: Box(float32, (2, P, D)) y (answer embedding) and z (reasoning latent)
+                          step:   Box(int64, ())          transitions taken
+                          nfe:    Box(int64, ())          forward passes charged)
+        action       Dict(latent: Box(float32, (2, P, D)), answer: MultiDiscrete([V]*L), halt: Discrete(2))
+
+    Each step is one latent refinement charged ``nfe_per_step`` forward passes; the reward is the score gain
+    minus ``lam`` per forward pass, plus/minus ``solve_bonus`` when the answer becomes solved/broken (see
+    :mod:`recursion_env.core`). ``info`` carries ``nfe``, ``cell_accuracy``, ``solved``, ``score``.
+
+    Keyword args: ``task`` (name), task options (``size``, ``board``, ``min_givens``, ...), the
+    :class:`~recursion_env.core.RecursionConfig` fields (``latent_dim``, ``latent_len``, ``lam``,
+    ``reward_mode``, ``max_steps``, ``nfe_per_step``, ``solve_bonus``, ``terminate_on_solve``), ``dataset`` (a
+    saved ``.npz``, a Sudoku-Extreme ``.csv`` or a text file of puzzles), ``device``, ``render_mode``
+    (``"ansi"`` or ``"rgb_array"``). ``reset(options={"puzzle": ..., "label": ..., "latent": ...})`` starts
+    from a given puzzle and/or initial latent.
+
+    Sample rollout::
+
+        >>> import gymnasium as gym, recursion_env
+        >>> env = gym.make("TRMRecursion-Sudoku-v0", size=4, latent_dim=8)
+        >>> obs, info = env.reset(seed=0)
+        >>> obs["latent"].shape, info["solved"]
+        ((2, 16, 8), False)
+        >>> action = {"latent": obs["latent"], "answer": obs["answer"], "halt": 1}
+        >>> obs, reward, terminated, truncated, info = env.step(action)
+        >>> terminated, info["nfe"]
+        (True, 1)
+    """
+
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+
+    def __init__(self, task: Task | str = "sudoku", render_mode: str | None = None, dataset=None,
+                 device: str | torch.device = "cpu", **kwargs):
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.render_mode = render_mode
+        self.core = build_core(task, 1, dataset=dataset, device=device, **kwargs)
+        self.task = self.core.task
+        self.observation_space, self.action_space = single_spaces(self.core)
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {k: v[0] for k, v in _numpy(self.core.observation()).items()}
+
+    def _info(self) -> dict[str, Any]:
+        info = self.core.info()
+        return {"nfe": int(info["nfe"][0]), "cell_accuracy": float(info["cell_accuracy"][0]),
+                "solved": bool(info["solved"][0]), "score": float(info["score"][0])}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.core.rng = self.np_random  # one generator: Gymnasium's seeding decides the puzzle
+        options = dict(options or {})
+        unknown = set(options) - {"puzzle", "label", "latent"}
+        if unknown:
+            raise ValueError(f"reset options: unknown key(s) {sorted(unknown)}; expected puzzle, label, latent")
+        puzzle = options.get("puzzle")
+        if isinstance(puzzle, str):
+            puzzle = self.task.parse(puzzle)
+        label = options.get("label")
+        if puzzle is not None and label is None and hasattr(self.task, "solve"):
+            label = self.task.solve(puzzle)
+        latent = options.get("latent")
+        self.core.reset(
+            puzzles=None if puzzle is None else np.asarray(puzzle)[None],
+            labels=None if label is None else np.asarray(label)[None],
+            latent=None if latent is None else np.asarray(latent)[None],
+        )
+        return self._obs(), self._info()
+
+    def step(self, action):
+        res = self.core.step(action)
+        return self._obs(), float(res.reward[0]), bool(res.terminated[0]), bool(res.truncated[0]), self._info()
+
+    def render(self):
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'rgb_array'")
+            return None
+        c = self.core
+        puzzle, answer, label = c.puzzle[0].cpu().numpy(), c.answer[0].cpu().numpy(), c.label[0].cpu().numpy()
+        if self.render_mode == "ansi":
+            head = f"step {int(c.step_count[0])}  nfe {int(c.nfe[0])}  cell accuracy {float(c.cell_accuracy[0]):.3f}"
+            return head + "\n" + board_text(self.task, puzzle, answer, label) + "\n"
+        return board_image(self.task, puzzle, answer, label)
+
+
+class RecursionVectorEnv(VectorEnv):
+    """``gymnasium.make_vec("TRMRecursion-...-v0", num_envs=B)``: B envs stepped as one batch by the core
+    (no Python loop over envs). Autoreset is Gymnasium's default next-step mode: the step after an episode
+    ends resets that env (its action is ignored, its reward is 0). Same keyword args as
+    :class:`RecursionGymEnv`."""
+
+    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(self, num_envs: int = 1, task: Task | str = "sudoku", dataset=None,
+                 device: str | torch.device = "cpu", **kwargs):
+        kwargs.pop("render_mode", None)
+        self.core = build_core(task, num_envs, dataset=dataset, device=device, **kwargs)
+        self.task, self.num_envs = self.core.task, num_envs
+        self.single_observation_space, self.single_action_space = single_spaces(self.core)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._autoreset = np.zeros(num_envs, dtype=bool)
+
+    def _infos(self) -> dict[str, np.ndarray]:
+        info = _numpy(self.core.info())
+        out: dict[str, np.ndarray] = {}
+        for k in INFO_KEYS:
+            out[k] = info[k]
+            out[f"_{k}"] = np.ones(self.num_envs, dtype=bool)
+        return out
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
+        self.core.rng = self.np_random
+        self.core.reset()
+        self._autoreset[:] = False
+        return _numpy(self.core.observation()), self._infos()
+
+    def step(self, actions):
+        B = self.num_envs
+        reward = np.zeros(B, dtype=np.float64)
+        terminated = np.zeros(B, dtype=bool)
+        truncated = np.zeros(B, dtype=bool)
+        reset_mask = torch.as_tensor(self._autoreset, device=self.core.device)
+        if self._autoreset.any():
+            self.core.reset(reset_mask)
+        if not self._autoreset.all():
+            res = self.core.step(actions, mask=None if not self._autoreset.any() else ~reset_mask)
+            reward = res.reward.cpu().numpy().astype(np.float64)
+            terminated = res.terminated.cpu().numpy()
+            truncated = res.truncated.cpu().numpy()
+        self._autoreset = terminated | truncated
+        return _numpy(self.core.observation()), reward, terminated, truncated, self._infos()

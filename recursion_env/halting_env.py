@@ -1,0 +1,194 @@
+"""Model-in-the-loop halting: the env runs a recursion policy; the agent only decides when to stop.
+
+A *recursion policy* is anything with this small interface (a trained TRM plugs in through an adapter in
+``agents``; :class:`TinyRecursionPolicy` is the untrained default)::
+
+    latent_shape: tuple[int, int, int]             # (2, latent_len, D)
+    nfe_per_step: int                              # forward passes one step costs
+    initial_latent(puzzle [B, L] int64) -> [B, 2, latent_len, D]
+    step(puzzle, latent) -> RecursionOutput(latent, logits [B, L, V], halt_logit [B] or None)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from .core import RecursionCore, build_core
+from .render import board_image, board_text
+from .tasks import Task
+
+
+class RecursionOutput(NamedTuple):
+    latent: torch.Tensor
+    logits: torch.Tensor
+    halt_logit: torch.Tensor | None
+
+
+@runtime_checkable
+class RecursionPolicy(Protocol):
+    latent_shape: tuple[int, int, int]
+    nfe_per_step: int
+
+    def initial_latent(self, puzzle: torch.Tensor) -> torch.Tensor: ...
+
+    def step(self, puzzle: torch.Tensor, latent: torch.Tensor) -> RecursionOutput: ...
+
+
+class TinyRecursionPolicy(nn.Module):
+    """A small untrained recursion policy so the halting env works out of the box: one shared per-cell MLP
+    f, ``z = f(x + y + z)`` then ``y = f(y + z)`` (2 forward passes a step), logits read from y."""
+
+    def __init__(self, seq_len: int, vocab_size: int, latent_dim: int = 32, seed: int = 0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.latent_shape = (2, seq_len, latent_dim)
+        self.nfe_per_step = 2
+        self.embed = nn.Embedding(vocab_size, latent_dim)
+        self.f = nn.Sequential(nn.Linear(latent_dim, latent_dim), nn.GELU(), nn.Linear(latent_dim, latent_dim))
+        self.head = nn.Linear(latent_dim, vocab_size)
+        self.halt_head = nn.Linear(latent_dim, 1)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+    def initial_latent(self, puzzle: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(puzzle.shape[0], *self.latent_shape, device=puzzle.device)
+
+    @torch.no_grad()
+    def step(self, puzzle: torch.Tensor, latent: torch.Tensor) -> RecursionOutput:
+        x = self.embed(puzzle)
+        y, z = latent[:, 0], latent[:, 1]
+        z = torch.tanh(self.f(x + y + z))
+        y = torch.tanh(self.f(y + z))
+        return RecursionOutput(torch.stack([y, z], 1), self.head(y), self.halt_head(y).mean((1, 2)))
+
+
+FEATURES = ("step_fraction", "answer_entropy", "changed_fraction", "max_prob_gain", "halt_logit")
+
+
+class RecursionHaltingEnv(gym.Env):
+    """Registered as ``TRMHalting-Sudoku-v0``: learn *when to stop* a recursion policy.
+
+    Spaces::
+
+        observation  Box(float32, (5,)): step fraction [0, 1], mean answer entropy over blank cells / log V
+                     [0, 1], fraction of blank cells changed by the last step [0, 1], mean max-probability
+                     gain of the last step [-1, 1], the policy's halting logit clipped to [-20, 20] (0 if none)
+        action       Discrete(2): 0 = run one more recursion step, 1 = halt now
+
+    Continuing runs one policy step through the recursion core (charged the policy's ``nfe_per_step``);
+    halting ends the episode without compute (:meth:`RecursionCore.stop`). Rewards are the core's:
+    score gain - lam * NFE + solve bonus. The episode is truncated after ``max_steps`` policy steps.
+    ``info`` carries ``nfe``, ``cell_accuracy``, ``solved``, ``score``.
+
+    Keyword args: ``task``, task options, ``policy`` (a :class:`RecursionPolicy`; default an untrained
+    :class:`TinyRecursionPolicy`), ``max_steps`` (default 16), ``lam``, ``reward_mode``, ``solve_bonus``,
+    ``dataset``, ``device``, ``render_mode`` (``"ansi"``/``"rgb_array"``).
+
+    Sample rollout::
+
+        >>> import gymnasium as gym, recursion_env
+        >>> env = gym.make("TRMHalting-Sudoku-v0", size=4)
+        >>> obs, info = env.reset(seed=0)
+        >>> obs, reward, terminated, truncated, info = env.step(0)  # one recursion step
+        >>> info["nfe"]
+        2
+        >>> env.step(1)[2]  # halt: terminated
+        True
+    """
+
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+
+    def __init__(self, task: Task | str = "sudoku", policy: RecursionPolicy | None = None,
+                 render_mode: str | None = None, dataset=None, device: str | torch.device = "cpu",
+                 max_steps: int = 16, policy_seed: int = 0, **kwargs):
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
+        for k in ("latent_dim", "latent_len", "nfe_per_step"):
+            if k in kwargs:
+                raise ValueError(f"{k} is set by the policy in the halting env, not passed")
+        self.render_mode = render_mode
+        probe = build_core(task, 1, dataset=dataset, device=device, **kwargs)  # resolves the task
+        if policy is None:
+            policy = TinyRecursionPolicy(probe.seq_len, probe.task.vocab_size, seed=policy_seed).to(probe.device)
+        if not isinstance(policy, RecursionPolicy):
+            raise ValueError("policy must offer latent_shape, nfe_per_step, initial_latent() and step()")
+        self.policy = policy
+        _, latent_len, latent_dim = policy.latent_shape
+        self.core: RecursionCore = build_core(
+            probe.task, 1, dataset=probe.source.batch, device=device, max_steps=max_steps,
+            nfe_per_step=policy.nfe_per_step, latent_len=latent_len, latent_dim=latent_dim,
+            **{k: v for k, v in kwargs.items() if k in ("lam", "reward_mode", "solve_bonus", "terminate_on_solve")})
+        self.task = self.core.task
+        self.max_steps = max_steps
+        low = np.array([0, 0, 0, -1, -20], dtype=np.float32)
+        high = np.array([1, 1, 1, 1, 20], dtype=np.float32)
+        self.observation_space = spaces.Box(low, high, dtype=np.float32)
+        self.action_space = spaces.Discrete(2)
+        self._features = np.zeros(5, dtype=np.float32)
+        self._probs: torch.Tensor | None = None
+        self._changed: torch.Tensor | None = None
+
+    def _info(self) -> dict:
+        info = self.core.info()
+        return {"nfe": int(info["nfe"][0]), "cell_accuracy": float(info["cell_accuracy"][0]),
+                "solved": bool(info["solved"][0]), "score": float(info["score"][0])}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.core.rng = self.np_random
+        x, y = self.core.source.draw(1, self.core.rng)
+        puzzle = torch.from_numpy(x).to(self.core.device)
+        self.core.reset(puzzles=puzzle, labels=y, latent=self.policy.initial_latent(puzzle))
+        V = self.task.vocab_size
+        self._probs = torch.full((1, self.task.seq_len, V), 1.0 / V, device=self.core.device)
+        self._changed = None
+        self._features = np.array([0.0, 1.0, 0.0, 0.0, 0.0], dtype=np.float32)
+        return self._features.copy(), self._info()
+
+    def step(self, action):
+        if not self.action_space.contains(action):
+            raise ValueError(f"action must be 0 (continue) or 1 (halt), got {action!r}")
+        if int(action) == 1:
+            self.core.stop()
+            return self._features.copy(), 0.0, True, False, self._info()
+        core = self.core
+        before = core.answer
+        out = self.policy.step(core.puzzle, core.latent)
+        res = core.step({"latent": out.latent, "answer": out.logits.argmax(-1), "halt": 0})
+        blank = (core.puzzle == 0).float()
+        n_blank = blank.sum().clamp(min=1)
+        probs = out.logits.float().softmax(-1)
+        entropy = -(probs * probs.clamp(min=1e-12).log()).sum(-1) / math.log(self.task.vocab_size)
+        self._changed = (core.answer != before)
+        gain = probs.max(-1).values - self._probs.max(-1).values
+        self._probs = probs
+        halt_logit = 0.0 if out.halt_logit is None else float(out.halt_logit.reshape(-1)[0].clamp(-20, 20))
+        self._features = np.array([
+            int(core.step_count[0]) / self.max_steps,
+            float((entropy * blank).sum() / n_blank),
+            float((self._changed.float() * blank).sum() / n_blank),
+            float((gain * blank).sum() / n_blank),
+            halt_logit,
+        ], dtype=np.float32).clip(self.observation_space.low, self.observation_space.high)
+        return (self._features.copy(), float(res.reward[0]), bool(res.terminated[0]), bool(res.truncated[0]),
+                self._info())
+
+    def render(self):
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'rgb_array'")
+            return None
+        c = self.core
+        puzzle, answer, label = c.puzzle[0].cpu().numpy(), c.answer[0].cpu().numpy(), c.label[0].cpu().numpy()
+        if self.render_mode == "ansi":
+            feats = "  ".join(f"{k} {v:.3f}" for k, v in zip(FEATURES, self._features))
+            return f"nfe {int(c.nfe[0])}  {feats}\n{board_text(self.task, puzzle, answer, label)}\n"
+        changed = None if self._changed is None else self._changed[0].cpu().numpy()
+        return board_image(self.task, puzzle, answer, label, changed=changed)

@@ -1,0 +1,387 @@
+"""The recursion MDP: core rules (property tests), Gymnasium / vector / TorchRL adapters, halting env."""
+
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import recursion_env  # noqa: F401  (registers the env ids)
+from recursion_env import RecursionCore, RecursionGymEnv, make_task
+from recursion_env.torchrl_env import RecursionTorchRLEnv
+
+SUDOKU4 = make_task("sudoku", size=4)
+D = 8
+
+
+def random_action(core: RecursionCore, rng: np.random.Generator, halt_p: float = 0.1, label_p: float = 0.2):
+    B, V = core.batch_size, core.task.vocab_size
+    answer = rng.integers(0, V, size=(B, core.seq_len))
+    use_label = rng.random(B) < label_p  # sometimes solve, sometimes break it again
+    answer[use_label] = core.label.numpy()[use_label]
+    return {
+        "latent": torch.tensor(rng.normal(size=(B, *core.latent_shape)), dtype=torch.float32),
+        "answer": torch.tensor(answer),
+        "halt": torch.tensor(rng.random(B) < halt_p, dtype=torch.int64),
+    }
+
+
+def snapshot(core: RecursionCore):
+    return {k: getattr(core, k).clone() for k in
+            ("puzzle", "answer", "latent", "step_count", "nfe", "score", "solved", "done", "potential")}
+
+
+# -- property tests of the core ------------------------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), mode=st.sampled_from(["label", "verifier"]),
+       lam=st.floats(0, 0.1), bonus=st.floats(0, 2), nfe_per_step=st.integers(1, 21),
+       task=st.sampled_from([("sudoku", {"size": 4}), ("maze", {"size": 5}), ("nqueens", {"board": 5})]))
+def test_return_telescopes(seed, mode, lam, bonus, nfe_per_step, task):
+    """1: sum r = S(final) - S(initial) + bonus * ([solved final] - [solved initial]) - lam * NFE."""
+    core = RecursionCore(make_task(task[0], **task[1]), batch_size=4, latent_dim=D, reward_mode=mode, lam=lam,
+                         solve_bonus=bonus, nfe_per_step=nfe_per_step, max_steps=12, seed=seed)
+    rng = np.random.default_rng(seed)
+    core.reset()
+    s0, solved0 = core.score.clone(), core.solved.clone().float()
+    total = torch.zeros(4, dtype=torch.float64)
+    alive = torch.ones(4, dtype=torch.bool)
+    while alive.any():
+        res = core.step(random_action(core, rng), mask=alive)
+        total += res.reward.double()
+        alive &= ~(res.terminated | res.truncated)
+    expected = (core.score - s0).double() + bonus * (core.solved.float() - solved0).double() - lam * core.nfe.double()
+    assert torch.allclose(total, expected, atol=1e-4)
+    assert (core.nfe == core.step_count * nfe_per_step).all()  # 4
+    assert (core.step_count <= 12).all()
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), max_steps=st.integers(1, 8), k=st.integers(1, 5))
+def test_nfe_accounting_and_truncation_exactly_at_max_steps(seed, max_steps, k):
+    """4: nfe == step * nfe_per_step; truncation exactly at max_steps, never beyond."""
+    core = RecursionCore(SUDOKU4, batch_size=3, latent_dim=D, max_steps=max_steps, nfe_per_step=k, seed=seed)
+    core.reset()
+    rng = np.random.default_rng(seed)
+    for t in range(1, max_steps + 1):
+        res = core.step(random_action(core, rng, halt_p=0.0, label_p=0.0))
+        assert (res.obs["step"] == t).all() and (res.obs["nfe"] == t * k).all()
+        assert res.truncated.tolist() == [t == max_steps] * 3
+        assert not res.terminated.any()
+    with pytest.raises(RuntimeError, match="finished episode"):
+        core.step(random_action(core, rng))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), mode=st.sampled_from(["label", "verifier"]), lam=st.floats(0, 1),
+       bonus=st.floats(0, 5), k=st.integers(1, 10))
+def test_reward_within_analytic_bounds(seed, mode, lam, bonus, k):
+    """5."""
+    core = RecursionCore(SUDOKU4, batch_size=8, latent_dim=D, reward_mode=mode, lam=lam, solve_bonus=bonus,
+                         nfe_per_step=k, seed=seed)
+    core.reset()
+    low, high = core.reward_bounds()
+    rng = np.random.default_rng(seed)
+    for _ in range(6):
+        res = core.step(random_action(core, rng, halt_p=0.0, label_p=0.5))
+        assert (res.reward >= low - 1e-5).all() and (res.reward <= high + 1e-5).all()
+
+
+@pytest.mark.parametrize("mode", ["label", "verifier"])
+@pytest.mark.parametrize("task", [("sudoku", {"size": 6}), ("maze", {"size": 7}), ("nqueens", {"board": 6})])
+def test_label_answer_is_solved(mode, task):
+    """6: submitting the label gives solved, verify true, score 1."""
+    t = make_task(task[0], **task[1])
+    core = RecursionCore(t, batch_size=5, latent_dim=D, reward_mode=mode, seed=1)
+    core.reset()
+    res = core.step({"latent": core.latent, "answer": core.label, "halt": torch.ones(5, dtype=torch.int64)})
+    assert res.info["solved"].all() and torch.allclose(res.info["score"], torch.ones(5))
+    assert torch.allclose(res.info["cell_accuracy"], torch.ones(5))
+    assert t.verify(core.puzzle.numpy(), res.obs["answer"].numpy()).all()
+    assert res.terminated.all()
+
+
+def test_batched_core_equals_single_envs():
+    """7: B puzzles in one core == B cores of one, stepped with the same actions."""
+    B = 6
+    batch = SUDOKU4.generate(B, 3)
+    big = RecursionCore(SUDOKU4, batch_size=B, latent_dim=D, lam=0.01, max_steps=5)
+    big.reset(puzzles=batch.inputs, labels=batch.labels)
+    singles = [RecursionCore(SUDOKU4, batch_size=1, latent_dim=D, lam=0.01, max_steps=5) for _ in range(B)]
+    for i, c in enumerate(singles):
+        c.reset(puzzles=batch.inputs[i:i + 1], labels=batch.labels[i:i + 1])
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        action = random_action(big, rng, halt_p=0.0)
+        res = big.step(action)
+        for i, c in enumerate(singles):
+            r1 = c.step({k: v[i:i + 1] for k, v in action.items()})
+            for key in res.obs:
+                assert torch.equal(r1.obs[key][0], res.obs[key][i]), key
+            assert torch.allclose(r1.reward[0], res.reward[i])
+            assert r1.truncated[0] == res.truncated[i] and r1.terminated[0] == res.terminated[i]
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_givens_never_change_and_actions_are_not_mutated(seed):
+    """8."""
+    core = RecursionCore(SUDOKU4, batch_size=4, latent_dim=D, seed=seed)
+    obs = core.reset()
+    puzzle = obs["puzzle"].clone()
+    givens = puzzle != 0
+    rng = np.random.default_rng(seed)
+    for _ in range(5):
+        action = random_action(core, rng, halt_p=0.0)
+        before = {k: v.clone() for k, v in action.items()}
+        res = core.step(action)
+        for k in action:
+            assert torch.equal(action[k], before[k])
+        assert torch.equal(res.obs["answer"][givens], puzzle[givens])
+        assert torch.equal(res.obs["puzzle"], puzzle)
+
+
+def test_reset_with_given_latent_and_stop():
+    core = RecursionCore(SUDOKU4, batch_size=2, latent_dim=D, seed=0, lam=0.5)
+    init = torch.randn(2, *core.latent_shape)
+    obs = core.reset(latent=init)
+    assert torch.equal(obs["latent"], init)
+    res = core.stop(mask=torch.tensor([True, False]))
+    assert res.terminated.tolist() == [True, False] and (res.reward == 0).all() and (core.nfe == 0).all()
+    with pytest.raises(RuntimeError, match=r"finished episode \(env \[0\]\)"):
+        core.step({"latent": init, "answer": core.answer, "halt": torch.zeros(2, dtype=torch.int64)})
+    core.reset(mask=torch.tensor([True, False]))
+    assert not core.done.any()
+
+
+# -- bad input -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("latent", torch.zeros(2, 2, 16, D + 1), "action 'latent': expected shape"),
+    ("latent", torch.zeros(2, 2, 16, D, dtype=torch.int64), "action 'latent': expected a floating-point"),
+    ("latent", torch.full((2, 2, 16, D), float("nan")), "action 'latent': contains NaN or inf"),
+    ("latent", torch.full((2, 2, 16, D), float("inf")), "action 'latent': contains NaN or inf"),
+    ("answer", torch.zeros(2, 15, dtype=torch.int64), "action 'answer': expected shape"),
+    ("answer", torch.zeros(2, 16), "action 'answer': expected integer tokens"),
+    ("answer", torch.full((2, 16), 5), "action 'answer': token out of the vocabulary"),
+    ("answer", torch.full((2, 16), -1), "action 'answer': token out of the vocabulary"),
+    ("halt", torch.tensor([0, 2]), "action 'halt': values must be 0 or 1"),
+    ("halt", torch.tensor([0.0, 1.0]), "action 'halt': expected 0/1 integers"),
+    ("halt", torch.tensor([0, 1, 0]), "action 'halt': expected shape"),
+])
+def test_bad_actions_raise_and_leave_state_unchanged(field, value, message):
+    core = RecursionCore(SUDOKU4, batch_size=2, latent_dim=D, seed=0)
+    core.reset()
+    action = {"latent": torch.zeros(2, *core.latent_shape), "answer": core.answer.clone(),
+              "halt": torch.zeros(2, dtype=torch.int64)}
+    action[field] = value
+    state = snapshot(core)
+    with pytest.raises(ValueError, match=message):
+        core.step(action)
+    for k, v in state.items():
+        assert torch.equal(getattr(core, k), v), k
+
+
+def test_missing_action_field_and_bad_reset_input():
+    core = RecursionCore(SUDOKU4, batch_size=1, latent_dim=D, seed=0)
+    core.reset()
+    with pytest.raises(ValueError, match=r"missing field\(s\) \['halt'\]"):
+        core.step({"latent": core.latent, "answer": core.answer})
+    with pytest.raises(ValueError, match="reset latent: contains NaN"):
+        core.reset(latent=torch.full((1, *core.latent_shape), float("nan")))
+    with pytest.raises(ValueError, match="reset puzzles: token out of the vocabulary"):
+        core.reset(puzzles=np.full((1, 16), 9))
+    with pytest.raises(ValueError, match="reward_mode must be one of"):
+        RecursionCore(SUDOKU4, reward_mode="magic")
+
+
+# -- Gymnasium ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env_id, kw", [("TRMRecursion-Sudoku-v0", {"size": 4}), ("TRMRecursion-Maze-v0", {"size": 5}),
+                                        ("TRMRecursion-NQueens-v0", {"board": 5})])
+@pytest.mark.parametrize("render_mode", ["ansi", "rgb_array"])
+def test_gymnasium_env_checker_and_render(env_id, kw, render_mode):
+    from gymnasium.utils.env_checker import check_env
+
+    env = gym.make(env_id, latent_dim=D, render_mode=render_mode, **kw)
+    check_env(env.unwrapped, skip_render_check=False)
+    env.reset(seed=0)
+    frame = env.render()
+    if render_mode == "ansi":
+        assert "[" in frame and "nfe 0" in frame
+    else:
+        assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_gym_observations_lie_in_space_and_seeding_is_deterministic(seed):
+    """2 and 3."""
+    env = gym.make("TRMRecursion-Sudoku-v0", size=4, latent_dim=D, max_steps=4)
+    obs, info = env.reset(seed=seed)
+    obs2, _ = env.reset(seed=seed)
+    assert all(np.array_equal(obs[k], obs2[k]) for k in obs)
+    other, _ = env.reset(seed=seed + 1)
+    env.reset(seed=seed)
+    assert env.observation_space.contains(obs)
+    assert set(info) == {"nfe", "cell_accuracy", "solved", "score"}
+    env.action_space.seed(seed)
+    done = False
+    while not done:
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        assert env.observation_space.contains(obs)
+        done = terminated or truncated
+    assert obs["step"] <= 4
+
+
+def test_different_seeds_give_different_puzzles():
+    env = gym.make("TRMRecursion-Sudoku-v0", size=6, latent_dim=D)
+    puzzles = {env.reset(seed=s)[0]["puzzle"].tobytes() for s in range(20)}
+    assert len(puzzles) == 20
+
+
+def test_gym_env_refuses_bad_actions_and_stepping_finished_episode():
+    env = gym.make("TRMRecursion-Sudoku-v0", size=4, latent_dim=D)
+    obs, _ = env.reset(seed=0)
+    with pytest.raises(ValueError, match="action 'answer': expected shape"):
+        env.step({"latent": obs["latent"], "answer": obs["answer"][:5], "halt": 0})
+    with pytest.raises(ValueError, match="action 'halt': values must be 0 or 1"):
+        env.step({"latent": obs["latent"], "answer": obs["answer"], "halt": 3})
+    action = {"latent": obs["latent"], "answer": obs["answer"], "halt": 1}
+    before = {k: np.copy(v) for k, v in action.items()}
+    _, _, terminated, _, _ = env.step(action)
+    assert terminated and all(np.array_equal(action[k], before[k]) for k in action)
+    with pytest.raises(RuntimeError, match="finished episode"):
+        env.unwrapped.step(action)
+
+
+def test_gym_reset_with_text_puzzle_and_dataset_file(tmp_path):
+    env = RecursionGymEnv("sudoku", size=4, latent_dim=D)
+    obs, info = env.reset(options={"puzzle": "1...." "..3" ".4...." "2."})
+    assert obs["puzzle"][0] == 1 and not info["solved"]
+    from recursion_env.tasks import save_dataset
+
+    batch = SUDOKU4.generate(3, 0)
+    path = save_dataset(tmp_path / "d.npz", SUDOKU4, batch)
+    env = gym.make("TRMRecursion-Sudoku-v0", dataset=str(path), latent_dim=D)
+    obs, _ = env.reset(seed=0)
+    assert any(np.array_equal(obs["puzzle"], x) for x in batch.inputs)
+    with pytest.raises(ValueError, match="holds sudoku puzzles, not maze"):
+        gym.make("TRMRecursion-Maze-v0", dataset=str(path))
+
+
+def test_gym_make_in_fresh_interpreter():
+    code = ("import gymnasium as gym; env = gym.make('recursion_env:TRMRecursion-Sudoku-v0', size=4); "
+            "obs, _ = env.reset(seed=0); print(obs['puzzle'].shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "(16,)" in out.stdout
+
+
+def test_make_vec_is_batched_and_autoresets_next_step():
+    env = gym.make_vec("TRMRecursion-Sudoku-v0", num_envs=4, size=4, latent_dim=D, max_steps=2)
+    assert isinstance(env, recursion_env.RecursionVectorEnv)
+    obs, info = env.reset(seed=0)
+    assert obs["latent"].shape == (4, 2, 16, D) and info["nfe"].tolist() == [0] * 4
+    action = {"latent": obs["latent"], "answer": obs["answer"], "halt": np.array([1, 0, 0, 0])}
+    obs, reward, terminated, truncated, info = env.step(action)
+    assert terminated.tolist() == [True, False, False, False] and obs["step"].tolist() == [1] * 4
+    obs, reward, terminated, truncated, info = env.step({**action, "halt": np.zeros(4, dtype=np.int64)})
+    assert obs["step"].tolist() == [0, 2, 2, 2]  # env 0 was reset, its action ignored
+    assert reward[0] == 0 and truncated.tolist() == [False, True, True, True]
+    assert env.observation_space.contains(obs)
+
+
+# -- TorchRL ---------------------------------------------------------------------------------------------------
+
+
+def test_torchrl_specs_rollout_and_collector():
+    from torchrl.envs.utils import RandomPolicy, check_env_specs
+
+    try:
+        from torchrl.collectors import SyncDataCollector as Collector
+    except ImportError:  # torchrl >= 0.14 names it Collector
+        from torchrl.collectors import Collector
+
+    env = RecursionTorchRLEnv(task="sudoku", size=4, num_envs=6, latent_dim=D, seed=0, max_steps=3)
+    check_env_specs(env)
+    td = env.rollout(3, break_when_any_done=False)
+    assert env.observation_spec.is_in(td[:, -1]["next"].select(*env.observation_spec.keys()))
+    collector = Collector(env, RandomPolicy(env.full_action_spec), frames_per_batch=6 * 7, total_frames=6 * 14)
+    batches = list(collector)
+    assert len(batches) == 2
+    for b in batches:
+        assert b.batch_size == torch.Size([6, 7])
+        assert (b["next", "nfe"] == b["next", "step"]).all() and b["next", "step"].max() <= 3
+        assert b["next", "truncated"].any()
+    collector.shutdown()
+
+
+def test_torchrl_partial_reset_and_seed():
+    from tensordict import TensorDict
+
+    env = RecursionTorchRLEnv(task="sudoku", size=4, num_envs=3, latent_dim=D)
+    env.set_seed(5)
+    first = env.reset()["puzzle"].clone()
+    env.set_seed(5)
+    assert torch.equal(env.reset()["puzzle"], first)
+    td = env.reset()
+    td.update(env.full_action_spec.rand())
+    td = env.step(td)
+    assert (td["next", "step"] == 1).all()
+    current = td["next"].exclude("reward", "done", "terminated", "truncated")
+    current.set("_reset", torch.tensor([[True], [False], [False]]))
+    out = env.reset(current)  # as collectors do: the current observation with the envs to restart
+    assert out["step"].tolist() == [0, 1, 1] and env.core.step_count.tolist() == [0, 1, 1]
+    assert isinstance(out, TensorDict)
+
+
+# -- halting env ------------------------------------------------------------------------------------------------
+
+
+def test_halting_env_checkers_and_accounting():
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    env = gym.make("TRMHalting-Sudoku-v0", size=4, lam=0.01)
+    check_env(env.unwrapped)
+    sb3_check_env(env.unwrapped)
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs) and info["nfe"] == 0
+    k = env.unwrapped.policy.nfe_per_step
+    obs, reward, terminated, truncated, info = env.step(0)
+    assert info["nfe"] == k and not terminated
+    obs, reward, terminated, truncated, info = env.step(1)
+    assert terminated and reward == 0.0 and info["nfe"] == k  # halting costs no compute
+    with pytest.raises(ValueError, match="action must be 0"):
+        env.reset(seed=0)
+        env.step(2)
+
+
+def test_halting_env_truncates_and_rewards_telescope():
+    env = gym.make("TRMHalting-Sudoku-v0", size=4, lam=0.05, max_steps=5)
+    obs, info = env.reset(seed=3)
+    total, s0 = 0.0, info["score"]
+    for _ in range(5):
+        obs, reward, terminated, truncated, info = env.step(0)
+        total += reward
+    assert truncated and obs[0] == pytest.approx(1.0)
+    expected = info["score"] - s0 + float(info["solved"]) - 0.05 * info["nfe"]
+    assert total == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("module", ["recursion_env.gym_env", "recursion_env.torchrl_env",
+                                    "recursion_env.halting_env"])
+def test_docstring_rollouts_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
