@@ -1,4 +1,5 @@
-"""The ``recursion-env`` command line: ``data``, ``demo`` (and, as they land, train / eval / bench)."""
+"""The ``recursion-env`` command line: ``demo`` (the main job), ``data``, ``train``, ``eval``, ``diagnose``,
+``bench``."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import argparse
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 
 def _task_kwargs(args) -> dict:
@@ -56,27 +55,162 @@ def cmd_data_show(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Build a small generated dataset, save it, and show a few puzzles with their verified solutions."""
-    from recursion_env.tasks import build_dataset, make_task, save_dataset
+    """The main job: train DIS on generated 6x6 Sudoku for a few minutes, evaluate it on held-out puzzles, and
+    show one puzzle being solved step by step."""
+    import torch
+
+    from recursion_env.render import board_text
+
+    from .diagnostics import diagnose, save_plots
+    from .evaluation import load_trained
+    from .rollout import RecursionRunner
+    from .trainers import TrainConfig, train
 
     out = Path(args.out)
-    task = make_task("sudoku", size=6)
-    batch = build_dataset(task, args.n, args.seed, progress=True)
-    path = save_dataset(out / "sudoku6.npz", task, batch, seed=args.seed)
-    ok = task.verify(batch.inputs, batch.labels)
-    print(f"\nbuilt {len(batch)} uniquely solvable 6x6 Sudoku puzzles -> {path}")
-    print(f"every label passes the rule verifier: {bool(ok.all())}\n")
-    for i in range(min(3, len(batch))):
-        solved = task.solve(batch.inputs[i])
-        assert np.array_equal(solved, batch.labels[i])
-        givens = int((batch.inputs[i] != 0).sum())
-        left = task.format(batch.inputs[i]).splitlines()
-        right = task.format(solved).splitlines()
-        width = max(len(left[0]), len(f"puzzle {i} ({givens} givens)")) + 4
-        print(f"puzzle {i} ({givens} givens)".ljust(width) + "solution")
-        for a, b in zip(left, right):
-            print(a.ljust(width) + b)
-        print()
+    print(f"Training DIS (policy improvement: {6} supervision steps x 1 recursion x 3 calls = 18 forward passes) on "
+          f"generated 6x6 Sudoku for {args.minutes} min on {args.device}.")
+    cfg = TrainConfig(method="dis", task_kwargs={"size": 6}, T=1, n=2, N_sup=6, hidden=args.hidden,
+                      minutes=args.minutes, seed=args.seed, out=str(out), eval_n=args.eval_n, device=args.device,
+                      final_eval=False)
+    result = train(cfg)
+    print(f"\n{result['optimizer_steps']} optimizer steps in {result['wall_clock_s']:.0f}s, "
+          f"{result['examples_seen']:,} generated training puzzles (none of them in the held-out set)")
+    report = diagnose(out, n=args.eval_n, device=args.device)
+    print(f"\nHeld-out accuracy after each supervision step ({args.eval_n} puzzles never seen in training):")
+    print(f"{'step':>5}{'NFE':>6}{'exact':>9}{'cells':>9}")
+    for r in report["steps"]:
+        print(f"{r['supervision_step']:>5}{r['nfe']:>6}{r['exact_accuracy']:>9.3f}{r['cell_accuracy']:>9.3f}")
+
+    model, task, _ = load_trained(out, args.device)
+    puzzle = task.generate(1, seed=args.seed + 77).inputs  # a fresh puzzle, not from training
+    label = task.solve(puzzle[0])
+    runner = RecursionRunner(model, task, 1, args.device)
+    runner.start(puzzle, label[None])
+    previous = runner.core.answer[0].cpu().numpy()
+    print("\nOne puzzle, step by step ([d] given, d* changed by this step, d! wrong):")
+    print(board_text(task, puzzle[0], previous, label) + "\n")
+    with torch.no_grad():
+        for s in range(model.cfg.N_sup):
+            res = runner.commit(runner.forward())
+            answer = runner.core.answer[0].cpu().numpy()
+            accuracy = float(res.info["cell_accuracy"][0])
+            status = "solved" if bool(res.info["solved"][0]) else f"{accuracy:.0%} of blanks right"
+            print(f"after step {s + 1} (NFE {int(res.info['nfe'][0])}): {status}")
+            print(board_text(task, puzzle[0], answer, label, changed=answer != previous) + "\n")
+            previous = answer
+    plots = save_plots(report, out / "plots")
+    print(f"checkpoint: {out / 'checkpoint.pt'}\nplots: {', '.join(map(str, plots))}\n"
+          f"TensorBoard logs: {out / 'tb'}\nnext: recursion-env eval {out} --guidance 0,1,2 --json {out}/eval.json")
+    return 0
+
+
+def cmd_train(args) -> int:
+    import json
+    from dataclasses import fields
+
+    from .evaluation import torch_device
+    from .trainers import PAPER_PRESET, TrainConfig, train
+    from .trainers.policy_improvement import DIS_DEFAULTS
+
+    if args.resume:
+        cfg = TrainConfig(out=args.out, steps=args.steps, minutes=args.minutes, device=str(torch_device(args.device)))
+        result = train(cfg, resume=True)
+    else:
+        values = dict(PAPER_PRESET) if args.preset == "paper" else {}
+        if args.method == "dis":
+            values |= DIS_DEFAULTS
+        flags = {"hidden": args.hidden, "mixer": args.mixer, "T": args.T, "n": args.n, "N_sup": args.n_sup,
+                 "batch_size": args.batch_size, "lr": args.lr, "L_layers": args.layers, "dataset": args.dataset,
+                 "n_train": args.n_train, "eval_n": args.eval_n, "eval_every": args.eval_every,
+                 "ema_decay": args.ema_decay, "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay,
+                 "targets": args.targets, "anytime_weight": args.anytime_weight}
+        values |= {k: v for k, v in flags.items() if v is not None}
+        names = {f.name for f in fields(TrainConfig)}
+        cfg = TrainConfig(**{k: v for k, v in values.items() if k in names}, method=args.method, task=args.task,
+                          task_kwargs=_task_kwargs(args), steps=args.steps, minutes=args.minutes, seed=args.seed,
+                          device=str(torch_device(args.device)), out=args.out, compile=args.compile,
+                          augment=not args.no_augment, autoregressive=args.autoregressive,
+                          final_eval=not args.no_final_eval)
+        if cfg.steps is None and cfg.minutes is None:
+            raise ValueError("train needs a budget: --steps N and/or --minutes M")
+        result = train(cfg)
+    if "by_step" in result:
+        _print_table(result)
+    print(json.dumps({k: result[k] for k in ("optimizer_steps", "train_forward_passes", "wall_clock_s")}))
+    print(f"checkpoint, config, TensorBoard logs and train_metrics.json are in {args.out}")
+    return 0
+
+
+def _print_table(result: dict) -> None:
+    print(f"\n{'N_sup':>6}{'NFE':>7}{'exact':>9}{'cell':>9}")
+    for row in result["by_step"]:
+        cell = "-" if row["cell_accuracy"] is None else f"{row['cell_accuracy']:.3f}"
+        print(f"{row['supervision_step']:>6}{row['nfe']:>7}{row['exact_accuracy']:>9.3f}{cell:>9}")
+    if "halting" in result:
+        h = result["halting"]
+        print(f"halting: mean NFE {h['mean_nfe']:.1f}, exact {h['exact_accuracy']:.3f}")
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from .evaluation import evaluate_run, torch_device
+
+    guidance = [float(w) for w in args.guidance.split(",")] if args.guidance else None
+    result = evaluate_run(args.run, n=args.n, puzzles=args.puzzles, halting=args.halting, guidance=guidance,
+                          device=torch_device(args.device))
+    _print_table(result)
+    for row in result.get("guidance", []):
+        print(f"guidance w={row['w']:<5} exact {row['exact_accuracy']:.3f}  cell {row['cell_accuracy']:.3f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_diagnose(args) -> int:
+    from .diagnostics import diagnose, summary_text, write_report
+    from .evaluation import torch_device
+
+    report = diagnose(args.run, n=args.n, w=args.w, device=torch_device(args.device), puzzles=args.puzzles)
+    print(summary_text(report))
+    for path in write_report(report, args.json, args.plots):
+        print(f"wrote {path}")
+    return 0
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="a few minutes on easy 6x6 puzzles: a smoke run")
+    p.add_argument("--hard", action="store_true", help="9x9 with 22-27 givens instead of 28-34")
+    p.add_argument("--out", default="runs/bench/nfe_vs_accuracy")
+    p.add_argument("--minutes", type=float, default=None, help="training budget per method (default 20)")
+    p.add_argument("--targets", default=None, help="DIS target generators, comma-separated (default diffusion)")
+    p.add_argument("--hidden", type=int, default=None)
+    p.add_argument("--pool", type=int, default=None, help="training puzzles to pre-generate")
+    p.add_argument("--eval-n", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sequential", action="store_true", help="train methods one after another, all cores each")
+    p.add_argument("--device", default="cpu")
+
+
+def cmd_bench(args) -> int:
+    from .bench import BenchConfig, run
+
+    kw = {"out": args.out, "seed": args.seed, "parallel": not args.sequential, "device": args.device}
+    for name, value in (("minutes", args.minutes), ("hidden", args.hidden), ("pool", args.pool),
+                        ("eval_n", args.eval_n)):
+        if value is not None:
+            kw[name] = value
+    if args.targets:
+        kw["targets"] = args.targets.split(",")
+    if args.hard:
+        kw |= {"min_givens": 22, "max_givens": 27}
+    cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
+    report = run(cfg)
+    print((Path(cfg.out) / "results.md").read_text())
+    print(f"depth check: {report['depth_check']['verdict']}")
+    print(f"wrote results.json, results.md and accuracy_vs_nfe.png to {cfg.out}")
     return 0
 
 
@@ -98,10 +232,76 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--count", type=int, default=3)
     show.set_defaults(func=cmd_data_show)
 
-    demo = sub.add_parser("demo", help="the main job: a short run on built-in generated data")
+    tr = sub.add_parser("train", help="train a TRM: deep supervision (trm) or policy improvement (dis)")
+    tr.add_argument("--method", choices=["trm", "dis"], default="trm")
+    tr.add_argument("--targets", choices=["diffusion", "mask", "solver"], default=None,
+                    help="dis: intermediate-target generator (default diffusion)")
+    tr.add_argument("--autoregressive", action="store_true",
+                    help="dis: feed the previous decoded answer as the next step's input")
+    tr.add_argument("--anytime-weight", type=float, default=None,
+                    help="dis: weight of an extra loss toward the final solution at every step")
+    add_task_arguments(tr)
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--minutes", type=float, default=None)
+    tr.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
+    tr.add_argument("--hidden", type=int, default=None)
+    tr.add_argument("--layers", type=int, default=None)
+    tr.add_argument("--mixer", choices=["mlp", "attention"], default=None)
+    tr.add_argument("--T", type=int, default=None)
+    tr.add_argument("--n", type=int, default=None)
+    tr.add_argument("--n-sup", type=int, default=None)
+    tr.add_argument("--batch-size", type=int, default=None)
+    tr.add_argument("--lr", type=float, default=None)
+    tr.add_argument("--weight-decay", type=float, default=None)
+    tr.add_argument("--warmup-steps", type=int, default=None)
+    tr.add_argument("--ema-decay", type=float, default=None)
+    tr.add_argument("--dataset", default=None, help=".npz / .csv / text file of training puzzles")
+    tr.add_argument("--n-train", type=int, default=None, help="a fixed generated training set of this size")
+    tr.add_argument("--no-augment", action="store_true")
+    tr.add_argument("--no-final-eval", action="store_true", help="skip the held-out evaluation at the end")
+    tr.add_argument("--eval-n", type=int, default=None)
+    tr.add_argument("--eval-every", type=int, default=None)
+    tr.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
+    tr.add_argument("--compile", action="store_true", help="torch.compile the supervision step")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a trained run")
+    ev.add_argument("run")
+    ev.add_argument("--puzzles", default=None, help="a file of puzzles (task's text form, .csv or .npz)")
+    ev.add_argument("--n", type=int, default=1000)
+    ev.add_argument("--halting", action="store_true", help="also stop each puzzle when its halting head says so")
+    ev.add_argument("--guidance", default=None, help="comma-separated guidance weights w, e.g. 0,0.5,1,2")
+    ev.add_argument("--json", default=None)
+    ev.add_argument("--device", default="cpu")
+    ev.set_defaults(func=cmd_eval)
+
+    dg = sub.add_parser("diagnose", help="dead-compute diagnostics per supervision step")
+    dg.add_argument("run")
+    dg.add_argument("--n", type=int, default=1000)
+    dg.add_argument("--w", type=float, default=1.0, help="guidance weight of the policy the margin is taken under")
+    dg.add_argument("--puzzles", default=None)
+    dg.add_argument("--json", default=None)
+    dg.add_argument("--plots", default=None, help="folder for accuracy_vs_nfe.png and margin_per_step.png")
+    dg.add_argument("--device", default="cpu")
+    dg.set_defaults(func=cmd_diagnose)
+
+    bench = sub.add_parser("bench", help="measured comparisons")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    nva = bench_sub.add_parser("nfe-vs-accuracy", help="TRM (336 NFE) vs DIS (18 NFE), same data and budget")
+    add_bench_arguments(nva)
+    nva.set_defaults(func=cmd_bench)
+
+    demo = sub.add_parser("demo", help="the main job: train DIS on generated 6x6 Sudoku for a few minutes, "
+                                       "evaluate, and show a puzzle solved step by step")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--n", type=int, default=2000)
+    demo.add_argument("--minutes", type=float, default=3.0)
+    demo.add_argument("--hidden", type=int, default=64)
+    demo.add_argument("--eval-n", type=int, default=500)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="cpu")
     demo.set_defaults(func=cmd_demo)
     return parser
 

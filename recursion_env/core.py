@@ -376,6 +376,26 @@ class RecursionCore:
         zeros = torch.zeros(self.batch_size, dtype=torch.float32, device=self.device)
         return StepResult(self.observation(), zeros, active.clone(), torch.zeros_like(active), self.info())
 
+    # -- persistence ------------------------------------------------------------------------------------------
+    _STATE = ("puzzle", "givens", "label", "answer", "latent", "step_count", "nfe", "score", "cell_accuracy",
+              "solved", "potential", "accuracy_offset", "accuracy_denominator", "done")
+
+    def state_dict(self) -> dict:
+        """Every per-env tensor plus the puzzle-draw generator: enough to continue exactly where it stood."""
+        state = {k: getattr(self, k).clone() for k in self._STATE}
+        state["rng"] = self.rng.bit_generator.state
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in self._STATE:
+            v = torch.as_tensor(state[k], device=self.device)
+            if v.shape != getattr(self, k).shape:
+                raise ValueError(
+                    f"core state {k!r}: expected shape {tuple(getattr(self, k).shape)}, got {tuple(v.shape)}")
+            setattr(self, k, v.to(getattr(self, k).dtype))
+        self.context = self.task.rule_context(self.puzzle)
+        self.rng.bit_generator.state = state["rng"]
+
     # -- views ------------------------------------------------------------------------------------------
     def observation(self) -> dict[str, torch.Tensor]:
         return {"puzzle": self.puzzle, "answer": self.answer, "latent": self.latent,

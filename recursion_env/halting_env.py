@@ -6,7 +6,9 @@ A *recursion policy* is anything with this small interface (a trained TRM plugs 
     latent_shape: tuple[int, int, int]             # (2, latent_len, D)
     nfe_per_step: int                              # forward passes one step costs
     initial_latent(puzzle [B, L] int64) -> [B, 2, latent_len, D]
-    step(puzzle, latent) -> RecursionOutput(latent, logits [B, L, V], halt_logit [B] or None)
+    step(puzzle, latent, step_index [B] int64) -> RecursionOutput(latent, logits [B, L, V], halt_logit [B] or None)
+
+``step_index`` counts the steps already taken (policies that embed it, like DIS, need it; others ignore it).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class RecursionPolicy(Protocol):
 
     def initial_latent(self, puzzle: torch.Tensor) -> torch.Tensor: ...
 
-    def step(self, puzzle: torch.Tensor, latent: torch.Tensor) -> RecursionOutput: ...
+    def step(self, puzzle: torch.Tensor, latent: torch.Tensor, step_index: torch.Tensor) -> RecursionOutput: ...
 
 
 class TinyRecursionPolicy(nn.Module):
@@ -62,7 +64,8 @@ class TinyRecursionPolicy(nn.Module):
         return torch.zeros(puzzle.shape[0], *self.latent_shape, device=puzzle.device)
 
     @torch.no_grad()
-    def step(self, puzzle: torch.Tensor, latent: torch.Tensor) -> RecursionOutput:
+    def step(self, puzzle: torch.Tensor, latent: torch.Tensor, step_index: torch.Tensor | None = None
+             ) -> RecursionOutput:
         x = self.embed(puzzle)
         y, z = latent[:, 0], latent[:, 1]
         z = torch.tanh(self.f(x + y + z))
@@ -161,7 +164,7 @@ class RecursionHaltingEnv(gym.Env):
             return self._features.copy(), 0.0, True, False, self._info()
         core = self.core
         before = core.answer
-        out = self.policy.step(core.puzzle, core.latent)
+        out = self.policy.step(core.puzzle, core.latent, core.step_count)
         res = core.step({"latent": out.latent, "answer": out.logits.argmax(-1), "halt": 0})
         blank = (core.puzzle == 0).float()
         n_blank = blank.sum().clamp(min=1)

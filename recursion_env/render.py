@@ -9,9 +9,9 @@ from .tasks import Task
 _GIVEN, _RIGHT, _WRONG, _BLANK = (200, 200, 200), (190, 235, 190), (245, 185, 185), (255, 255, 255)
 
 
-def board_text(task: Task, puzzle, answer, label=None) -> str:
+def board_text(task: Task, puzzle, answer, label=None, changed=None) -> str:
     """One row per board row. Givens in brackets ``[5]``; decided cells plain, followed by ``!`` where they
-    disagree with a known label."""
+    disagree with a known label, else ``*`` where ``changed`` marks them (e.g. changed by the last step)."""
     rows, cols = task.grid_shape
     chars = task.to_line(answer)
     puzzle = np.asarray(puzzle).reshape(-1)
@@ -25,7 +25,8 @@ def board_text(task: Task, puzzle, answer, label=None) -> str:
                 cells.append(f"[{chars[i]}]")
             else:
                 wrong = label is not None and label[i] != 0 and answer[i] != label[i]
-                cells.append(f" {chars[i]}{'!' if wrong else ' '}")
+                mark = "!" if wrong else "*" if changed is not None and changed[i] else " "
+                cells.append(f" {chars[i]}{mark}")
         lines.append("".join(cells))
     return "\n".join(lines)
 

@@ -1,0 +1,147 @@
+"""Dead-compute diagnostics: which supervision steps improve the answer, for TRM and DIS checkpoints alike.
+
+Each supervision step is a policy-improvement operator. With l_u the logits before the step (reference) and l_c
+after it (conditional), Δl = l_c - l_u, and the guided policy π_w = softmax(l_u + w Δl), the **advantage margin**
+of a cell with solution token y* is
+
+    margin_w = Δl[y*] - E_{a ~ π_w}[Δl[a]],
+
+the negative slope in w of the cross-entropy -log π_w(y*): positive when moving along the step's direction makes
+the solution likelier. (The curvature in w is Var_{a ~ π_w}[Δl[a]] >= 0.) A step whose mean margin over blank
+cells is <= 0, or that changes no prediction, is flagged **dead**: compute spent without improvement.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .evaluation import evaluation_set, load_trained
+from .rollout import RecursionRunner, rollout_metrics, summarize
+from .trm import SupervisionOutput
+
+
+def guided_cross_entropy(reference: torch.Tensor, conditional: torch.Tensor, target: torch.Tensor, w: float):
+    """-log softmax(l_u + w (l_c - l_u))[target], per cell."""
+    reference, conditional = reference.double(), conditional.double()
+    logits = reference + w * (conditional - reference)
+    return -torch.log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+
+
+def advantage_margin(reference: torch.Tensor, conditional: torch.Tensor, target: torch.Tensor, w: float = 1.0):
+    """Δl[y*] - E_{π_w}[Δl], per cell (= -d/dw of the guided cross-entropy)."""
+    reference, conditional = reference.double(), conditional.double()
+    delta = conditional - reference
+    pi = torch.softmax(reference + w * delta, -1)
+    return delta.gather(-1, target.unsqueeze(-1)).squeeze(-1) - (pi * delta).sum(-1)
+
+
+def margin_variance(reference: torch.Tensor, conditional: torch.Tensor, w: float = 1.0):
+    """Var_{π_w}[Δl], per cell (= d²/dw² of the guided cross-entropy)."""
+    reference, conditional = reference.double(), conditional.double()
+    delta = conditional - reference
+    pi = torch.softmax(reference + w * delta, -1)
+    mean = (pi * delta).sum(-1, keepdim=True)
+    return (pi * (delta - mean) ** 2).sum(-1)
+
+
+def step_diagnostics(out: SupervisionOutput, puzzle: torch.Tensor, label: torch.Tensor, w: float = 1.0):
+    """(sum of margins, number of changed predictions, number of blank cells) of one step over a batch."""
+    blank = puzzle == 0
+    margin = advantage_margin(out.reference_logits.float(), out.logits.float(), label, w)
+    changed = out.logits.argmax(-1) != out.reference_logits.argmax(-1)
+    return float(margin[blank].sum()), int((changed & blank).sum()), int(blank.sum())
+
+
+def diagnose(run, n: int = 1000, w: float = 1.0, device="cpu", puzzles=None) -> dict:
+    """Per supervision step on held-out puzzles: accuracy, mean advantage margin, changed fraction, dead flag."""
+    model, task, train_config = load_trained(run, device)
+    inputs, labels = evaluation_set(task, train_config, n, puzzles)
+    if labels is None:
+        raise ValueError("diagnostics need labels (the margin is measured at the solution token)")
+    report = diagnose_model(model, task, inputs, labels, w, device)
+    return {"run": str(run), "method": train_config.get("method", "trm"), **report}
+
+
+def diagnose_model(model, task, inputs, labels, w: float = 1.0, device="cpu") -> dict:
+    N_sup = model.cfg.N_sup
+    sums = np.zeros((N_sup, 3))
+
+    def on_step(s: int, sl, out: SupervisionOutput, runner: RecursionRunner) -> None:
+        sums[s] += step_diagnostics(out, runner.core.puzzle, runner.core.label, w)
+
+    metrics = rollout_metrics(model, task, inputs, labels, device=device, on_step=on_step)
+    k = metrics["nfe_per_step"]
+    steps = []
+    for s in range(N_sup):
+        margin = sums[s, 0] / max(sums[s, 2], 1)
+        changed = sums[s, 1] / max(sums[s, 2], 1)
+        steps.append({"supervision_step": s + 1, "nfe": (s + 1) * k,
+                      "exact_accuracy": float(metrics["solved"][s].mean()),
+                      "cell_accuracy": float(metrics["cell_accuracy"][s].mean()),
+                      "advantage_margin": float(margin), "changed_fraction": float(changed),
+                      "dead": bool(margin <= 0 or sums[s, 1] == 0)})
+    return {"method": "model", "task": task.name, "task_kwargs": task.kwargs, "n_puzzles": len(inputs), "w": w,
+            "steps": steps, "halting": summarize(metrics)["halting"],
+            "dead_steps": [r["supervision_step"] for r in steps if r["dead"]],
+            "dead_nfe": sum(k for r in steps if r["dead"])}
+
+
+def summary_text(report: dict) -> str:
+    lines = [f"{report['method']} on {report['task']} {report['task_kwargs']}, {report['n_puzzles']} held-out puzzles",
+             f"{'step':>5}{'NFE':>6}{'exact':>8}{'cell':>8}{'margin':>10}{'changed':>9}  dead"]
+    for r in report["steps"]:
+        lines.append(f"{r['supervision_step']:>5}{r['nfe']:>6}{r['exact_accuracy']:>8.3f}{r['cell_accuracy']:>8.3f}"
+                     f"{r['advantage_margin']:>10.4f}{r['changed_fraction']:>9.3f}  {'DEAD' if r['dead'] else ''}")
+    total = report["steps"][-1]["nfe"]
+    lines.append(f"dead steps: {report['dead_steps'] or 'none'} ({report['dead_nfe']} of {total} forward passes)")
+    return "\n".join(lines)
+
+
+def save_plots(report: dict, folder) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    steps = report["steps"]
+    nfe = [r["nfe"] for r in steps]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(nfe, [r["exact_accuracy"] for r in steps], "o-", label="exact")
+    ax.plot(nfe, [r["cell_accuracy"] for r in steps], "s--", label="blank cells")
+    for r in steps:
+        if r["dead"]:
+            ax.axvline(r["nfe"], color="red", alpha=0.15)
+    ax.set(xlabel="forward passes (NFE)", ylabel="accuracy", xscale="log", ylim=(0, 1.02),
+           title=f"{report['method']}: accuracy vs NFE (red: dead steps)")
+    ax.legend()
+    fig.tight_layout()
+    paths = [folder / "accuracy_vs_nfe.png"]
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    s = [r["supervision_step"] for r in steps]
+    ax.bar(s, [r["advantage_margin"] for r in steps], color=["red" if r["dead"] else "tab:blue" for r in steps])
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(xlabel="supervision step", ylabel="mean advantage margin", title="advantage margin per step")
+    fig.tight_layout()
+    paths.append(folder / "margin_per_step.png")
+    fig.savefig(paths[1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def write_report(report: dict, json_path=None, plots=None) -> list[Path]:
+    written = []
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=2))
+        written.append(Path(json_path))
+    if plots:
+        written += save_plots(report, plots)
+    return written

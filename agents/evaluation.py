@@ -1,0 +1,68 @@
+"""Loading trained runs and evaluating them: accuracy after every supervision-step prefix, with halting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recursion_env.tasks import Task, load_puzzles, make_task
+
+from .checkpoint import load_checkpoint
+from .rollout import rollout_metrics, summarize
+from .trm import TRM, TRMConfig
+
+
+def load_trained(run, device="cpu", weights: str = "ema") -> tuple[TRM, Task, dict]:
+    """(model with the EMA weights, task, train config dict) from a run folder or checkpoint file."""
+    state = load_checkpoint(run, map_location=device)
+    model = TRM(TRMConfig(**state["model_config"])).to(device)
+    model.load_state_dict(state[weights])
+    task = make_task(state["task"], **state["task_kwargs"])
+    return model.eval(), task, state["train_config"]
+
+
+def evaluation_set(task: Task, train_config: dict, n: int, puzzles=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The held-out puzzles a run was trained without (same seed as training's exclusion set), or a user's file.
+    Labels of a user file: solved for Sudoku, canonical for Maze, none for N-Queens (the verifier judges)."""
+    if puzzles is not None:
+        _, batch = load_puzzles(puzzles, task)
+        labels_known = batch.meta.get("labels_known", True) is not False
+        return batch.inputs[:n], (batch.labels[:n] if labels_known else None)
+    batch = task.generate(n, seed=train_config.get("eval_seed", 1_000_003))
+    return batch.inputs, batch.labels
+
+
+def evaluate_run(run, n: int = 1000, puzzles=None, halting: bool = False, guidance=None, device="cpu",
+                 batch_size: int = 256) -> dict:
+    """The ``recursion-env eval`` JSON: method, task, n_puzzles, by_step, and halting / guidance on request."""
+    model, task, train_config = load_trained(run, device)
+    inputs, labels = evaluation_set(task, train_config, n, puzzles)
+    metrics = rollout_metrics(model, task, inputs, labels, batch_size=batch_size, device=device)
+    summary = summarize(metrics)
+    result = {"method": train_config.get("method", "trm"), "task": task.name, "task_kwargs": task.kwargs,
+              "run": str(Path(run)), "n_puzzles": summary["n_puzzles"], "by_step": summary["by_step"],
+              "exact_accuracy_judged_by": "rule verifier", "labels_known": labels is not None}
+    if labels is None:
+        for row in result["by_step"]:
+            row["cell_accuracy"] = None
+    if halting:
+        result["halting"] = {k: summary["halting"][k] for k in ("mean_nfe", "exact_accuracy", "cell_accuracy",
+                                                                "mean_steps")}
+    if guidance:
+        rows = []
+        for w in guidance:
+            g = summarize(rollout_metrics(model, task, inputs, labels, batch_size=batch_size, device=device,
+                                          guidance=w))
+            last = g["by_step"][-1]
+            rows.append({"w": w, "exact_accuracy": last["exact_accuracy"], "cell_accuracy": last["cell_accuracy"],
+                         "by_step": g["by_step"]})
+        result["guidance"] = rows
+    return result
+
+
+def torch_device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -1,0 +1,54 @@
+"""Deep supervision, the TRM baseline: every supervision step is trained toward the final solution, and a
+halting head (TRM's Q head) learns whether the current prediction is already exactly right.
+
+The loop itself is :func:`agents.trainers.common.train`; this file is what is specific to TRM.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..rollout import RecursionRunner
+from ..trm import SupervisionOutput
+from .common import TrainConfig, token_loss
+
+
+class DeepSupervision:
+    name = "trm"
+    step_embedding = 0
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    def on_start(self, runner: RecursionRunner, mask) -> None:
+        """Nothing to prepare: the target of every step is the label the core holds."""
+
+    def loss(self, out: SupervisionOutput, runner: RecursionRunner):
+        labels = runner.core.label
+        lm_loss = token_loss(self.cfg, out.logits, labels).mean()
+        correct = (out.logits.detach().argmax(-1) == labels).all(-1)
+        halt_loss = F.binary_cross_entropy_with_logits(out.halt_logit.float(), correct.float())
+        metrics = {"lm_loss": float(lm_loss), "halt_loss": float(halt_loss),
+                   "train_exact": float(correct.float().mean()),
+                   "halt_head_says_stop": float((out.halt_logit > 0).float().mean())}
+        return lm_loss + self.cfg.halt_loss_weight * halt_loss, metrics
+
+    def halt(self, out: SupervisionOutput, runner: RecursionRunner, rng: torch.Generator) -> torch.Tensor:
+        """TRM's ACT in training: halt when the halting logit is > 0, but with probability ``halt_exploration``
+        not before a random minimum number of steps, so later steps keep being trained. The core truncates at
+        N_sup."""
+        steps = (runner.core.step_count + 1).cpu()
+        B, N = steps.shape[0], self.cfg.N_sup
+        halted = out.halt_logit.detach().cpu() > 0
+        if N > 1:
+            explore = torch.rand(B, generator=rng) < self.cfg.halt_exploration
+            min_steps = explore * torch.randint(2, N + 1, (B,), generator=rng)
+            halted &= steps >= min_steps
+        return halted.to(runner.device)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,0 +1,69 @@
+"""Policy improvement, Deep Improvement Supervision (DIS): every supervision step is trained toward its own,
+strictly better intermediate target, so each step is a policy-improvement step. Defaults T=1, n=2, N_sup=6:
+6 x 1 x 3 = 18 forward passes per puzzle instead of TRM's 336, and no halting head.
+
+The loop itself is :func:`agents.trainers.common.train`; this file is what is specific to DIS: the targets
+(sampled afresh, per puzzle, when an episode starts in the core), the step index embedded into the input, and
+the per-step loss with linearly increasing weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..rollout import RecursionRunner
+from ..targets import make_targets
+from ..trm import SupervisionOutput
+from .common import TrainConfig, token_loss
+
+#: the paper's DIS schedule, used where the command line does not say otherwise
+DIS_DEFAULTS = {"T": 1, "n": 2, "N_sup": 6}
+
+
+class PolicyImprovement:
+    name = "dis"
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.step_embedding = cfg.N_sup
+        self.rng = np.random.default_rng(cfg.seed + 2)
+        self.targets: torch.Tensor | None = None  # [B, N_sup, L]
+        s = torch.arange(1, cfg.N_sup + 1, dtype=torch.float32)
+        self.step_weights = s / s.mean() if cfg.step_weight == "linear" else torch.ones_like(s)
+
+    def on_start(self, runner: RecursionRunner, mask) -> None:
+        """Fresh target paths for the puzzles that just started (all of them when ``mask`` is None)."""
+        core = runner.core
+        idx = torch.arange(core.batch_size) if mask is None else mask.nonzero().reshape(-1).cpu()
+        new = make_targets(self.cfg.targets, core.task, core.puzzle[idx].cpu().numpy(),
+                           core.label[idx].cpu().numpy(), self.cfg.N_sup, self.rng)
+        new = torch.from_numpy(new).to(core.device)
+        if self.targets is None or mask is None:
+            self.targets = new
+        else:
+            self.targets = self.targets.clone()
+            self.targets[idx.to(core.device)] = new
+
+    def loss(self, out: SupervisionOutput, runner: RecursionRunner):
+        core = runner.core
+        s = core.step_count.clamp(max=self.cfg.N_sup - 1)
+        target = self.targets[torch.arange(core.batch_size, device=core.device), s]
+        weights = self.step_weights.to(core.device)[s]
+        per_example = token_loss(self.cfg, out.logits, target)
+        loss = (weights * per_example).mean()
+        if self.cfg.anytime_weight:  # anytime variant: every readout also leans toward the final solution
+            loss = loss + self.cfg.anytime_weight * token_loss(self.cfg, out.logits, core.label).mean()
+        hit = (out.logits.detach().argmax(-1) == target).all(-1).float().mean()
+        return loss, {"dis_loss": float(per_example.mean()), "target_exact": float(hit)}
+
+    def halt(self, out: SupervisionOutput, runner: RecursionRunner, rng: torch.Generator) -> torch.Tensor:
+        """No halting head: every puzzle runs its N_sup steps (the core truncates there)."""
+        return torch.zeros(runner.core.batch_size, dtype=torch.bool, device=runner.device)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "targets": self.targets}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.targets = state["targets"]

@@ -1,0 +1,250 @@
+"""The TRM network, the deep-supervision trainer, checkpoints, and the TRM as an agent in the MDP."""
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import recursion_env  # noqa: F401
+from agents.checkpoint import load_checkpoint, save_checkpoint
+from agents.cli import main as cli
+from agents.evaluation import load_trained
+from agents.rollout import RecursionRunner, TRMPolicy, rollout_metrics
+from agents.trainers import TrainConfig, train
+from agents.trm import TRM, TRMConfig
+from recursion_env import RecursionTorchRLEnv, make_task
+
+SUDOKU4 = make_task("sudoku", size=4)
+
+
+def tiny(**kw) -> TrainConfig:
+    base = dict(task_kwargs={"size": 4}, hidden=32, T=2, n=2, N_sup=4, batch_size=32, n_train=64, augment=False,
+                eval_n=64, progress=False, warmup_steps=10, ema_decay=0.99, checkpoint_every=1000)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    train(tiny(steps=150, out=str(out)))
+    return out
+
+
+# -- network ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw", [
+    {"mixer": "mlp"}, {"mixer": "attention"}, {"mixer": "attention", "pos": "learned"},
+    {"mixer": "mlp", "puzzle_emb_len": 2, "num_puzzle_ids": 5}, {"mixer": "attention", "step_embedding": 6},
+])
+def test_shapes_for_each_variant(kw):
+    cfg = TRMConfig(seq_len=16, vocab_size=5, hidden=32, T=2, n=3, N_sup=4, **kw)
+    model = TRM(cfg)
+    puzzle = torch.randint(0, 5, (3, 16))
+    x = model.embed(puzzle, torch.tensor([0, 1, 5]), torch.tensor([0, 1, 4]) if cfg.num_puzzle_ids else None)
+    assert x.shape == (3, cfg.latent_len, 32)
+    y, z = model.initial_state(3)
+    out = model.supervision_step(x, y, z)
+    assert out.y.shape == out.z.shape == (3, cfg.latent_len, 32)
+    assert out.logits.shape == out.reference_logits.shape == (3, 16, 5)
+    assert out.halt_logit.shape == out.value.shape == (3,)
+    assert out.nfe == 2 * 4
+    assert torch.allclose(out.halt_logit, torch.full((3,), -5.0))  # zero weights, bias -5 at init
+
+
+def test_nfe_is_counted_exactly_and_defaults_give_336():
+    cfg = TRMConfig(seq_len=16, vocab_size=5, hidden=16)
+    assert cfg.N_sup * cfg.nfe_per_supervision_step == 336
+    model = TRM(TRMConfig(seq_len=16, vocab_size=5, hidden=16, T=3, n=4))
+    calls = []
+    original = model.f
+    model.f = lambda h, inj: calls.append(1) or original(h, inj)
+    x = model.embed(torch.zeros(2, 16, dtype=torch.int64))
+    out = model.supervision_step(x, *model.initial_state(2))
+    assert len(calls) == out.nfe == 3 * 5
+
+
+def test_no_grad_recursions_build_no_graph():
+    model = TRM(TRMConfig(seq_len=16, vocab_size=5, hidden=16, T=3, n=2))
+    grad_calls = []
+    model.layers[0].register_forward_hook(lambda m, i, o: grad_calls.append(o.requires_grad))
+    x = model.embed(torch.zeros(2, 16, dtype=torch.int64))
+    out = model.supervision_step(x, *model.initial_state(2))
+    # 2 layers per f call; only the last recursion's n + 1 = 3 calls are recorded for autograd
+    assert grad_calls == [False] * 6 + [True] * 3
+    out.logits.sum().backward()
+    assert model.token_embedding.weight.grad is not None
+
+
+def test_reference_logits_are_the_readout_before_the_step():
+    model = TRM(TRMConfig(seq_len=16, vocab_size=5, hidden=16, T=1, n=1))
+    x = model.embed(torch.zeros(2, 16, dtype=torch.int64))
+    y, z = model.initial_state(2)
+    out = model.supervision_step(x, y, z)
+    assert torch.allclose(out.reference_logits, model.readout(y)[0])
+    again = model.supervision_step(x, out.y, out.z)
+    assert torch.allclose(again.reference_logits, out.logits)
+
+
+# -- training ----------------------------------------------------------------------------------------------------
+
+
+def test_training_is_deterministic_given_a_seed(tmp_path):
+    a = train(tiny(steps=8, out=str(tmp_path / "a"), eval_n=8))
+    b = train(tiny(steps=8, out=str(tmp_path / "b"), eval_n=8))
+    assert a["last_loss"] == b["last_loss"]
+    sa, sb = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    for k in sa["model"]:
+        assert torch.equal(sa["model"][k], sb["model"][k]), k
+    c = train(tiny(steps=8, out=str(tmp_path / "c"), eval_n=8, seed=1))
+    assert c["last_loss"] != a["last_loss"]
+
+
+def test_resume_continues_the_run_exactly(tmp_path):
+    straight = train(tiny(steps=12, out=str(tmp_path / "straight"), eval_n=8))
+    train(tiny(steps=7, out=str(tmp_path / "split"), eval_n=8))
+    resumed = train(tiny(steps=12, out=str(tmp_path / "split"), eval_n=8), resume=True)
+    assert resumed["optimizer_steps"] == 12
+    assert resumed["last_loss"] == pytest.approx(straight["last_loss"], rel=1e-5, abs=1e-6)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
+    assert torch.equal(a["core"]["puzzle"], b["core"]["puzzle"])
+
+
+def test_checkpoint_round_trip_is_atomic_and_safe(tmp_path, trained):
+    state = load_checkpoint(trained)
+    path = save_checkpoint(tmp_path / "copy.pt", state)
+    again = load_checkpoint(path)
+    for k in state["model"]:
+        assert torch.equal(state["model"][k], again["model"][k])
+    assert state["train_config"] == again["train_config"] and state["stream"]["rng"] == again["stream"]["rng"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.pt"]
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing")
+
+
+def test_training_never_sees_held_out_puzzles(tmp_path):
+    cfg = tiny(steps=3, out=str(tmp_path), n_train=None, eval_n=200, augment=True)
+    result = train(cfg)
+    held_out = {row.tobytes() for row in SUDOKU4.generate(200, seed=cfg.eval_seed).inputs}
+    state = load_checkpoint(tmp_path)
+    assert not any(row.numpy().tobytes() in held_out for row in state["core"]["puzzle"])
+    assert result["examples_seen"] >= 32
+
+
+@pytest.mark.slow
+def test_trm_overfits_64_sudoku4_puzzles():
+    cfg = tiny(steps=400, hidden=64, batch_size=64, lr=1e-3, warmup_steps=20, out="/tmp/recursion_env_overfit_trm")
+    train(cfg)
+    model, task, _ = load_trained(cfg.out)
+    batch = task.generate(64, seed=cfg.seed)  # the training set
+    metrics = rollout_metrics(model, task, batch.inputs, batch.labels)
+    assert metrics["solved"].mean(1).max() >= 0.95
+
+
+# -- the TRM as an agent in the MDP --------------------------------------------------------------------------------
+
+
+def direct_predictions(model, puzzles):
+    """The model called directly, no env: answers after each supervision step and total NFE."""
+    x = model.embed(puzzles)
+    y, z = model.initial_state(len(puzzles))
+    answers, nfe = [], 0
+    with torch.no_grad():
+        for _ in range(model.cfg.N_sup):
+            out = model.supervision_step(x, y, z)
+            y, z, nfe = out.y, out.z, nfe + out.nfe
+            answers.append(out.logits.argmax(-1))
+    return answers, nfe
+
+
+@pytest.mark.parametrize("granularity", ["supervision_step", "call"])
+def test_trm_through_gym_env_reproduces_direct_calls(trained, granularity):
+    model, task, _ = load_trained(trained)
+    policy = TRMPolicy(model, granularity=granularity, use_halting=False)
+    per_sup = model.cfg.nfe_per_supervision_step
+    k = per_sup if granularity == "supervision_step" else 1
+    env = gym.make("TRMRecursion-Sudoku-v0", size=4, latent_dim=model.cfg.hidden, nfe_per_step=k,
+                   max_steps=model.cfg.N_sup * per_sup // k)
+    obs, info = env.reset(seed=3, options={"latent": policy.initial_latent(torch.zeros(1, 16)).numpy()[0]})
+    answers, nfe = direct_predictions(model, torch.as_tensor(obs["puzzle"])[None])
+    seen = []
+    done = False
+    while not done:
+        batched = {key: torch.as_tensor(v)[None] for key, v in obs.items()}
+        action = {key: v[0].numpy() for key, v in policy.act(batched).items()}
+        obs, reward, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+        if info["nfe"] % per_sup == 0:
+            seen.append(obs["answer"].copy())
+    givens = obs["puzzle"] != 0
+    for s, a in enumerate(answers):
+        expected = np.where(givens, obs["puzzle"], a[0].numpy())
+        assert np.array_equal(seen[s], expected), s
+    assert info["nfe"] == nfe == model.cfg.N_sup * per_sup
+
+
+def test_trm_through_torchrl_env_and_runner_agree(trained):
+    model, task, _ = load_trained(trained)
+    policy = TRMPolicy(model, use_halting=False)
+    env = RecursionTorchRLEnv(task, num_envs=8, latent_dim=model.cfg.hidden,
+                              nfe_per_step=model.cfg.nfe_per_supervision_step, max_steps=model.cfg.N_sup, seed=0)
+    td = env.reset()
+    td.set("latent", policy.initial_latent(td["puzzle"]))
+    env.core.latent = td["latent"].clone()
+    answers, nfe = direct_predictions(model, td["puzzle"])
+    for s in range(model.cfg.N_sup):
+        td.update(policy.act({k: td[k] for k in ("puzzle", "latent", "step", "answer")}))
+        td = env.step(td)["next"]
+        givens = td["puzzle"] != 0
+        assert torch.equal(td["answer"], torch.where(givens, td["puzzle"], answers[s]))
+    assert (td["nfe"] == nfe).all()
+    # the trainer's and evaluator's runner gives the same answers
+    runner = RecursionRunner(model, task, 8)
+    runner.start(td["puzzle"])
+    with torch.no_grad():
+        for _ in range(model.cfg.N_sup):
+            runner.commit(runner.forward())
+    assert torch.equal(runner.core.answer, td["answer"])
+
+
+def test_trm_plugs_into_the_halting_env(trained):
+    from gymnasium.utils.env_checker import check_env
+
+    model, _, _ = load_trained(trained)
+    env = gym.make("TRMHalting-Sudoku-v0", size=4, policy=TRMPolicy(model), max_steps=model.cfg.N_sup)
+    check_env(env.unwrapped)
+    obs, info = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(0)
+    assert info["nfe"] == model.cfg.nfe_per_supervision_step
+
+
+# -- command line ----------------------------------------------------------------------------------------------------
+
+
+def test_cli_train_eval_and_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--method", "trm", "--task", "sudoku", "--size", "4", "--steps", "6", "--hidden", "16",
+            "--T", "1", "--n", "2", "--n-sup", "3", "--eval-n", "20", "--out", str(run)]
+    assert cli(args) == 0
+    assert cli(["train", "--resume", "--out", str(run), "--steps", "9"]) == 0
+    assert load_checkpoint(run)["step"] == 9
+    assert cli(["eval", str(run), "--n", "30", "--halting", "--json", str(tmp_path / "m.json")]) == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["method"] == "trm" and m["task"] == "sudoku" and m["n_puzzles"] == 30
+    assert [r["supervision_step"] for r in m["by_step"]] == [1, 2, 3]
+    assert [r["nfe"] for r in m["by_step"]] == [3, 6, 9]
+    assert set(m["by_step"][0]) >= {"supervision_step", "nfe", "exact_accuracy", "cell_accuracy"}
+    assert set(m["halting"]) >= {"mean_nfe", "exact_accuracy", "cell_accuracy"}
+    puzzles = tmp_path / "p.txt"
+    puzzles.write_text("\n".join(SUDOKU4.to_line(x) for x in SUDOKU4.generate(5, 7).inputs))
+    assert cli(["eval", str(run), "--puzzles", str(puzzles), "--json", str(tmp_path / "u.json")]) == 0
+    assert json.loads((tmp_path / "u.json").read_text())["n_puzzles"] == 5
+    assert cli(["train", "--out", str(tmp_path / "x")]) == 2  # no budget: a clear error
+    assert "needs a budget" in capsys.readouterr().err
