@@ -89,8 +89,9 @@ def bench_torchrl(task, pool, B, D, n):
     return best
 
 
-def bench_make_vec(pool_path, B, D, n):
-    env = gym.make_vec("TRMRecursion-Sudoku-v0", num_envs=B, dataset=pool_path, latent_dim=D, max_steps=10**9)
+def bench_make_vec(pool_path, B, D, n, copy=True):
+    env = gym.make_vec("TRMRecursion-Sudoku-v0", num_envs=B, dataset=pool_path, latent_dim=D, max_steps=10**9,
+                       copy=copy)
     obs, _ = env.reset(seed=0)
     action = {"latent": obs["latent"], "answer": obs["answer"], "halt": np.zeros(B, dtype=np.int64)}
     return B / _timed(lambda: env.step(action), n, 20)
@@ -120,6 +121,7 @@ def main(argv=None) -> dict:
         torchrl_step = bench_torchrl_step(task, pool, B, D, args.steps)
         torchrl = bench_torchrl(task, pool, B, D, args.steps)
         vec = bench_make_vec(pool_path, B, D, args.steps)
+        vec_nocopy = bench_make_vec(pool_path, B, D, args.steps, copy=False)
         single_s = bench_single(pool_path, D, args.single_steps)
     result = {
         "date": time.strftime("%Y-%m-%d"),
@@ -128,9 +130,9 @@ def main(argv=None) -> dict:
                     "torch": torch.__version__, "gymnasium": gym.__version__},
         "config": {"task": "sudoku9", "L": 81, "latent_dim": D, "batch": B},
         "steps_per_s": {"core": core, "torchrl_env_step": torchrl_step, "torchrl_collector": torchrl,
-                        "make_vec": vec, "single_gym": 1 / single_s},
+                        "make_vec": vec, "make_vec_copy_false": vec_nocopy, "single_gym": 1 / single_s},
         "overhead_vs_core": {"torchrl_env_step": core / torchrl_step - 1, "torchrl_collector": core / torchrl - 1,
-                             "make_vec": core / vec - 1},
+                             "make_vec": core / vec - 1, "make_vec_copy_false": core / vec_nocopy - 1},
         "latent_bytes_per_step": B * 2 * 81 * D * 4,
         "single_gym_step_us": single_s * 1e6,
     }

@@ -32,9 +32,9 @@ def single_spaces(core: RecursionCore) -> tuple[spaces.Dict, spaces.Dict]:
     return observation, action
 
 
-def _numpy(obs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Fresh arrays: users keep what an env returns, so nothing may alias the core's state."""
-    return {k: np.array(v.detach().cpu().numpy()) for k, v in obs.items()}
+def _numpy(obs: dict[str, torch.Tensor], copy: bool = True) -> dict[str, np.ndarray]:
+    """Fresh arrays by default: users keep what an env returns, so nothing may alias the core's state."""
+    return {k: np.array(v.detach().cpu().numpy()) if copy else v.detach().cpu().numpy() for k, v in obs.items()}
 
 
 class RecursionGymEnv(gym.Env):
@@ -135,13 +135,16 @@ class RecursionVectorEnv(VectorEnv):
     """``gymnasium.make_vec("TRMRecursion-...-v0", num_envs=B)``: B envs stepped as one batch by the core
     (no Python loop over envs). Autoreset is Gymnasium's default next-step mode: the step after an episode
     ends resets that env (its action is ignored, its reward is 0). Same keyword args as
-    :class:`RecursionGymEnv`."""
+    :class:`RecursionGymEnv`, plus ``copy`` as in Gymnasium's ``SyncVectorEnv``: with ``copy=False`` the
+    observations are views of the core's state and the core keeps the action arrays it is given, which saves
+    two copies of the latent per step; then write into neither (the core itself never writes in place)."""
 
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(self, num_envs: int = 1, task: Task | str = "sudoku", dataset=None,
-                 device: str | torch.device = "cpu", **kwargs):
+                 device: str | torch.device = "cpu", copy: bool = True, **kwargs):
         kwargs.pop("render_mode", None)
+        self.copy = copy
         self.core = build_core(task, num_envs, dataset=dataset, device=device, **kwargs)
         self.task, self.num_envs = self.core.task, num_envs
         self.single_observation_space, self.single_action_space = single_spaces(self.core)
@@ -163,7 +166,7 @@ class RecursionVectorEnv(VectorEnv):
         self.core.rng = self.np_random
         self.core.reset()
         self._autoreset[:] = False
-        return _numpy(self.core.observation()), self._infos()
+        return _numpy(self.core.observation(), self.copy), self._infos()
 
     def step(self, actions):
         B = self.num_envs
@@ -174,9 +177,12 @@ class RecursionVectorEnv(VectorEnv):
         if self._autoreset.any():
             self.core.reset(reset_mask)
         if not self._autoreset.all():
+            if not self.copy:  # share the caller's arrays instead of copying them
+                actions = {k: torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray) else v
+                           for k, v in actions.items()}
             res = self.core.step(actions, mask=None if not self._autoreset.any() else ~reset_mask)
             reward = res.reward.cpu().numpy().astype(np.float64)
             terminated = res.terminated.cpu().numpy()
             truncated = res.truncated.cpu().numpy()
         self._autoreset = terminated | truncated
-        return _numpy(self.core.observation()), reward, terminated, truncated, self._infos()
+        return _numpy(self.core.observation(), self.copy), reward, terminated, truncated, self._infos()

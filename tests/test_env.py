@@ -385,3 +385,19 @@ def test_docstring_rollouts_run(module):
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_make_vec_without_copies_matches_with_copies():
+    kw = dict(num_envs=3, size=4, latent_dim=D, max_steps=3)
+    a = gym.make_vec("TRMRecursion-Sudoku-v0", **kw)
+    b = gym.make_vec("TRMRecursion-Sudoku-v0", copy=False, **kw)
+    oa, _ = a.reset(seed=2)
+    ob, _ = b.reset(seed=2)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        action = {"latent": rng.normal(size=(3, 2, 16, D)).astype(np.float32),
+                  "answer": rng.integers(0, 5, size=(3, 16)), "halt": rng.integers(0, 2, size=3)}
+        ra, rb = a.step({k: v.copy() for k, v in action.items()}), b.step(action)
+        for k in ra[0]:
+            assert np.array_equal(ra[0][k], rb[0][k])
+        assert np.array_equal(ra[1], rb[1]) and np.array_equal(ra[2], rb[2]) and np.array_equal(ra[3], rb[3])
