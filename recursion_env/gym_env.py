@@ -12,7 +12,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from .core import INFO_KEYS, RecursionCore, build_core
-from .render import board_image, board_text
+from .render import render_env
 from .tasks import Task
 
 
@@ -124,11 +124,8 @@ class RecursionGymEnv(gym.Env):
             gym.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'rgb_array'")
             return None
         c = self.core
-        puzzle, answer, label = c.puzzle[0].cpu().numpy(), c.answer[0].cpu().numpy(), c.label[0].cpu().numpy()
-        if self.render_mode == "ansi":
-            head = f"step {int(c.step_count[0])}  nfe {int(c.nfe[0])}  cell accuracy {float(c.cell_accuracy[0]):.3f}"
-            return head + "\n" + board_text(self.task, puzzle, answer, label) + "\n"
-        return board_image(self.task, puzzle, answer, label)
+        head = f"step {int(c.step_count[0])}  nfe {int(c.nfe[0])}  cell accuracy {float(c.cell_accuracy[0]):.3f}"
+        return render_env(c, self.render_mode, head)
 
 
 class RecursionVectorEnv(VectorEnv):

@@ -23,7 +23,7 @@ from gymnasium import spaces
 from torch import nn
 
 from .core import RecursionCore, build_core
-from .render import board_image, board_text
+from .render import render_env
 from .tasks import Task
 
 
@@ -188,10 +188,6 @@ class RecursionHaltingEnv(gym.Env):
         if self.render_mode is None:
             gym.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'rgb_array'")
             return None
-        c = self.core
-        puzzle, answer, label = c.puzzle[0].cpu().numpy(), c.answer[0].cpu().numpy(), c.label[0].cpu().numpy()
-        if self.render_mode == "ansi":
-            feats = "  ".join(f"{k} {v:.3f}" for k, v in zip(FEATURES, self._features))
-            return f"nfe {int(c.nfe[0])}  {feats}\n{board_text(self.task, puzzle, answer, label)}\n"
+        feats = "  ".join(f"{k} {v:.3f}" for k, v in zip(FEATURES, self._features))
         changed = None if self._changed is None else self._changed[0].cpu().numpy()
-        return board_image(self.task, puzzle, answer, label, changed=changed)
+        return render_env(self.core, self.render_mode, f"nfe {int(self.core.nfe[0])}  {feats}", changed)

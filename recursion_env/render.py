@@ -58,3 +58,12 @@ def board_image(task: Task, puzzle, answer, label=None, cell: int = 24, changed=
             if chars[i] != ".":
                 draw.text((c * cell + cell // 3, r * cell + cell // 5), chars[i], fill=(0, 0, 0))
     return np.asarray(img, dtype=np.uint8)
+
+
+def render_env(core, mode: str, header: str, changed=None):
+    """What ``render()`` returns for env 0 of a core: ``header`` and the board as text, or the board image."""
+    puzzle, answer = core.puzzle[0].cpu().numpy(), core.answer[0].cpu().numpy()
+    label = core.label[0].cpu().numpy()
+    if mode == "ansi":
+        return f"{header}\n{board_text(core.task, puzzle, answer, label)}\n"
+    return board_image(core.task, puzzle, answer, label, changed=changed)

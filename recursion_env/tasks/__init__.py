@@ -7,12 +7,11 @@ Every task has ``name``, ``seq_len``, ``vocab_size`` and ``generate(n, seed)``, 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write
 from .base import PuzzleBatch, Task
 from .maze import MazeTask
 from .nqueens import NQueensTask
@@ -52,8 +51,6 @@ def build_dataset(task: Task, n: int, seed: int, chunk: int = 500, progress: boo
 def save_dataset(path, task: Task, batch: PuzzleBatch, seed=None) -> Path:
     """Write ``batch`` as ``.npz`` with a JSON header (task, kwargs, seed, version, n). Atomic: written to a
     temporary file in the same folder, then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {"task": task.name, "kwargs": task.kwargs, "seed": seed, "version": DATASET_VERSION,
               "n": len(batch), "seq_len": task.seq_len, "vocab_size": task.vocab_size}
     arrays = {"inputs": batch.inputs, "labels": batch.labels,
@@ -61,16 +58,7 @@ def save_dataset(path, task: Task, batch: PuzzleBatch, seed=None) -> Path:
     for k, v in batch.meta.items():
         if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == len(batch) and v.dtype.kind in "biufU":
             arrays[f"meta_{k}"] = v
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def load_dataset(path) -> tuple[Task, PuzzleBatch, dict]:
