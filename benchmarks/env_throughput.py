@@ -51,7 +51,7 @@ def bench_torchrl_step(task, pool, B, D, n):
     """The adapter alone: ``env.step`` in a loop, no policy module, nothing stored."""
     env = RecursionTorchRLEnv(task, num_envs=B, dataset=pool, latent_dim=D, max_steps=10**9, seed=0)
     td = env.reset()
-    td["halt"] = torch.zeros(B, dtype=torch.int64)
+    td["action"] = {"latent": td["latent"], "answer": td["answer"], "halt": torch.zeros(B, dtype=torch.int64)}
     return B / _timed(lambda: env.step(td), n, 20)
 
 
@@ -70,7 +70,8 @@ def bench_torchrl(task, pool, B, D, n):
         def forward(self, latent, answer):
             return latent, answer, torch.zeros(answer.shape[:-1], dtype=torch.int64, device=answer.device)
 
-    policy = TensorDictModule(Trivial(), in_keys=["latent", "answer"], out_keys=["latent", "answer", "halt"])
+    policy = TensorDictModule(Trivial(), in_keys=["latent", "answer"],
+                              out_keys=[("action", "latent"), ("action", "answer"), ("action", "halt")])
     frames = B * 50
     # return_same_td: hand back the rollout buffer instead of a ~1 GB clone of it each batch
     collector = Collector(env, policy, frames_per_batch=frames, total_frames=frames * 8,

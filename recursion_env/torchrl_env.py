@@ -33,9 +33,12 @@ class RecursionTorchRLEnv(EnvBase):
                      cell_accuracy Bounded [0, 1]  [B]          blank cells equal to the label
                      score         Bounded [0, 1]  [B]          S, the reward's score
                      solved        Categorical(2)  [B] bool     the rule verifier's judgement
-        action       latent        Unbounded       [B, 2, P, D]
-                     answer        Categorical(V)  [B, L]
-                     halt          Categorical(2)  [B]
+        action       ("action", "latent")  Unbounded       [B, 2, P, D]   the next y and z
+                     ("action", "answer")  Categorical(V)  [B, L]         the decoded answer
+                     ("action", "halt")    Categorical(2)  [B]            1 = stop after this step
+
+    The action fields sit under ``"action"`` because ``latent`` and ``answer`` are also observations: at the
+    root, a policy's action would overwrite the observation it was computed from.
         reward       Bounded         [B, 1]        see :meth:`RecursionCore.reward_bounds`
         done, terminated, truncated  [B, 1] bool
 
@@ -72,10 +75,15 @@ class RecursionTorchRLEnv(EnvBase):
             solved=Categorical(2, shape=(B,), dtype=torch.bool, device=dev),
             shape=(B,), device=dev,
         )
+        # nested under "action": "latent" and "answer" are observations too, and a policy writing its action at
+        # the root would overwrite the observation it acted on (which PPO re-reads to recompute log-probs)
         self.full_action_spec = Composite(
-            latent=Unbounded(shape=latent_shape, dtype=torch.float32, device=dev),
-            answer=Categorical(V, shape=(B, L), dtype=torch.int64, device=dev),
-            halt=Categorical(2, shape=(B,), dtype=torch.int64, device=dev),
+            action=Composite(
+                latent=Unbounded(shape=latent_shape, dtype=torch.float32, device=dev),
+                answer=Categorical(V, shape=(B, L), dtype=torch.int64, device=dev),
+                halt=Categorical(2, shape=(B,), dtype=torch.int64, device=dev),
+                shape=(B,), device=dev,
+            ),
             shape=(B,), device=dev,
         )
         self.full_done_spec = Composite(
@@ -99,7 +107,7 @@ class RecursionTorchRLEnv(EnvBase):
         return TensorDict(self._observation(), batch_size=self.batch_size, device=self.device)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        res = self.core.step({k: tensordict.get(k) for k in ACTION_KEYS})
+        res = self.core.step({k: tensordict.get(("action", k)) for k in ACTION_KEYS})
         out = self._observation()
         out["reward"] = res.reward.unsqueeze(-1)
         out["terminated"] = res.terminated.unsqueeze(-1)

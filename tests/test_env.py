@@ -336,6 +336,8 @@ def test_torchrl_partial_reset_and_seed():
     td.update(env.full_action_spec.rand())
     td = env.step(td)
     assert (td["next", "step"] == 1).all()
+    assert not torch.equal(td["latent"], td["action", "latent"])  # the observation survives the action
+    assert torch.equal(td["next", "latent"], td["action", "latent"])
     current = td["next"].exclude("reward", "done", "terminated", "truncated")
     current.set("_reset", torch.tensor([[True], [False], [False]]))
     out = env.reset(current)  # as collectors do: the current observation with the envs to restart

@@ -200,7 +200,7 @@ def test_trm_through_torchrl_env_and_runner_agree(trained):
     env.core.latent = td["latent"].clone()
     answers, nfe = direct_predictions(model, td["puzzle"])
     for s in range(model.cfg.N_sup):
-        td.update(policy.act({k: td[k] for k in ("puzzle", "latent", "step", "answer")}))
+        td["action"] = policy.act({k: td[k] for k in ("puzzle", "latent", "step", "answer")})
         td = env.step(td)["next"]
         givens = td["puzzle"] != 0
         assert torch.equal(td["answer"], torch.where(givens, td["puzzle"], answers[s]))
