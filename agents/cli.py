@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -105,13 +106,14 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
-    import json
     from dataclasses import fields
 
     from .evaluation import torch_device
     from .trainers import PAPER_PRESET, TrainConfig, train
     from .trainers.policy_improvement import DIS_DEFAULTS
 
+    if args.method == "ppo":
+        return cmd_train_ppo(args)
     if args.resume:
         cfg = TrainConfig(out=args.out, steps=args.steps, minutes=args.minutes, device=str(torch_device(args.device)))
         result = train(cfg, resume=True)
@@ -141,6 +143,27 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_train_ppo(args) -> int:
+    from .evaluation import torch_device
+    from .trainers.ppo import PPOConfig, train_ppo
+
+    kw = {"mode": args.mode, "init": args.init, "task": args.task, "task_kwargs": _task_kwargs(args),
+          "lam": args.lam, "reward_mode": args.reward_mode, "seed": args.seed, "device": str(torch_device(args.device)),
+          "out": args.out, "iterations": args.steps, "minutes": args.minutes, "dataset": args.dataset}
+    for name, value in (("hidden", args.hidden), ("T", args.T), ("n", args.n), ("N_sup", args.n_sup),
+                        ("lr", args.lr), ("num_envs", args.num_envs), ("halt_bias", args.halt_bias)):
+        if value is not None:
+            kw[name] = value
+    if kw["iterations"] is None and kw["minutes"] is None:
+        raise ValueError("train needs a budget: --steps N (PPO iterations) and/or --minutes M")
+    result = train_ppo(PPOConfig(**kw))
+    last = result["history"][-1]
+    print(json.dumps({k: last.get(k) for k in ("iteration", "return", "mean_nfe", "exact_accuracy", "halting_rate")}))
+    print(f"checkpoint, TensorBoard logs and ppo_metrics.json are in {args.out}; "
+          f"evaluate with: recursion-env eval {args.out} --halting")
+    return 0
+
+
 def _print_table(result: dict) -> None:
     print(f"\n{'N_sup':>6}{'NFE':>7}{'exact':>9}{'cell':>9}")
     for row in result["by_step"]:
@@ -152,7 +175,6 @@ def _print_table(result: dict) -> None:
 
 
 def cmd_eval(args) -> int:
-    import json
 
     from .evaluation import evaluate_run, torch_device
 
@@ -233,7 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_data_show)
 
     tr = sub.add_parser("train", help="train a TRM: deep supervision (trm) or policy improvement (dis)")
-    tr.add_argument("--method", choices=["trm", "dis"], default="trm")
+    tr.add_argument("--method", choices=["trm", "dis", "ppo"], default="trm")
+    tr.add_argument("--mode", choices=["halting", "full"], default="halting",
+                    help="ppo: train only the halting decision (network frozen) or the whole TRM")
+    tr.add_argument("--init", default=None, help="ppo: start from this TRM/DIS run (default: a fresh network)")
+    tr.add_argument("--lam", type=float, default=0.01, help="ppo: reward cost per forward pass")
+    tr.add_argument("--reward-mode", choices=["label", "verifier"], default="label", help="ppo: label or label-free")
+    tr.add_argument("--num-envs", type=int, default=None, help="ppo: environments per batch")
+    tr.add_argument("--halt-bias", type=float, default=None,
+                    help="ppo: reset the halting head's bias first (0 = p(halt) 1/2; default: keep)")
     tr.add_argument("--targets", choices=["diffusion", "mask", "solver"], default=None,
                     help="dis: intermediate-target generator (default diffusion)")
     tr.add_argument("--autoregressive", action="store_true",

@@ -1,0 +1,273 @@
+"""PPO over the recursion MDP (TorchRL): the TRM is the agent; reward = correctness gain - lam * NFE.
+
+One transition is one supervision step of the TRM (the env's ``nfe_per_step`` is T (n + 1): 3 for DIS, 21 for
+the TRM baseline). Per transition the actor computes the next latent (deterministic), and samples
+
+* ``halt`` from a Bernoulli on the halting head (both modes);
+* ``mode="full"``: every blank cell's token from its own categorical (givens are kept by the env); in
+  ``mode="halting"`` the answer is the argmax, and only the halting decision is learned.
+
+How the factorised answer enters the PPO ratio: *per token*. The log-prob is a vector, one entry per cell plus
+one for halt, and TorchRL's ``ClipPPOLoss`` clips each token's ratio against the shared advantage. A joint
+log-prob (a sum over dozens of cells) makes the ratio exp(sum of differences), which explodes or vanishes after
+one update, so clipping then rejects nearly every sample; per-token ratios keep each update small per cell.
+Given cells carry log-prob 0 (ratio 1), so they add no gradient.
+
+``mode="halting"`` freezes the recursion network: only the halting head (the actor) and the value head (the
+critic) train. The critic reads the current answer embedding y: V(s) = value_head(mean y), no extra NFE.
+Training logs to TensorBoard: return, mean NFE per episode, exact accuracy at episode end, halting rate, KL,
+clip fraction. The result is saved as a run that ``recursion-env eval --halting`` reads: halting at
+evaluation stops where the halting head's probability exceeds one half, the learned policy's mode.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tensordict.nn import (
+    ProbabilisticTensorDictModule,
+    ProbabilisticTensorDictSequential,
+    TensorDictModule,
+    TensorDictSequential,
+)
+from torch import nn
+from tqdm import tqdm
+
+from recursion_env import RecursionTorchRLEnv
+from recursion_env.tasks import load_puzzles, make_task
+
+from ..checkpoint import save_checkpoint
+from ..evaluation import load_trained
+from ..trm import TRM, TRMConfig
+
+
+@dataclass
+class PPOConfig:
+    mode: str = "halting"  # "halting" or "full"
+    init: str | None = None  # a trained TRM/DIS run; None = a fresh network
+    task: str = "sudoku"
+    task_kwargs: dict = field(default_factory=lambda: {"size": 4})
+    hidden: int = 64  # fresh network only
+    T: int = 1
+    n: int = 2
+    N_sup: int = 6
+    lam: float = 0.01
+    #: reset the halting head's bias before training (None = keep). Its init of -5 (p(halt) ~ 0.7%) leaves PPO
+    #: almost no halting to learn from; DIS checkpoints never trained it. 0 starts at p(halt) = 1/2.
+    halt_bias: float | None = None
+    reward_mode: str = "label"
+    solve_bonus: float = 1.0
+    dataset: str | None = None
+    num_envs: int = 64
+    rollout_len: int = 8
+    iterations: int | None = 50
+    minutes: float | None = None
+    epochs: int = 4
+    minibatch_size: int = 256
+    lr: float = 3e-4
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    clip_epsilon: float = 0.2
+    entropy_coeff: float = 0.01
+    critic_coeff: float = 0.5
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    out: str = "runs/ppo"
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.mode not in ("halting", "full"):
+            raise ValueError(f"mode must be 'halting' or 'full', got {self.mode!r}")
+
+
+class AnswerAndHalt(torch.distributions.Distribution):
+    """Independent categoricals over the blank cells (``full``) and a Bernoulli halt, as one ``[B, L + 1]``
+    integer sample: L answer tokens, then the halt bit. ``log_prob`` and ``entropy`` are per token."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, answer_logits, halt_logit, blank, greedy_answer: bool):
+        self.answer = torch.distributions.Categorical(logits=answer_logits.float())
+        self.halt = torch.distributions.Bernoulli(logits=halt_logit.float())
+        self.blank, self.greedy_answer = blank.bool(), greedy_answer
+        self.argmax = answer_logits.argmax(-1)
+        super().__init__(batch_shape=halt_logit.shape, validate_args=False)
+
+    def sample(self, sample_shape=()):
+        answer = self.argmax if self.greedy_answer else self.answer.sample(sample_shape)
+        return torch.cat([answer, self.halt.sample(sample_shape).long().unsqueeze(-1)], -1)
+
+    @property
+    def mode(self):
+        return torch.cat([self.argmax, (self.halt.logits > 0).long().unsqueeze(-1)], -1)
+
+    @property
+    def deterministic_sample(self):
+        return self.mode
+
+    def log_prob(self, value):
+        halt = self.halt.log_prob(value[..., -1].float()).unsqueeze(-1)
+        if self.greedy_answer:
+            cells = torch.zeros_like(value[..., :-1], dtype=halt.dtype)
+        else:
+            cells = torch.where(self.blank, self.answer.log_prob(value[..., :-1]), 0.0)
+        return torch.cat([cells, halt], -1)
+
+    def entropy(self):
+        halt = self.halt.entropy().unsqueeze(-1)
+        cells = (torch.zeros_like(self.blank, dtype=halt.dtype) if self.greedy_answer
+                 else torch.where(self.blank, self.answer.entropy(), 0.0))
+        return torch.cat([cells, halt], -1)
+
+
+class TRMActor(nn.Module):
+    """One supervision step from the observation: the next latent, the answer logits, the halting logit."""
+
+    def __init__(self, model: TRM, mode: str):
+        super().__init__()
+        self.model, self.mode = model, mode
+
+    def forward(self, puzzle, latent, step, answer):
+        model = self.model
+        tokens = answer if model.cfg.input_from_answer else puzzle
+        x = model.embed(tokens, step if model.cfg.step_embedding else None)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.mode == "full"):
+            out = model.supervision_step(x, latent[:, 0], latent[:, 1])
+        y = out.y if self.mode == "full" else out.y.detach()
+        halt_logit = model.halt_head(y[:, 0]).squeeze(-1)  # the halting head trains in both modes
+        return torch.stack([out.y, out.z], 1).detach().float(), out.logits, halt_logit, puzzle == 0
+
+
+class TRMCritic(nn.Module):
+    def __init__(self, model: TRM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, latent):  # [..., 2, P, D]: any batch dims (GAE passes [envs, time])
+        return self.model.value_head(latent[..., 0, :, :].mean(-2))
+
+
+def _split(sample):
+    return sample[..., :-1], sample[..., -1]
+
+
+def build_model(cfg: PPOConfig):
+    if cfg.init:
+        model, task, train_config = load_trained(cfg.init, cfg.device)
+        return model.train(), task, train_config.get("method", "trm")
+    task = make_task(cfg.task, **cfg.task_kwargs)
+    torch.manual_seed(cfg.seed)
+    model = TRM(TRMConfig(seq_len=task.seq_len, vocab_size=task.vocab_size, hidden=cfg.hidden, T=cfg.T, n=cfg.n,
+                          N_sup=cfg.N_sup, step_embedding=cfg.N_sup)).to(cfg.device)
+    return model, task, "scratch"
+
+
+def train_ppo(cfg: PPOConfig) -> dict:
+    from torch.utils.tensorboard import SummaryWriter
+    from torchrl.envs import RewardSum, TransformedEnv
+    from torchrl.objectives import ClipPPOLoss
+    from torchrl.objectives.value import GAE
+
+    try:
+        from torchrl.collectors import SyncDataCollector as Collector
+    except ImportError:  # torchrl >= 0.14 names it Collector
+        from torchrl.collectors import Collector
+
+    # -- set up: model, env, actor, critic, loss ---------------------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    model, task, init_method = build_model(cfg)
+    dataset = load_puzzles(cfg.dataset, task)[1] if cfg.dataset else None
+    mcfg = model.cfg
+    if cfg.halt_bias is not None:
+        with torch.no_grad():
+            model.halt_head.bias.fill_(cfg.halt_bias)
+    env = RecursionTorchRLEnv(task, num_envs=cfg.num_envs, dataset=dataset, device=cfg.device, seed=cfg.seed,
+                              latent_dim=mcfg.hidden, latent_len=mcfg.latent_len,
+                              nfe_per_step=mcfg.nfe_per_supervision_step, max_steps=mcfg.N_sup, lam=cfg.lam,
+                              reward_mode=cfg.reward_mode, solve_bonus=cfg.solve_bonus)
+    env = TransformedEnv(env, RewardSum())  # "episode_reward": the return of each episode
+    if cfg.mode == "halting":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for head in (model.halt_head, model.value_head):
+            for p in head.parameters():
+                p.requires_grad_(True)
+    actor = ProbabilisticTensorDictSequential(
+        TensorDictModule(TRMActor(model, cfg.mode), in_keys=["puzzle", "latent", "step", "answer"],
+                         out_keys=[("action", "latent"), "answer_logits", "halt_logit", "blank"]),
+        ProbabilisticTensorDictModule(
+            in_keys=["answer_logits", "halt_logit", "blank"], out_keys=["sample"],
+            distribution_class=AnswerAndHalt, distribution_kwargs={"greedy_answer": cfg.mode == "halting"},
+            return_log_prob=True, log_prob_key="sample_log_prob"),
+    )
+    policy = TensorDictSequential(actor, TensorDictModule(_split, in_keys=["sample"],
+                                                          out_keys=[("action", "answer"), ("action", "halt")]))
+    critic = TensorDictModule(TRMCritic(model), in_keys=["latent"], out_keys=["state_value"])
+    advantage = GAE(gamma=cfg.gamma, lmbda=cfg.gae_lambda, value_network=critic, average_gae=False)
+    loss_module = ClipPPOLoss(actor, critic, clip_epsilon=cfg.clip_epsilon, entropy_coeff=cfg.entropy_coeff,
+                              critic_coeff=cfg.critic_coeff, normalize_advantage=True)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    frames = cfg.num_envs * cfg.rollout_len
+    collector = Collector(env, policy, frames_per_batch=frames, total_frames=-1)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    writer = SummaryWriter(str(out / "tb"))
+    history = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=cfg.iterations, disable=not cfg.progress, desc=f"ppo {cfg.mode}", unit="iter")
+
+    # -- the loop: collect, estimate advantages, several epochs of clipped updates ---------------------------------
+    for it, batch in enumerate(collector):
+        done = batch["next", "done"].squeeze(-1)
+        stats = {"episodes": int(done.sum())}
+        if done.any():
+            nxt = batch["next"]
+            stats |= {"return": float(nxt["episode_reward"].squeeze(-1)[done].mean()),
+                      "mean_nfe": float(nxt["nfe"][done].float().mean()),
+                      "exact_accuracy": float(nxt["solved"][done].float().mean()),
+                      "halting_rate": float(nxt["terminated"].squeeze(-1)[done].float().mean())}
+        with torch.no_grad():
+            advantage(batch)
+        data = batch.reshape(-1)
+        kl, clip_fraction = [], []
+        for _ in range(cfg.epochs):
+            for idx in torch.randperm(len(data)).split(cfg.minibatch_size):
+                losses = loss_module(data[idx])
+                loss = losses["loss_objective"] + losses["loss_critic"] + losses.get("loss_entropy", 0.0)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+                optimizer.step()
+                kl.append(float(losses.get("kl_approx", torch.tensor(0.0))))
+                clip_fraction.append(float(losses.get("clip_fraction", torch.tensor(0.0))))
+        stats |= {"kl": sum(kl) / len(kl), "clip_fraction": sum(clip_fraction) / len(clip_fraction),
+                  "loss": float(loss), "elapsed_s": time.perf_counter() - t0}
+        for k, v in stats.items():
+            writer.add_scalar(f"ppo/{k}", v, it)
+        history.append({"iteration": it + 1, **stats})
+        bar.update(1)
+        bar.set_postfix({k: f"{stats[k]:.3f}" for k in ("return", "mean_nfe", "exact_accuracy") if k in stats})
+        collector.update_policy_weights_()
+        if (cfg.iterations is not None and it + 1 >= cfg.iterations) or (
+                cfg.minutes is not None and stats["elapsed_s"] >= 60 * cfg.minutes):
+            break
+    bar.close()
+    collector.shutdown()
+    writer.close()
+
+    # -- save as a run that `recursion-env eval` reads ------------------------------------------------------------
+    weights = copy.deepcopy(model.state_dict())
+    save_checkpoint(out / "checkpoint.pt", {
+        "train_config": {**asdict(cfg), "method": "ppo", "init_method": init_method}, "model_config": mcfg.to_dict(),
+        "model": weights, "ema": weights, "task": task.name, "task_kwargs": task.kwargs, "step": len(history)})
+    result = {"method": "ppo", "mode": cfg.mode, "init": cfg.init, "lam": cfg.lam, "reward_mode": cfg.reward_mode,
+              "iterations": len(history), "frames": len(history) * frames,
+              "wall_clock_s": time.perf_counter() - t0, "history": history}
+    (out / "ppo_metrics.json").write_text(json.dumps(result, indent=2))
+    return result
