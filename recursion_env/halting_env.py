@@ -91,6 +91,8 @@ class RecursionHaltingEnv(gym.Env):
     score gain - lam * NFE + solve bonus. The episode is truncated after ``max_steps`` policy steps.
     ``info`` carries ``nfe``, ``cell_accuracy``, ``solved``, ``score``.
 
+    ``reset(options={"puzzle": ..., "label": ...})`` starts from a given puzzle (e.g. a held-out set).
+
     Keyword args: ``task``, task options, ``policy`` (a :class:`RecursionPolicy`; default an untrained
     :class:`TinyRecursionPolicy`), ``max_steps`` (default 16), ``lam``, ``reward_mode``, ``solve_bonus``,
     ``dataset``, ``device``, ``render_mode`` (``"ansi"``/``"rgb_array"``).
@@ -147,7 +149,15 @@ class RecursionHaltingEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self.core.rng = self.np_random
-        x, y = self.core.source.draw(1, self.core.rng)
+        options = dict(options or {})
+        unknown = set(options) - {"puzzle", "label"}
+        if unknown:
+            raise ValueError(f"reset options: unknown key(s) {sorted(unknown)}; expected puzzle, label")
+        if "puzzle" in options:
+            x = np.asarray(options["puzzle"], dtype=np.int64).reshape(1, -1)
+            y = None if options.get("label") is None else np.asarray(options["label"], dtype=np.int64).reshape(1, -1)
+        else:
+            x, y = self.core.source.draw(1, self.core.rng)
         puzzle = torch.from_numpy(x).to(self.core.device)
         self.core.reset(puzzles=puzzle, labels=y, latent=self.policy.initial_latent(puzzle))
         V = self.task.vocab_size

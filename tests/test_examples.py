@@ -23,3 +23,14 @@ def test_train_and_diagnose_example(tmp_path):
     reports = load("train_and_diagnose.py")["main"](out=str(tmp_path), steps=20)
     assert set(reports) == {"trm", "dis"}
     assert len(reports["dis"]["steps"]) == 6 and len(reports["trm"]["steps"]) == 4
+
+
+def test_sb3_halting_example(tmp_path):
+    from agents.trainers import TrainConfig, train
+
+    run = tmp_path / "trm"
+    train(TrainConfig(task_kwargs={"size": 4}, hidden=16, T=1, n=1, N_sup=3, batch_size=16, steps=5, eval_n=8,
+                      out=str(run), progress=False, final_eval=False))
+    result = load("sb3_halting.py")["main"](str(run), timesteps=256, eval_n=8)
+    assert 0 <= result["sb3_controller"]["mean_nfe"] <= 3 * 2
+    assert result["fixed_budget"]["mean_nfe"] == 3 * 2
