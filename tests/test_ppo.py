@@ -13,7 +13,7 @@ from agents.trainers.ppo import AnswerAndHalt, PPOConfig, train_ppo
 
 def tiny(**kw) -> PPOConfig:
     base = dict(task_kwargs={"size": 4}, hidden=16, T=1, n=1, N_sup=4, num_envs=16, rollout_len=4, iterations=2,
-                epochs=2, minibatch_size=32, progress=False)
+                epochs=2, minibatch_size=32, progress=False, train_pool=256, eval_n=64)
     return PPOConfig(**{**base, **kw})
 
 

@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tensordict.nn import (
     ProbabilisticTensorDictModule,
@@ -63,6 +64,9 @@ class PPOConfig:
     reward_mode: str = "label"
     solve_bonus: float = 1.0
     dataset: str | None = None
+    train_pool: int = 4096  # without a dataset: this many generated training puzzles, none of them held out
+    eval_n: int = 1000
+    eval_seed: int = 1_000_003  # the held-out puzzles (the supervised trainers' default too)
     num_envs: int = 64
     rollout_len: int = 8
     iterations: int | None = 50
@@ -182,7 +186,12 @@ def train_ppo(cfg: PPOConfig) -> dict:
     # -- set up: model, env, actor, critic, loss ---------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     model, task, init_method = build_model(cfg)
-    dataset = load_puzzles(cfg.dataset, task)[1] if cfg.dataset else None
+    if cfg.dataset:
+        dataset = load_puzzles(cfg.dataset, task)[1]
+    else:  # a generated pool with the held-out puzzles taken out, as the supervised trainers do
+        held_out = {row.tobytes() for row in task.generate(cfg.eval_n, seed=cfg.eval_seed).inputs}
+        pool = task.generate(cfg.train_pool, seed=[cfg.seed, 7])
+        dataset = pool[np.flatnonzero([row.tobytes() not in held_out for row in pool.inputs])]
     mcfg = model.cfg
     if cfg.halt_bias is not None:
         with torch.no_grad():
