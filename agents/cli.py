@@ -157,8 +157,10 @@ def cmd_train_ppo(args) -> int:
     if kw["iterations"] is None and kw["minutes"] is None:
         raise ValueError("train needs a budget: --steps N (PPO iterations) and/or --minutes M")
     result = train_ppo(PPOConfig(**kw))
-    last = result["history"][-1]
-    print(json.dumps({k: last.get(k) for k in ("iteration", "return", "mean_nfe", "exact_accuracy", "halting_rate")}))
+    if result["history"]:
+        last = result["history"][-1]
+        keys = ("iteration", "return", "mean_nfe", "exact_accuracy", "halting_rate")
+        print(json.dumps({k: last.get(k) for k in keys}))
     print(f"checkpoint, TensorBoard logs and ppo_metrics.json are in {args.out}; "
           f"evaluate with: recursion-env eval {args.out} --halting")
     return 0

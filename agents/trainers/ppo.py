@@ -232,7 +232,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
     bar = tqdm(total=cfg.iterations, disable=not cfg.progress, desc=f"ppo {cfg.mode}", unit="iter")
 
     # -- the loop: collect, estimate advantages, several epochs of clipped updates ---------------------------------
-    for it, batch in enumerate(collector):
+    batches = iter(collector) if cfg.iterations != 0 else iter(())  # 0 iterations: save the initial weights
+    for it, batch in enumerate(batches):
         done = batch["next", "done"].squeeze(-1)
         stats = {"episodes": int(done.sum())}
         if done.any():
