@@ -173,7 +173,11 @@ def _print_table(result: dict) -> None:
         print(f"{row['supervision_step']:>6}{row['nfe']:>7}{row['exact_accuracy']:>9.3f}{cell:>9}")
     if "halting" in result:
         h = result["halting"]
-        print(f"halting: mean NFE {h['mean_nfe']:.1f}, exact {h['exact_accuracy']:.3f}")
+        print(f"halting (greedy, p(halt) > 1/2): mean NFE {h['mean_nfe']:.1f}, exact {h['exact_accuracy']:.3f}")
+    if "halting_sampled" in result:
+        h = result["halting_sampled"]
+        print(f"halting (sampled, the stochastic policy): mean NFE {h['mean_nfe']:.1f}, "
+              f"exact {h['exact_accuracy']:.3f}")
 
 
 def cmd_eval(args) -> int:

@@ -48,8 +48,8 @@ def evaluate_run(run, n: int = 1000, puzzles=None, halting: bool = False, guidan
         for row in result["by_step"]:
             row["cell_accuracy"] = None
     if halting:
-        result["halting"] = {k: summary["halting"][k] for k in ("mean_nfe", "exact_accuracy", "cell_accuracy",
-                                                                "mean_steps")}
+        result["halting"] = summary["halting"]
+        result["halting_sampled"] = summary["halting_sampled"]
     if guidance:
         rows = []
         for w in guidance:

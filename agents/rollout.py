@@ -80,16 +80,17 @@ def rollout_metrics(model: TRM, task: Task, inputs: np.ndarray, labels: np.ndarr
     """Run every puzzle for ``N_sup`` supervision steps through the core (no halting) and record, per step,
     ``solved`` (the rule verifier), blank-cell accuracy, and whether the halting head says stop.
 
-    Returns arrays ``solved [N_sup, N]``, ``cell_accuracy [N_sup, N]``, ``halt [N_sup, N]`` and
-    ``nfe_per_step``. Halting at evaluation is read off these: an example halts at the first step whose halt
-    logit is > 0 (or the last), with that step's answer, and spends (step + 1) * nfe_per_step forward passes.
+    Returns arrays ``solved [N_sup, N]``, ``cell_accuracy [N_sup, N]``, ``halt_logit [N_sup, N]`` and
+    ``nfe_per_step``. Halting at evaluation is read off these (see :func:`summarize`): an example halts at the
+    first step its halting policy says stop (or the last), with that step's answer, and spends
+    (step + 1) * nfe_per_step forward passes; later steps cannot change an earlier step's answer.
     """
     model.eval()
     N_sup = model.cfg.N_sup
     n = len(inputs)
     solved = np.zeros((N_sup, n), dtype=bool)
     cell = np.zeros((N_sup, n), dtype=np.float32)
-    halt = np.zeros((N_sup, n), dtype=bool)
+    halt_logit = np.zeros((N_sup, n), dtype=np.float32)
     for start in range(0, n, batch_size):
         sl = slice(start, min(n, start + batch_size))
         k = sl.stop - sl.start
@@ -100,25 +101,35 @@ def rollout_metrics(model: TRM, task: Task, inputs: np.ndarray, labels: np.ndarr
             res = runner.commit(out, w=guidance)
             solved[s, sl] = res.info["solved"].cpu().numpy()
             cell[s, sl] = res.info["cell_accuracy"].cpu().numpy()
-            halt[s, sl] = (out.halt_logit > 0).cpu().numpy()
+            halt_logit[s, sl] = out.halt_logit.float().cpu().numpy()
             if on_step is not None:
                 on_step(s, sl, out, runner)
-    return {"solved": solved, "cell_accuracy": cell, "halt": halt,
+    return {"solved": solved, "cell_accuracy": cell, "halt_logit": halt_logit,
             "nfe_per_step": model.cfg.nfe_per_supervision_step}
 
 
-def summarize(metrics: dict, steps: list[int] | None = None) -> dict:
-    """``by_step`` (accuracy after each supervision-step prefix) and ``halting`` from :func:`rollout_metrics`."""
-    solved, cell, halt, k = metrics["solved"], metrics["cell_accuracy"], metrics["halt"], metrics["nfe_per_step"]
+def _halting(solved, cell, halt, k) -> dict:
+    N_sup, n = solved.shape
+    stop = np.where(halt.any(0), halt.argmax(0), N_sup - 1)  # the first step the policy says stop
+    cols = np.arange(n)
+    return {"mean_nfe": float(((stop + 1) * k).mean()), "mean_steps": float((stop + 1).mean()),
+            "exact_accuracy": float(solved[stop, cols].mean()), "cell_accuracy": float(cell[stop, cols].mean())}
+
+
+def summarize(metrics: dict, steps: list[int] | None = None, halting_seed: int = 0) -> dict:
+    """``by_step`` (accuracy after each supervision-step prefix) and halting from :func:`rollout_metrics`.
+
+    ``halting``: the greedy policy, stop where p(halt) > 1/2 (the halting head's logit > 0), as TRM evaluates.
+    ``halting_sampled``: the stochastic policy a PPO controller learns, p(halt) = sigmoid(logit) drawn at each
+    step (seeded), which can stop early even when no single step's p(halt) exceeds 1/2."""
+    solved, cell, logit, k = metrics["solved"], metrics["cell_accuracy"], metrics["halt_logit"], metrics["nfe_per_step"]
     N_sup, n = solved.shape
     steps = steps or list(range(1, N_sup + 1))
     by_step = [{"supervision_step": s, "nfe": s * k, "exact_accuracy": float(solved[s - 1].mean()),
                 "cell_accuracy": float(cell[s - 1].mean())} for s in steps]
-    stop = np.where(halt.any(0), halt.argmax(0), N_sup - 1)  # first step whose halting head says stop
-    cols = np.arange(n)
-    halting = {"mean_nfe": float(((stop + 1) * k).mean()), "mean_steps": float((stop + 1).mean()),
-               "exact_accuracy": float(solved[stop, cols].mean()), "cell_accuracy": float(cell[stop, cols].mean())}
-    return {"n_puzzles": int(n), "by_step": by_step, "halting": halting}
+    draws = np.random.default_rng(halting_seed).random(logit.shape)
+    return {"n_puzzles": int(n), "by_step": by_step, "halting": _halting(solved, cell, logit > 0, k),
+            "halting_sampled": _halting(solved, cell, draws < 1 / (1 + np.exp(-logit.astype(np.float64))), k)}
 
 
 class TRMPolicy:

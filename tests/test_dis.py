@@ -173,3 +173,19 @@ def test_diagnostics_flag_a_step_that_changes_nothing(tmp_path):
     assert "DEAD" in summary_text(report)
     paths = write_report(report, tmp_path / "r.json", tmp_path / "plots")
     assert all(p.exists() and p.stat().st_size > 0 for p in paths) and len(paths) == 3
+
+
+def test_summarize_greedy_and_sampled_halting():
+    from agents.rollout import summarize
+
+    solved = np.array([[False, True], [True, True], [True, True]])  # [N_sup=3, n=2]
+    cell = solved.astype(np.float32)
+    logit = np.array([[-50.0, 50.0], [-50.0, -50.0], [-50.0, -50.0]])  # puzzle 1 stops at once, 0 never
+    s = summarize({"solved": solved, "cell_accuracy": cell, "halt_logit": logit, "nfe_per_step": 3})
+    assert s["halting"] == s["halting_sampled"]  # probabilities of 0 and 1: sampling is deterministic
+    assert s["halting"]["mean_nfe"] == (9 + 3) / 2 and s["halting"]["exact_accuracy"] == 1.0
+    half = np.zeros((3, 2000))  # p(halt) = 1/2 at every step
+    many = summarize({"solved": np.ones((3, 2000), bool), "cell_accuracy": np.ones((3, 2000)), "halt_logit": half,
+                      "nfe_per_step": 1})
+    assert many["halting"]["mean_steps"] == 3.0  # greedy never halts at p = 1/2
+    assert abs(many["halting_sampled"]["mean_steps"] - 1.75) < 0.1  # 1/2*1 + 1/4*2 + 1/4*3

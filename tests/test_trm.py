@@ -242,6 +242,7 @@ def test_cli_train_eval_and_resume(tmp_path, capsys):
     assert [r["nfe"] for r in m["by_step"]] == [3, 6, 9]
     assert set(m["by_step"][0]) >= {"supervision_step", "nfe", "exact_accuracy", "cell_accuracy"}
     assert set(m["halting"]) >= {"mean_nfe", "exact_accuracy", "cell_accuracy"}
+    assert set(m["halting_sampled"]) >= {"mean_nfe", "exact_accuracy", "cell_accuracy"}
     puzzles = tmp_path / "p.txt"
     puzzles.write_text("\n".join(SUDOKU4.to_line(x) for x in SUDOKU4.generate(5, 7).inputs))
     assert cli(["eval", str(run), "--puzzles", str(puzzles), "--json", str(tmp_path / "u.json")]) == 0
