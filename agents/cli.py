@@ -151,7 +151,8 @@ def cmd_train_ppo(args) -> int:
           "lam": args.lam, "reward_mode": args.reward_mode, "seed": args.seed, "device": str(torch_device(args.device)),
           "out": args.out, "iterations": args.steps, "minutes": args.minutes, "dataset": args.dataset}
     for name, value in (("hidden", args.hidden), ("T", args.T), ("n", args.n), ("N_sup", args.n_sup),
-                        ("lr", args.lr), ("num_envs", args.num_envs), ("halt_bias", args.halt_bias)):
+                        ("lr", args.lr), ("num_envs", args.num_envs), ("halt_bias", args.halt_bias),
+                        ("entropy_coeff", args.entropy_coeff)):
         if value is not None:
             kw[name] = value
     if kw["iterations"] is None and kw["minutes"] is None:
@@ -268,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lam", type=float, default=0.01, help="ppo: reward cost per forward pass")
     tr.add_argument("--reward-mode", choices=["label", "verifier"], default="label", help="ppo: label or label-free")
     tr.add_argument("--num-envs", type=int, default=None, help="ppo: environments per batch")
+    tr.add_argument("--entropy-coeff", type=float, default=None, help="ppo: entropy bonus (default 0.01)")
     tr.add_argument("--halt-bias", type=float, default=None,
                     help="ppo: reset the halting head's bias first (0 = p(halt) 1/2; default: keep)")
     tr.add_argument("--targets", choices=["diffusion", "mask", "solver"], default=None,
