@@ -130,6 +130,9 @@ def _verdict(cfg: BenchConfig, results: dict) -> dict:
     best_dis = max(dis.values()) if dis else 0.0
     if max(best, best_dis) < 0.10:
         depth = f"TOO HARD for this budget: both methods stay below 10% exact (TRM best {best:.3f}, DIS {best_dis:.3f})"
+    elif best < 0.10:
+        depth = (f"INCONCLUSIVE: the TRM baseline did not learn within this budget (best {best:.3f} exact), so the "
+                 f"depth check cannot be read; DIS reached {best_dis:.3f} at 18 NFE in the same wall-clock")
     elif best - first <= 0.02:
         depth = (f"TOO EASY for this budget: TRM is already at {first:.3f} after its first supervision step and "
                  f"at best {best:.3f}; this task does not show what depth buys")
@@ -147,6 +150,18 @@ def _verdict(cfg: BenchConfig, results: dict) -> dict:
                                           halting["mean_nfe"] <= 9 and halting["exact_accuracy"] >= best_fixed - 0.01)}
     return {"depth_check": {"trm_first_step_exact": first, "trm_best_exact": best, "verdict": depth},
             "claims": claims}
+
+
+def rewrite_report(out) -> dict:
+    """Re-derive the verdict, results.md and the plot from a finished run's results.json (no training)."""
+    out = Path(out)
+    report = json.loads((out / "results.json").read_text())
+    cfg = BenchConfig(**report["config"])
+    report |= _verdict(cfg, report["methods"])
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    (out / "results.md").write_text(markdown(report))
+    _plot(report, out / "accuracy_vs_nfe.png")
+    return report
 
 
 def markdown(report: dict) -> str:

@@ -221,6 +221,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sequential", action="store_true", help="train methods one after another, all cores each")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--report-only", action="store_true",
+                   help="re-derive results.md, the verdict and the plot from --out's results.json, no training")
 
 
 def cmd_bench(args) -> int:
@@ -236,7 +238,12 @@ def cmd_bench(args) -> int:
     if args.hard:
         kw |= {"min_givens": 22, "max_givens": 27}
     cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
-    report = run(cfg)
+    if args.report_only:
+        from .bench import rewrite_report
+
+        report = rewrite_report(cfg.out)
+    else:
+        report = run(cfg)
     print((Path(cfg.out) / "results.md").read_text())
     print(f"depth check: {report['depth_check']['verdict']}")
     print(f"wrote results.json, results.md and accuracy_vs_nfe.png to {cfg.out}")
