@@ -205,6 +205,12 @@ def _plot(report: dict, path: Path) -> None:
                     label=f"{name} + halting head")
     ax.set(xscale="log", xlabel="forward passes per puzzle (NFE)", ylabel="exact accuracy (held-out)",
            ylim=(0, 1.02), title="accuracy vs NFE")
+    ticks = []
+    for t in sorted({x["nfe"] for r in report["methods"].values() for x in r["by_step"]}):
+        if not ticks or t >= 1.3 * ticks[-1]:  # labels closer than that overlap on a log axis
+            ticks.append(t)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

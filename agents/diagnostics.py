@@ -63,7 +63,7 @@ def diagnose(run, n: int = 1000, w: float = 1.0, device="cpu", puzzles=None) -> 
     if labels is None:
         raise ValueError("diagnostics need labels (the margin is measured at the solution token)")
     report = diagnose_model(model, task, inputs, labels, w, device)
-    return {"run": str(run), "method": train_config.get("method", "trm"), **report}
+    return {**report, "run": str(run), "method": train_config.get("method", "trm")}
 
 
 def diagnose_model(model, task, inputs, labels, w: float = 1.0, device="cpu") -> dict:
@@ -119,6 +119,8 @@ def save_plots(report: dict, folder) -> list[Path]:
             ax.axvline(r["nfe"], color="red", alpha=0.15)
     ax.set(xlabel="forward passes (NFE)", ylabel="accuracy", xscale="log", ylim=(0, 1.02),
            title=f"{report['method']}: accuracy vs NFE (red: dead steps)")
+    ax.set_xticks(nfe, [str(v) for v in nfe])
+    ax.minorticks_off()
     ax.legend()
     fig.tight_layout()
     paths = [folder / "accuracy_vs_nfe.png"]

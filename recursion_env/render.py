@@ -10,8 +10,9 @@ _GIVEN, _RIGHT, _WRONG, _BLANK = (200, 200, 200), (190, 235, 190), (245, 185, 18
 
 
 def board_text(task: Task, puzzle, answer, label=None, changed=None) -> str:
-    """One row per board row. Givens in brackets ``[5]``; decided cells plain, followed by ``!`` where they
-    disagree with a known label, else ``*`` where ``changed`` marks them (e.g. changed by the last step)."""
+    """One row per board row. Givens in brackets ``[5]``; other cells plain, followed by ``!`` where a decided
+    (non-zero) token disagrees with a known label, else ``*`` where ``changed`` marks them (e.g. changed by
+    the last step)."""
     rows, cols = task.grid_shape
     chars = task.to_line(answer)
     puzzle = np.asarray(puzzle).reshape(-1)
@@ -24,7 +25,7 @@ def board_text(task: Task, puzzle, answer, label=None, changed=None) -> str:
             if puzzle[i] != 0:
                 cells.append(f"[{chars[i]}]")
             else:
-                wrong = label is not None and label[i] != 0 and answer[i] != label[i]
+                wrong = label is not None and label[i] != 0 and answer[i] != 0 and answer[i] != label[i]
                 mark = "!" if wrong else "*" if changed is not None and changed[i] else " "
                 cells.append(f" {chars[i]}{mark}")
         lines.append("".join(cells))
