@@ -189,3 +189,24 @@ def test_summarize_greedy_and_sampled_halting():
                       "nfe_per_step": 1})
     assert many["halting"]["mean_steps"] == 3.0  # greedy never halts at p = 1/2
     assert abs(many["halting_sampled"]["mean_steps"] - 1.75) < 0.1  # 1/2*1 + 1/4*2 + 1/4*3
+
+
+def test_cli_train_dis_then_diagnose_and_eval_guidance(tmp_path):
+    import json
+
+    from agents.cli import main as cli
+
+    run = tmp_path / "dis"
+    assert cli(["train", "--method", "dis", "--targets", "solver", "--task", "sudoku", "--size", "4", "--steps", "4",
+                "--hidden", "16", "--eval-n", "16", "--out", str(run)]) == 0
+    assert cli(["diagnose", str(run), "--n", "16", "--json", str(tmp_path / "d.json"), "--plots",
+                str(tmp_path / "plots")]) == 0
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert report["method"] == "dis" and len(report["steps"]) == 6
+    assert set(report["steps"][0]) >= {"supervision_step", "nfe", "exact_accuracy", "cell_accuracy",
+                                       "advantage_margin", "changed_fraction", "dead"}
+    assert (tmp_path / "plots" / "margin_per_step.png").exists()
+    assert cli(["eval", str(run), "--n", "16", "--guidance", "0,1,2", "--json", str(tmp_path / "e.json")]) == 0
+    rows = json.loads((tmp_path / "e.json").read_text())["guidance"]
+    assert [r["w"] for r in rows] == [0.0, 1.0, 2.0]
+    assert all({"exact_accuracy", "cell_accuracy"} <= set(r) for r in rows)
