@@ -35,6 +35,7 @@ class TRMConfig:
     num_puzzle_ids: int = 0  # size of the per-puzzle embedding table (0 = none)
     step_embedding: int = 0  # number of supervision-step indices embedded into x (0 = none; DIS uses N_sup)
     input_from_answer: bool = False  # x embeds the previous decoded answer instead of the puzzle (DIS option)
+    halt_readout: str = "first"  # the halting head reads y at position 0 (TRM) or the mean of y ("mean")
 
     def __post_init__(self) -> None:
         if self.mixer not in ("mlp", "attention"):
@@ -43,6 +44,8 @@ class TRMConfig:
             self.pos = "rope" if self.mixer == "attention" else "learned"
         if self.pos not in ("rope", "learned"):
             raise ValueError(f"pos must be 'rope' or 'learned', got {self.pos!r}")
+        if self.halt_readout not in ("first", "mean"):
+            raise ValueError(f"halt_readout must be 'first' or 'mean', got {self.halt_readout!r}")
         if self.mixer == "attention" and self.hidden % self.heads:
             raise ValueError(f"hidden {self.hidden} is not divisible by heads {self.heads}")
         for k in ("T", "n", "N_sup", "hidden", "L_layers"):
@@ -219,11 +222,15 @@ class TRM(nn.Module):
                 y, z = self.latent_recursion(x, y, z, n)
         return self.latent_recursion(x, y, z, n)
 
+    def halt_logit(self, y: torch.Tensor) -> torch.Tensor:
+        """TRM's Q head reads position 0 (a puzzle-embedding slot when there is one, else the first cell)."""
+        return self.halt_head(y[:, 0] if self.cfg.halt_readout == "first" else y.mean(1)).squeeze(-1)
+
     def readout(self, y: torch.Tensor):
         """(logits [B, L, V], halt logit [B], value [B]) from the answer embedding."""
         P = self.cfg.puzzle_emb_len
         logits = self.output_head(y[:, P:])
-        return logits, self.halt_head(y[:, 0]).squeeze(-1), self.value_head(y.mean(1)).squeeze(-1)
+        return logits, self.halt_logit(y), self.value_head(y.mean(1)).squeeze(-1)
 
     def supervision_step(self, x, y, z, T: int | None = None, n: int | None = None) -> SupervisionOutput:
         """One supervision step from carry (y, z): the reference logits before it, the conditional ones after."""

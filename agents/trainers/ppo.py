@@ -61,6 +61,9 @@ class PPOConfig:
     #: reset the halting head's bias before training (None = keep). Its init of -5 (p(halt) ~ 0.7%) leaves PPO
     #: almost no halting to learn from; DIS checkpoints never trained it. 0 starts at p(halt) = 1/2.
     halt_bias: float | None = None
+    #: where the halting head reads y: None keeps the model's; "mean" (a whole-board summary) for a model whose
+    #: halting head was never trained (DIS), whose position 0 is just the first cell's embedding
+    halt_readout: str | None = None
     reward_mode: str = "label"
     solve_bonus: float = 1.0
     dataset: str | None = None
@@ -144,7 +147,7 @@ class TRMActor(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.mode == "full"):
             out = model.supervision_step(x, latent[:, 0], latent[:, 1])
         y = out.y if self.mode == "full" else out.y.detach()
-        halt_logit = model.halt_head(y[:, 0]).squeeze(-1)  # the halting head trains in both modes
+        halt_logit = model.halt_logit(y)  # the halting head trains in both modes
         return torch.stack([out.y, out.z], 1).detach().float(), out.logits, halt_logit, puzzle == 0
 
 
@@ -193,6 +196,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
         pool = task.generate(cfg.train_pool, seed=[cfg.seed, 7])
         dataset = pool[np.flatnonzero([row.tobytes() not in held_out for row in pool.inputs])]
     mcfg = model.cfg
+    if cfg.halt_readout is not None:
+        mcfg.halt_readout = cfg.halt_readout  # saved with the run, so evaluation halts the same way
     if cfg.halt_bias is not None:
         with torch.no_grad():
             model.halt_head.bias.fill_(cfg.halt_bias)
