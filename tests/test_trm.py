@@ -249,3 +249,14 @@ def test_cli_train_eval_and_resume(tmp_path, capsys):
     assert json.loads((tmp_path / "u.json").read_text())["n_puzzles"] == 5
     assert cli(["train", "--out", str(tmp_path / "x")]) == 2  # no budget: a clear error
     assert "needs a budget" in capsys.readouterr().err
+
+
+def test_halt_readout_position_zero_or_mean():
+    for readout in ("first", "mean"):
+        model = TRM(TRMConfig(seq_len=16, vocab_size=5, hidden=16, T=1, n=1, halt_readout=readout))
+        torch.nn.init.normal_(model.halt_head.weight)
+        y = torch.randn(3, 16, 16)
+        expected = model.halt_head(y[:, 0] if readout == "first" else y.mean(1)).squeeze(-1)
+        assert torch.allclose(model.readout(y)[1], expected)
+    with pytest.raises(ValueError, match="halt_readout"):
+        TRMConfig(seq_len=16, vocab_size=5, halt_readout="last")
