@@ -254,8 +254,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             bar.set_postfix(loss=f"{last_loss:.3f}", **({"exact": f"{metrics['episode_exact']:.2f}"}
                                                       if "episode_exact" in metrics else {}))
         if cfg.eval_every and step % cfg.eval_every == 0:
-            summary = evaluate_model(ema.copy_to(copy.deepcopy(model)), task, eval_x, eval_y, method,
-                                     device=device, n=min(cfg.eval_n, 256))
+            k = min(cfg.eval_n, 256)  # a quick look during training; the final evaluation uses all
+            summary = evaluate_model(ema.copy_to(copy.deepcopy(model)), task, eval_x[:k], eval_y[:k], device)
             history.append({"step": step, "elapsed_s": elapsed, **summary})
             best = max(r["exact_accuracy"] for r in summary["by_step"])
             writer.add_scalar("eval/best_exact_accuracy", best, step)
@@ -268,7 +268,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     # -- final evaluation with the EMA weights -------------------------------------------------------------------
     summary = {}
     if cfg.final_eval:
-        summary = evaluate_model(ema.copy_to(copy.deepcopy(model)), task, eval_x, eval_y, method, device=device)
+        summary = evaluate_model(ema.copy_to(copy.deepcopy(model)), task, eval_x, eval_y, device)
     result = {"method": cfg.method, "task": task.name, "task_kwargs": task.kwargs, "optimizer_steps": step,
               "train_forward_passes": train_nfe, "wall_clock_s": elapsed, "last_loss": last_loss,
               "examples_seen": stream.emitted, "held_out_dropped_from_training": stream.dropped,
@@ -280,10 +280,5 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     return result
 
 
-def evaluate_model(model: TRM, task: Task, inputs: np.ndarray, labels: np.ndarray | None, method=None,
-                   device="cpu", n: int | None = None, guidance: float = 1.0) -> dict:
-    if n is not None:
-        inputs = inputs[:n]
-        labels = None if labels is None else labels[:n]
-    metrics = rollout_metrics(model, task, inputs, labels, device=device, guidance=guidance)
-    return summarize(metrics)
+def evaluate_model(model: TRM, task: Task, inputs: np.ndarray, labels: np.ndarray | None, device="cpu") -> dict:
+    return summarize(rollout_metrics(model, task, inputs, labels, device=device))
