@@ -29,7 +29,8 @@ def test_distribution_is_per_token_and_keeps_givens_out():
     assert lp.shape == (3, 17) and (lp[:, 4:16] == 0).all() and (lp[:, :4] < 0).all()
     assert torch.allclose(lp[:, -1], torch.distributions.Bernoulli(logits=halt).log_prob(sample[:, -1].float()))
     greedy = AnswerAndHalt(logits, halt, blank, greedy_answer=True)
-    assert torch.equal(greedy.sample()[:, :16], logits.argmax(-1)) and (greedy.log_prob(sample)[:, :16] == 0).all()
+    assert torch.equal(greedy.sample()[:, :16], logits.argmax(-1))
+    assert torch.allclose(greedy.log_prob(sample), lp[:, -1:]) and greedy.entropy().shape == (3, 1)
 
 
 def test_short_run_has_finite_losses_and_writes_a_run(tmp_path):

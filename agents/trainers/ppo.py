@@ -95,7 +95,9 @@ class PPOConfig:
 
 class AnswerAndHalt(torch.distributions.Distribution):
     """Independent categoricals over the blank cells (``full``) and a Bernoulli halt, as one ``[B, L + 1]``
-    integer sample: L answer tokens, then the halt bit. ``log_prob`` and ``entropy`` are per token."""
+    integer sample: L answer tokens, then the halt bit. ``log_prob`` and ``entropy`` are per token: ``[B, L + 1]``,
+    or only the halt token ``[B, 1]`` when the answer is the greedy argmax (halting mode), since the loss averages
+    over tokens and L constant tokens would divide the halting gradient by L + 1."""
 
     arg_constraints: dict = {}
 
@@ -121,16 +123,14 @@ class AnswerAndHalt(torch.distributions.Distribution):
     def log_prob(self, value):
         halt = self.halt.log_prob(value[..., -1].float()).unsqueeze(-1)
         if self.greedy_answer:
-            cells = torch.zeros_like(value[..., :-1], dtype=halt.dtype)
-        else:
-            cells = torch.where(self.blank, self.answer.log_prob(value[..., :-1]), 0.0)
-        return torch.cat([cells, halt], -1)
+            return halt
+        return torch.cat([torch.where(self.blank, self.answer.log_prob(value[..., :-1]), 0.0), halt], -1)
 
     def entropy(self):
         halt = self.halt.entropy().unsqueeze(-1)
-        cells = (torch.zeros_like(self.blank, dtype=halt.dtype) if self.greedy_answer
-                 else torch.where(self.blank, self.answer.entropy(), 0.0))
-        return torch.cat([cells, halt], -1)
+        if self.greedy_answer:
+            return halt
+        return torch.cat([torch.where(self.blank, self.answer.entropy(), 0.0), halt], -1)
 
 
 class TRMActor(nn.Module):
