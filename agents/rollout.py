@@ -59,9 +59,7 @@ class RecursionRunner:
 
     def forward(self) -> SupervisionOutput:
         core = self.core
-        step_index = core.step_count if self.model.cfg.step_embedding else None
-        tokens = core.answer if self.model.cfg.input_from_answer else core.puzzle
-        x = self.model.embed(tokens, step_index)
+        x = self.model.step_input(core.puzzle, core.answer, core.step_count)
         return self.model.supervision_step(x, core.latent[:, 0], core.latent[:, 1])
 
     def commit(self, out: SupervisionOutput, halt: torch.Tensor | None = None, w: float = 1.0,
@@ -153,24 +151,21 @@ class TRMPolicy:
         with torch.no_grad():
             return self.model.initial_latent(puzzle)
 
-    def _input_tokens(self, puzzle, latent, step_index, answer=None):
-        """What x embeds: the puzzle, or (``input_from_answer``) the previous decoded answer, which the halting
-        env does not pass: it is the readout of y with the givens kept, and the puzzle before the first step."""
-        if not self.model.cfg.input_from_answer:
-            return puzzle
-        if answer is None:
+    def _step_input(self, puzzle, latent, step_index, answer=None):
+        """x for this step. The halting env passes no answer; models that read it (``input_from_answer``) get the
+        previous decoded answer back from y: its readout with the givens kept, and the puzzle before step one."""
+        if answer is None and self.model.cfg.input_from_answer:
             decoded = self.model.readout(latent[:, 0])[0].argmax(-1)
             answer = torch.where(puzzle != 0, puzzle, decoded)
             if step_index is not None:
                 answer = torch.where((step_index.reshape(-1, 1) == 0), puzzle, answer)
-        return answer
+        return self.model.step_input(puzzle, answer, step_index)
 
     @torch.no_grad()
     def step(self, puzzle: torch.Tensor, latent: torch.Tensor, step_index: torch.Tensor | None = None,
              answer: torch.Tensor | None = None) -> RecursionOutput:
         """One supervision step (the halting env's interface)."""
-        tokens = self._input_tokens(puzzle, latent, step_index, answer)
-        x = self.model.embed(tokens, step_index if self.model.cfg.step_embedding else None)
+        x = self._step_input(puzzle, latent, step_index, answer)
         out = self.model.supervision_step(x, latent[:, 0], latent[:, 1])
         return RecursionOutput(torch.stack([out.y, out.z], 1), out.logits, out.halt_logit)
 
@@ -190,8 +185,7 @@ class TRMPolicy:
         if not bool((step % per_sup == c).all()):
             raise ValueError("call granularity needs every env of the batch at the same position in the schedule")
         sup_index = step // per_sup
-        tokens = self._input_tokens(puzzle, latent, sup_index, obs.get("answer"))
-        x = model.embed(tokens, sup_index if cfg.step_embedding else None)
+        x = self._step_input(puzzle, latent, sup_index, obs.get("answer"))
         y, z = latent[:, 0], latent[:, 1]
         answer = obs["answer"]
         halt = torch.zeros(B, dtype=torch.long, device=puzzle.device)

@@ -192,6 +192,11 @@ class TRM(nn.Module):
             x = x + self.position_embedding
         return self.embed_scale * x
 
+    def step_input(self, puzzle: torch.Tensor, answer: torch.Tensor, step_index: torch.Tensor | None = None):
+        """x for a supervision step: the puzzle, or with ``input_from_answer`` the previous decoded answer, plus
+        the step index (ignored without a step embedding)."""
+        return self.embed(answer if self.cfg.input_from_answer else puzzle, step_index)
+
     def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (batch, self.cfg.latent_len, self.cfg.hidden)
         return self.y_init.expand(shape).clone(), self.z_init.expand(shape).clone()

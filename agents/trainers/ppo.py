@@ -142,8 +142,7 @@ class TRMActor(nn.Module):
 
     def forward(self, puzzle, latent, step, answer):
         model = self.model
-        tokens = answer if model.cfg.input_from_answer else puzzle
-        x = model.embed(tokens, step if model.cfg.step_embedding else None)
+        x = model.step_input(puzzle, answer, step)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.mode == "full"):
             out = model.supervision_step(x, latent[:, 0], latent[:, 1])
         y = out.y if self.mode == "full" else out.y.detach()
