@@ -53,8 +53,12 @@ def evaluate_run(run, n: int = 1000, puzzles=None, halting: bool = False, guidan
     if guidance:
         rows = []
         for w in guidance:
-            g = summarize(rollout_metrics(model, task, inputs, labels, batch_size=batch_size, device=device,
-                                          guidance=w))
+            # w = 1 is plain decoding: the rollout above already is that
+            g = summary if w == 1.0 else summarize(rollout_metrics(model, task, inputs, labels,
+                                                                   batch_size=batch_size, device=device, guidance=w))
+            if labels is None:  # no label, no cell accuracy (as for the plain rows above)
+                for row in g["by_step"]:
+                    row["cell_accuracy"] = None
             last = g["by_step"][-1]
             rows.append({"w": w, "exact_accuracy": last["exact_accuracy"], "cell_accuracy": last["cell_accuracy"],
                          "by_step": g["by_step"]})
