@@ -410,18 +410,23 @@ class RecursionCore:
         return -1.0 - self.config.solve_bonus - cost, 1.0 + self.config.solve_bonus - cost
 
 
+def resolve_task(task: Task | str, dataset=None, **task_kwargs):
+    """(task, dataset) from adapter arguments. A saved ``.npz`` dataset names its own task (and is loaded here);
+    any other dataset is passed on for the core to read."""
+    if not isinstance(task, str):
+        if task_kwargs:
+            raise ValueError(f"task options {sorted(task_kwargs)} given with a ready task object")
+        return task, dataset
+    if dataset is not None and str(dataset).endswith(".npz"):
+        loaded, batch, _ = load_dataset(dataset)
+        if loaded.name != make_task(task, **task_kwargs).name:
+            raise ValueError(f"dataset {dataset} holds {loaded.name} puzzles, not {task}")
+        return loaded, batch
+    return make_task(task, **task_kwargs), dataset
+
+
 def build_core(task: Task | str, num_envs: int, dataset=None, device="cpu", seed=None, **kwargs) -> RecursionCore:
-    """Make the core from adapter arguments: task options and :class:`RecursionConfig` fields mixed. A saved
-    ``.npz`` dataset names its own task."""
+    """Make the core from adapter arguments: task options and :class:`RecursionConfig` fields mixed."""
     config, task_kwargs = RecursionConfig.split(kwargs)
-    if isinstance(task, str):
-        if dataset is not None and str(dataset).endswith(".npz"):
-            loaded, batch, _ = load_dataset(dataset)
-            if loaded.name != make_task(task, **task_kwargs).name:
-                raise ValueError(f"dataset {dataset} holds {loaded.name} puzzles, not {task}")
-            task, dataset = loaded, batch
-        else:
-            task = make_task(task, **task_kwargs)
-    elif task_kwargs:
-        raise ValueError(f"task options {sorted(task_kwargs)} given with a ready task object")
+    task, dataset = resolve_task(task, dataset, **task_kwargs)
     return RecursionCore(task, num_envs, config, dataset=dataset, device=device, seed=seed)

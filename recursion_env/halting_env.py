@@ -22,7 +22,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from .core import RecursionCore, build_core
+from .core import RecursionConfig, RecursionCore, resolve_task
 from .render import render_env
 from .tasks import Task
 
@@ -120,18 +120,17 @@ class RecursionHaltingEnv(gym.Env):
             if k in kwargs:
                 raise ValueError(f"{k} is set by the policy in the halting env, not passed")
         self.render_mode = render_mode
-        probe = build_core(task, 1, dataset=dataset, device=device, **kwargs)  # resolves the task
+        config, task_kwargs = RecursionConfig.split(kwargs)
+        task, dataset = resolve_task(task, dataset, **task_kwargs)
         if policy is None:
-            policy = TinyRecursionPolicy(probe.seq_len, probe.task.vocab_size, seed=policy_seed).to(probe.device)
+            policy = TinyRecursionPolicy(task.seq_len, task.vocab_size, seed=policy_seed).to(device)
         if not isinstance(policy, RecursionPolicy):
             raise ValueError("policy must offer latent_shape, nfe_per_step, initial_latent() and step()")
         self.policy = policy
         _, latent_len, latent_dim = policy.latent_shape
-        self.core: RecursionCore = build_core(
-            probe.task, 1, dataset=probe.source.batch, device=device, max_steps=max_steps,
-            nfe_per_step=policy.nfe_per_step, latent_len=latent_len, latent_dim=latent_dim,
-            **{k: v for k, v in kwargs.items() if k in ("lam", "reward_mode", "solve_bonus", "terminate_on_solve")})
-        self.task = self.core.task
+        self.core = RecursionCore(task, 1, config, dataset=dataset, device=device, max_steps=max_steps,
+                                  nfe_per_step=policy.nfe_per_step, latent_len=latent_len, latent_dim=latent_dim)
+        self.task = task
         self.max_steps = max_steps
         low = np.array([0, 0, 0, -1, -20], dtype=np.float32)
         high = np.array([1, 1, 1, 1, 20], dtype=np.float32)
