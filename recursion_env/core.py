@@ -404,6 +404,11 @@ class RecursionCore:
     def info(self) -> dict[str, torch.Tensor]:
         return {"nfe": self.nfe, "cell_accuracy": self.cell_accuracy, "solved": self.solved, "score": self.score}
 
+    def env_info(self, i: int = 0) -> dict:
+        """``info`` of env ``i`` as Python scalars: what a single Gymnasium env returns."""
+        return {"nfe": int(self.nfe[i]), "cell_accuracy": float(self.cell_accuracy[i]),
+                "solved": bool(self.solved[i]), "score": float(self.score[i])}
+
     def reward_bounds(self) -> tuple[float, float]:
         """Analytic bounds of one transition's reward: S moves by at most 1 either way, ``solved`` flips once."""
         cost = self.config.lam * self.config.nfe_per_step

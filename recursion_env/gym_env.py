@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import gymnasium as gym
 import numpy as np
 import torch
@@ -89,11 +87,6 @@ class RecursionGymEnv(gym.Env):
     def _obs(self) -> dict[str, np.ndarray]:
         return {k: v[0] for k, v in _numpy(self.core.observation()).items()}
 
-    def _info(self) -> dict[str, Any]:
-        info = self.core.info()
-        return {"nfe": int(info["nfe"][0]), "cell_accuracy": float(info["cell_accuracy"][0]),
-                "solved": bool(info["solved"][0]), "score": float(info["score"][0])}
-
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self.core.rng = self.np_random  # one generator: Gymnasium's seeding decides the puzzle
@@ -113,11 +106,11 @@ class RecursionGymEnv(gym.Env):
             labels=None if label is None else np.asarray(label)[None],
             latent=None if latent is None else np.asarray(latent)[None],
         )
-        return self._obs(), self._info()
+        return self._obs(), self.core.env_info()
 
     def step(self, action):
         res = self.core.step(action)
-        return self._obs(), float(res.reward[0]), bool(res.terminated[0]), bool(res.truncated[0]), self._info()
+        return self._obs(), float(res.reward[0]), bool(res.terminated[0]), bool(res.truncated[0]), self.core.env_info()
 
     def render(self):
         if self.render_mode is None:

@@ -140,11 +140,6 @@ class RecursionHaltingEnv(gym.Env):
         self._probs: torch.Tensor | None = None
         self._changed: torch.Tensor | None = None
 
-    def _info(self) -> dict:
-        info = self.core.info()
-        return {"nfe": int(info["nfe"][0]), "cell_accuracy": float(info["cell_accuracy"][0]),
-                "solved": bool(info["solved"][0]), "score": float(info["score"][0])}
-
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self.core.rng = self.np_random
@@ -163,14 +158,14 @@ class RecursionHaltingEnv(gym.Env):
         self._probs = torch.full((1, self.task.seq_len, V), 1.0 / V, device=self.core.device)
         self._changed = None
         self._features = np.array([0.0, 1.0, 0.0, 0.0, 0.0], dtype=np.float32)
-        return self._features.copy(), self._info()
+        return self._features.copy(), self.core.env_info()
 
     def step(self, action):
         if not self.action_space.contains(action):
             raise ValueError(f"action must be 0 (continue) or 1 (halt), got {action!r}")
         if int(action) == 1:
             self.core.stop()
-            return self._features.copy(), 0.0, True, False, self._info()
+            return self._features.copy(), 0.0, True, False, self.core.env_info()
         core = self.core
         before = core.answer
         out = self.policy.step(core.puzzle, core.latent, core.step_count)
@@ -191,7 +186,7 @@ class RecursionHaltingEnv(gym.Env):
             halt_logit,
         ], dtype=np.float32).clip(self.observation_space.low, self.observation_space.high)
         return (self._features.copy(), float(res.reward[0]), bool(res.terminated[0]), bool(res.truncated[0]),
-                self._info())
+                self.core.env_info())
 
     def render(self):
         if self.render_mode is None:
