@@ -37,7 +37,6 @@ import torch
 from .tasks import PuzzleBatch, Task, load_dataset, load_puzzles, make_task
 
 REWARD_MODES = ("label", "verifier")
-OBS_KEYS = ("puzzle", "answer", "latent", "step", "nfe")
 INFO_KEYS = ("nfe", "cell_accuracy", "solved", "score")
 ACTION_KEYS = ("latent", "answer", "halt")
 
