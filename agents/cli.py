@@ -152,7 +152,8 @@ def cmd_train_ppo(args) -> int:
           "out": args.out, "iterations": args.steps, "minutes": args.minutes, "dataset": args.dataset}
     for name, value in (("hidden", args.hidden), ("T", args.T), ("n", args.n), ("N_sup", args.n_sup),
                         ("lr", args.lr), ("num_envs", args.num_envs), ("halt_bias", args.halt_bias),
-                        ("entropy_coeff", args.entropy_coeff), ("halt_readout", args.halt_readout)):
+                        ("entropy_coeff", args.entropy_coeff), ("halt_readout", args.halt_readout),
+                        ("gae_lambda", args.gae_lambda)):
         if value is not None:
             kw[name] = value
     if kw["iterations"] is None and kw["minutes"] is None:
@@ -277,8 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--reward-mode", choices=["label", "verifier"], default="label", help="ppo: label or label-free")
     tr.add_argument("--num-envs", type=int, default=None, help="ppo: environments per batch")
     tr.add_argument("--entropy-coeff", type=float, default=None, help="ppo: entropy bonus (default 0.01)")
-    tr.add_argument("--halt-readout", choices=["first", "mean"], default=None,
-                    help="ppo: the halting head reads y at position 0 (TRM) or the mean of y")
+    tr.add_argument("--gae-lambda", type=float, default=None,
+                    help="ppo: GAE lambda (default 0.95 halting, 0 full: each step's answer gets its own credit)")
+    tr.add_argument("--halt-readout", choices=["first", "mean", "confidence"], default=None,
+                    help="ppo: the halting head reads y at position 0 (TRM), the mean of y, or the readout's "
+                         "confidence (least sure cell, mean doubt, mean entropy)")
     tr.add_argument("--halt-bias", type=float, default=None,
                     help="ppo: reset the halting head's bias first (0 = p(halt) 1/2; default: keep)")
     tr.add_argument("--targets", choices=["diffusion", "mask", "solver"], default=None,

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+HALT_READOUTS = ("first", "mean", "confidence")
+
 
 @dataclass
 class TRMConfig:
@@ -35,7 +37,9 @@ class TRMConfig:
     num_puzzle_ids: int = 0  # size of the per-puzzle embedding table (0 = none)
     step_embedding: int = 0  # number of supervision-step indices embedded into x (0 = none; DIS uses N_sup)
     input_from_answer: bool = False  # x embeds the previous decoded answer instead of the puzzle (DIS option)
-    halt_readout: str = "first"  # the halting head reads y at position 0 (TRM) or the mean of y ("mean")
+    #: what the halting head reads: y at position 0 (TRM), the mean of y ("mean"), or the readout's confidence
+    #: ("confidence", see `confidence_features`)
+    halt_readout: str = "first"
 
     def __post_init__(self) -> None:
         if self.mixer not in ("mlp", "attention"):
@@ -44,8 +48,8 @@ class TRMConfig:
             self.pos = "rope" if self.mixer == "attention" else "learned"
         if self.pos not in ("rope", "learned"):
             raise ValueError(f"pos must be 'rope' or 'learned', got {self.pos!r}")
-        if self.halt_readout not in ("first", "mean"):
-            raise ValueError(f"halt_readout must be 'first' or 'mean', got {self.halt_readout!r}")
+        if self.halt_readout not in HALT_READOUTS:
+            raise ValueError(f"halt_readout must be one of {HALT_READOUTS}, got {self.halt_readout!r}")
         if self.mixer == "attention" and self.hidden % self.heads:
             raise ValueError(f"hidden {self.hidden} is not divisible by heads {self.heads}")
         for k in ("T", "n", "N_sup", "hidden", "L_layers"):
@@ -62,6 +66,16 @@ class TRMConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def confidence_features(logits: torch.Tensor) -> torch.Tensor:
+    """``[B, 3]`` from logits ``[B, L, V]``: log(1 - max prob) of the least sure cell and averaged over cells, and
+    the mean entropy / log V. A halting head on these decides from how sure the answer is; a frozen network's y was
+    never trained to carry that linearly (DIS trains no halting head). Log-scaled so a linear head can be sharp."""
+    logp = logits.float().log_softmax(-1)
+    doubt = (-torch.expm1(logp.max(-1).values)).clamp_min(1e-6).log()  # log(1 - max p), finite gradients
+    entropy = -(logp.exp() * logp).sum(-1) / math.log(logits.shape[-1])
+    return torch.stack([doubt.max(-1).values, doubt.mean(-1), entropy.mean(-1)], -1)
 
 
 def rms_norm(h: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -168,12 +182,28 @@ class TRM(nn.Module):
         self.register_buffer("y_init", torch.randn(D))
         self.register_buffer("z_init", torch.randn(D))
         self.output_head = nn.Linear(D, cfg.vocab_size, bias=False)
-        self.halt_head = nn.Linear(D, 1)
+        self._new_heads()
+
+    def _new_heads(self) -> None:
+        """The halting (Q) head and the value head, on y or, with ``halt_readout="confidence"``, on the readout's
+        confidence (`confidence_features`): a frozen network's y was never trained to say how sure it is."""
+        size = 3 if self.cfg.halt_readout == "confidence" else self.cfg.hidden
+        device = self.output_head.weight.device
+        self.halt_head = nn.Linear(size, 1, device=device)
         nn.init.zeros_(self.halt_head.weight)
-        nn.init.constant_(self.halt_head.bias, -5.0)
-        self.value_head = nn.Linear(D, 1)
+        nn.init.constant_(self.halt_head.bias, -5.0)  # p(halt) ~ 0.7% until trained
+        self.value_head = nn.Linear(size, 1, device=device)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
+
+    def set_halt_readout(self, readout: str) -> None:
+        """Switch what the halting and value heads read; heads of a different input size start afresh."""
+        if readout not in HALT_READOUTS:
+            raise ValueError(f"halt_readout must be one of {HALT_READOUTS}, got {readout!r}")
+        changes_size = (readout == "confidence") != (self.cfg.halt_readout == "confidence")
+        self.cfg.halt_readout = readout
+        if changes_size:
+            self._new_heads()
 
     # -- embeddings and state -----------------------------------------------------------------------------
     def embed(self, puzzle: torch.Tensor, step_index: torch.Tensor | None = None,
@@ -227,15 +257,28 @@ class TRM(nn.Module):
                 y, z = self.latent_recursion(x, y, z, n)
         return self.latent_recursion(x, y, z, n)
 
-    def halt_logit(self, y: torch.Tensor) -> torch.Tensor:
-        """TRM's Q head reads position 0 (a puzzle-embedding slot when there is one, else the first cell)."""
-        return self.halt_head(y[:, 0] if self.cfg.halt_readout == "first" else y.mean(1)).squeeze(-1)
+    def _confidence(self, y: torch.Tensor, logits: torch.Tensor | None) -> torch.Tensor:
+        return confidence_features(self.output_head(y[..., self.cfg.puzzle_emb_len:, :]) if logits is None else logits)
+
+    def halt_logit(self, y: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """TRM's Q head reads position 0 (a puzzle-embedding slot when there is one, else the first cell); or the
+        mean of y; or the confidence of the readout (``logits``, computed from y when not given). Any batch dims."""
+        readout = self.cfg.halt_readout
+        if readout == "confidence":
+            h = self._confidence(y, logits)
+        else:
+            h = y[..., 0, :] if readout == "first" else y.mean(-2)
+        return self.halt_head(h).squeeze(-1)
+
+    def value(self, y: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """V from the mean of y, or from the readout's confidence like the halting head. Any batch dims."""
+        h = self._confidence(y, logits) if self.cfg.halt_readout == "confidence" else y.mean(-2)
+        return self.value_head(h).squeeze(-1)
 
     def readout(self, y: torch.Tensor):
         """(logits [B, L, V], halt logit [B], value [B]) from the answer embedding."""
-        P = self.cfg.puzzle_emb_len
-        logits = self.output_head(y[:, P:])
-        return logits, self.halt_logit(y), self.value_head(y.mean(1)).squeeze(-1)
+        logits = self.output_head(y[:, self.cfg.puzzle_emb_len:])
+        return logits, self.halt_logit(y, logits), self.value(y, logits)
 
     def supervision_step(self, x, y, z, T: int | None = None, n: int | None = None) -> SupervisionOutput:
         """One supervision step from carry (y, z): the reference logits before it, the conditional ones after."""

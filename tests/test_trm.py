@@ -1,6 +1,7 @@
 """The TRM network, the deep-supervision trainer, checkpoints, and the TRM as an agent in the MDP."""
 
 import json
+import math
 
 import gymnasium as gym
 import numpy as np
@@ -260,3 +261,33 @@ def test_halt_readout_position_zero_or_mean():
         assert torch.allclose(model.readout(y)[1], expected)
     with pytest.raises(ValueError, match="halt_readout"):
         TRMConfig(seq_len=16, vocab_size=5, halt_readout="last")
+
+
+def test_confidence_features_and_switching_the_halt_readout():
+    from agents.trm import confidence_features
+
+    sure = torch.full((1, 4, 5), -30.0)
+    sure[..., 2] = 30.0  # every cell certain
+    unsure = sure.clone()
+    unsure[0, 1] = 0.0  # one cell uniform over 5 tokens
+    f_sure, f_unsure = confidence_features(torch.cat([sure, unsure]))
+    assert f_sure[0] == pytest.approx(math.log(1e-6), abs=1e-3) and f_sure[2] < 1e-3
+    assert f_unsure[0] == pytest.approx(math.log(0.8), abs=1e-4)  # the least sure cell: 1 - 1/5
+    assert f_unsure[2] == pytest.approx(0.25, abs=1e-4)  # one of 4 cells at maximal entropy
+    logits = torch.randn(2, 4, 5, requires_grad=True)
+    confidence_features(logits).sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+    model = TRM(TRMConfig(seq_len=16, vocab_size=5, hidden=16, T=1, n=1))
+    assert model.halt_head.in_features == 16
+    model.set_halt_readout("confidence")
+    assert model.cfg.halt_readout == "confidence" and model.halt_head.in_features == model.value_head.in_features == 3
+    torch.nn.init.normal_(model.halt_head.weight)
+    y = torch.randn(3, 16, 16)
+    logits, halt, _ = model.readout(y)
+    assert torch.allclose(halt, model.halt_head(confidence_features(logits)).squeeze(-1))
+    reloaded = TRM(TRMConfig(**model.cfg.to_dict()))
+    reloaded.load_state_dict(model.state_dict())  # a saved run rebuilds the same head
+    assert torch.allclose(reloaded.readout(y)[1], halt)
+    with pytest.raises(ValueError, match="halt_readout"):
+        model.set_halt_readout("last")
