@@ -165,6 +165,16 @@ class Task:
         return f"make_task({self.name!r}, {args})"
 
 
+def rule_fraction(satisfied: torch.Tensor, total) -> torch.Tensor:
+    """``satisfied / total`` as float32, exactly 1 when every rule holds, on every device. CUDA divides by a Python
+    number as a multiplication by its reciprocal (243 * (1/243) = 0.99999994 in float32, so a solved Sudoku would
+    not count as solved); a tensor divisor gets a true division."""
+    satisfied = satisfied.to(torch.float32)
+    if not isinstance(total, torch.Tensor):
+        total = torch.full_like(satisfied, float(total))
+    return satisfied / total.to(torch.float32)
+
+
 def square_symmetries(inputs, labels, rng: np.random.Generator, side: int):
     """Apply an independent random symmetry of the square (4 rotations x optional mirror) to each board."""
     inputs, labels = np.asarray(inputs, dtype=np.int64), np.asarray(labels, dtype=np.int64)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import PuzzleBatch, Task, square_symmetries
+from .base import PuzzleBatch, Task, rule_fraction, square_symmetries
 
 OPEN, WALL, START, GOAL, PATH = 0, 1, 2, 3, 4
 _CHARS = ".#SGo"
@@ -169,7 +169,7 @@ class MazeTask(Task):
         length = self.shortest_length(inputs) if context is None else context
         ok_len = (is_path.sum(-1) == (length - 1)).to(torch.int64)
         total = is_path.sum(-1) + ends.sum(-1) + 1 + bad_token
-        return ((ok_path + ok_ends + ok_len).to(torch.float32) / total.clamp(min=1).to(torch.float32))
+        return rule_fraction(ok_path + ok_ends + ok_len, total.clamp(min=1))
 
     # -- text -------------------------------------------------------------------------------------------
     def parse(self, text: str) -> np.ndarray:

@@ -12,7 +12,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from .base import PuzzleBatch, Task, square_symmetries
+from .base import PuzzleBatch, Task, rule_fraction, square_symmetries
 
 UNDECIDED, EMPTY, QUEEN = 0, 1, 2
 _CHARS = ".xQ"
@@ -92,7 +92,7 @@ class NQueensTask(Task):
         at_most = (queens[..., 2 * b:] <= 1).sum(-1)
         decided = (answers != UNDECIDED).sum(-1)
         total = lines.shape[0] + self.seq_len
-        return (exact + at_most + decided).to(torch.float32) / total
+        return rule_fraction(exact + at_most + decided, total)
 
     def parse(self, text: str) -> np.ndarray:
         """``board`` lines of ``board`` characters (``.xQ``), or one line of board² characters."""

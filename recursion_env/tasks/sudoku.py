@@ -16,7 +16,7 @@ import csv
 import numpy as np
 import torch
 
-from .base import PuzzleBatch, Task
+from .base import PuzzleBatch, Task, rule_fraction
 
 _DIGITS = "123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _DEFAULT_BOX = {4: (2, 2), 6: (2, 3), 8: (2, 4), 9: (3, 3), 12: (3, 4), 16: (4, 4)}
@@ -250,7 +250,7 @@ class SudokuTask(Task):
         vals = answers[..., self._units_on(answers.device)]  # [n, U, size]
         onehot = torch.zeros(*vals.shape[:-1], self.size + 1, device=answers.device, dtype=torch.float32)
         onehot.scatter_(-1, vals, 1.0)
-        return onehot[..., 1:].sum((-1, -2)) / (len(self.units) * self.size)
+        return rule_fraction(onehot[..., 1:].sum((-1, -2)), len(self.units) * self.size)
 
     # -- text -------------------------------------------------------------------------------------------
     def parse(self, text: str) -> np.ndarray:
