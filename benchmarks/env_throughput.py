@@ -36,26 +36,29 @@ def _timed(fn, n: int, warmup: int, rounds: int = 3) -> float:
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # queued GPU work belongs to the timed steps
         best = min(best, (time.perf_counter() - t0) / n)
     return best
 
 
-def bench_core(task, pool, B, D, n):
-    core = RecursionCore(task, B, dataset=pool, latent_dim=D, max_steps=10**9, seed=0)
+def bench_core(task, pool, B, D, n, device="cpu"):
+    core = RecursionCore(task, B, dataset=pool, latent_dim=D, max_steps=10**9, seed=0, device=device)
     core.reset()
-    halt = torch.zeros(B, dtype=torch.int64)
+    halt = torch.zeros(B, dtype=torch.int64, device=device)
     return B / _timed(lambda: core.step({"latent": core.latent, "answer": core.answer, "halt": halt}), n, 20)
 
 
-def bench_torchrl_step(task, pool, B, D, n):
+def bench_torchrl_step(task, pool, B, D, n, device="cpu"):
     """The adapter alone: ``env.step`` in a loop, no policy module, nothing stored."""
-    env = RecursionTorchRLEnv(task, num_envs=B, dataset=pool, latent_dim=D, max_steps=10**9, seed=0)
+    env = RecursionTorchRLEnv(task, num_envs=B, dataset=pool, latent_dim=D, max_steps=10**9, seed=0, device=device)
     td = env.reset()
-    td["action"] = {"latent": td["latent"], "answer": td["answer"], "halt": torch.zeros(B, dtype=torch.int64)}
+    td["action"] = {"latent": td["latent"], "answer": td["answer"],
+                    "halt": torch.zeros(B, dtype=torch.int64, device=device)}
     return B / _timed(lambda: env.step(td), n, 20)
 
 
-def bench_torchrl(task, pool, B, D, n):
+def bench_torchrl(task, pool, B, D, n, device="cpu"):
     """A collector: policy module, step_mdp, and every frame (latent included) written to the batch."""
     from tensordict.nn import TensorDictModule
 
@@ -64,7 +67,7 @@ def bench_torchrl(task, pool, B, D, n):
     except ImportError:  # torchrl >= 0.14
         from torchrl.collectors import Collector
 
-    env = RecursionTorchRLEnv(task, num_envs=B, dataset=pool, latent_dim=D, max_steps=10**9, seed=0)
+    env = RecursionTorchRLEnv(task, num_envs=B, dataset=pool, latent_dim=D, max_steps=10**9, seed=0, device=device)
 
     class Trivial(torch.nn.Module):
         def forward(self, latent, answer):
@@ -112,15 +115,16 @@ def main(argv=None) -> dict:
     p.add_argument("--latent-dim", type=int, default=64)
     p.add_argument("--steps", type=int, default=300, help="batched steps timed per measurement")
     p.add_argument("--single-steps", type=int, default=5000)
+    p.add_argument("--device", default="cpu", help="cpu or cuda: the core and the TorchRL paths (Gymnasium is CPU)")
     args = p.parse_args(argv)
     task = make_task("sudoku", size=9)
     pool = task.generate(512, seed=0)
     B, D = args.batch, args.latent_dim
     with tempfile.TemporaryDirectory() as tmp:
         pool_path = str(save_dataset(Path(tmp) / "pool.npz", task, pool))
-        core = bench_core(task, pool, B, D, args.steps)
-        torchrl_step = bench_torchrl_step(task, pool, B, D, args.steps)
-        torchrl = bench_torchrl(task, pool, B, D, args.steps)
+        core = bench_core(task, pool, B, D, args.steps, args.device)
+        torchrl_step = bench_torchrl_step(task, pool, B, D, args.steps, args.device)
+        torchrl = bench_torchrl(task, pool, B, D, args.steps, args.device)
         vec = bench_make_vec(pool_path, B, D, args.steps)
         vec_nocopy = bench_make_vec(pool_path, B, D, args.steps, copy=False)
         single_s = bench_single(pool_path, D, args.single_steps)
@@ -129,7 +133,7 @@ def main(argv=None) -> dict:
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                     "torch": torch.__version__, "gymnasium": gym.__version__},
-        "config": {"task": "sudoku9", "L": 81, "latent_dim": D, "batch": B},
+        "config": {"task": "sudoku9", "L": 81, "latent_dim": D, "batch": B, "device": args.device},
         "steps_per_s": {"core": core, "torchrl_env_step": torchrl_step, "torchrl_collector": torchrl,
                         "make_vec": vec, "make_vec_copy_false": vec_nocopy, "single_gym": 1 / single_s},
         "overhead_vs_core": {"torchrl_env_step": core / torchrl_step - 1, "torchrl_collector": core / torchrl - 1,
