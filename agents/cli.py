@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lam", type=float, default=0.01, help="ppo: reward cost per forward pass")
     tr.add_argument("--reward-mode", choices=["label", "verifier"], default="label", help="ppo: label or label-free")
     tr.add_argument("--num-envs", type=int, default=None, help="ppo: environments per batch")
-    tr.add_argument("--entropy-coeff", type=float, default=None, help="ppo: entropy bonus (default 0.01)")
+    tr.add_argument("--entropy-coeff", type=float, default=None,
+                    help="ppo: entropy bonus (default 0.01 halting, 0 full)")
     tr.add_argument("--gae-lambda", type=float, default=None,
                     help="ppo: GAE lambda (default 0.95 halting, 0 full: each step's answer gets its own credit)")
     tr.add_argument("--halt-readout", choices=["first", "mean", "confidence"], default=None,

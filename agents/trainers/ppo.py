@@ -91,7 +91,9 @@ class PPOConfig:
     #: GAE's lambda; None = 0.95 for halting, 0 (one-step TD) for full: see the module docstring
     gae_lambda: float | None = None
     clip_epsilon: float = 0.2
-    entropy_coeff: float = 0.01
+    #: None = 0.01 for halting, 0 for full: a per-cell entropy bonus held a from-scratch 4x4 run near uniform
+    #: answers (return 0.56 vs 0.77 without it after 115 iterations)
+    entropy_coeff: float | None = None
     critic_coeff: float = 0.5
     grad_clip: float = 1.0
     seed: int = 0
@@ -104,6 +106,8 @@ class PPOConfig:
             raise ValueError(f"mode must be 'halting' or 'full', got {self.mode!r}")
         if self.gae_lambda is None:
             self.gae_lambda = 0.95 if self.mode == "halting" else 0.0
+        if self.entropy_coeff is None:
+            self.entropy_coeff = 0.01 if self.mode == "halting" else 0.0
 
 
 class AnswerAndHalt(torch.distributions.Distribution):
