@@ -116,7 +116,10 @@ class PuzzleSource:
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
-def _as_tensor(value, name: str, device) -> torch.Tensor:
+def _as_tensor(value, name: str, device, copy: bool = True) -> torch.Tensor:
+    """A tensor on ``device`` from what a caller handed in. NumPy arrays are copied (the core keeps the result and
+    never aliases a caller's array), or with ``copy=False`` viewed where possible (the value is only read during
+    the call). Torch tensors are taken as they are."""
     if isinstance(value, torch.Tensor):
         return value.to(device)
     try:
@@ -125,7 +128,12 @@ def _as_tensor(value, name: str, device) -> torch.Tensor:
         raise ValueError(f"action field {name!r} is not an array: {e}") from None
     if arr.dtype == object:
         raise ValueError(f"action field {name!r} is not a numeric array (dtype object)")
-    return torch.tensor(arr, device=device)  # a copy: the caller's array is never aliased
+    if arr.flags.writeable and arr.dtype.isnative:  # from_numpy is much cheaper than torch.tensor on small arrays
+        try:
+            return torch.from_numpy(arr).to(device, copy=copy)
+        except (TypeError, ValueError):  # negative strides, dtypes torch lacks: the general path below
+            pass
+    return torch.tensor(arr, device=device)
 
 
 class RecursionCore:
@@ -299,7 +307,7 @@ class RecursionCore:
             raise ValueError(f"action is missing field(s) {missing}; expected {ACTION_KEYS}")
         B = self.batch_size
         latent = self._check_latent(action["latent"], B, "action 'latent'")
-        answer = _as_tensor(action["answer"], "answer", self.device)
+        answer = _as_tensor(action["answer"], "answer", self.device, copy=False)  # only read: step makes a new one
         if answer.dtype.is_floating_point or answer.dtype.is_complex or answer.dtype == torch.bool:
             raise ValueError(f"action 'answer': expected integer tokens, got dtype {answer.dtype}")
         if B == 1 and tuple(answer.shape) == (self.seq_len,):
@@ -405,8 +413,8 @@ class RecursionCore:
 
     def env_info(self, i: int = 0) -> dict:
         """``info`` of env ``i`` as Python scalars: what a single Gymnasium env returns."""
-        return {"nfe": int(self.nfe[i]), "cell_accuracy": float(self.cell_accuracy[i]),
-                "solved": bool(self.solved[i]), "score": float(self.score[i])}
+        return {"nfe": self.nfe.tolist()[i], "cell_accuracy": self.cell_accuracy.tolist()[i],
+                "solved": self.solved.tolist()[i], "score": self.score.tolist()[i]}
 
     def reward_bounds(self) -> tuple[float, float]:
         """Analytic bounds of one transition's reward: S moves by at most 1 either way, ``solved`` flips once."""

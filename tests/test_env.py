@@ -393,6 +393,19 @@ def test_docstring_rollouts_run(module):
     assert result.attempted > 0 and result.failed == 0
 
 
+def test_make_vec_without_copies_returns_read_only_views_that_never_change():
+    vec = gym.make_vec("TRMRecursion-Sudoku-v0", num_envs=2, size=4, latent_dim=D, max_steps=5, copy=False)
+    obs, _ = vec.reset(seed=0)
+    kept = {k: np.array(v) for k, v in obs.items()}
+    with pytest.raises(ValueError, match="read-only"):
+        obs["latent"][...] = 1.0
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # later steps make new state; what was returned stays as it was
+        vec.step({"latent": rng.normal(size=(2, 2, 16, D)).astype(np.float32), "answer": rng.integers(0, 5, (2, 16)),
+                  "halt": np.zeros(2, int)})
+    assert all(np.array_equal(obs[k], kept[k]) for k in obs)
+
+
 def test_make_vec_without_copies_matches_with_copies():
     kw = dict(num_envs=3, size=4, latent_dim=D, max_steps=3)
     a = gym.make_vec("TRMRecursion-Sudoku-v0", **kw)
