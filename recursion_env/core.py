@@ -26,6 +26,7 @@ The Gymnasium and TorchRL environments are thin adapters over this class; neithe
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -191,6 +192,7 @@ class RecursionCore:
         self.context = task.rule_context(self.puzzle)
         # an episode that ended (or never began) must be reset before it is stepped
         self.done = torch.ones(B, dtype=torch.bool, device=dev)
+        self._halt_flags = (torch.zeros(1, dtype=torch.bool, device=dev), torch.ones(1, dtype=torch.bool, device=dev))
 
     # -- scoring ----------------------------------------------------------------------------------------
     def _evaluate(self, puzzle, label, answer, context, accuracy_offset, accuracy_denominator):
@@ -291,9 +293,12 @@ class RecursionCore:
             raise ValueError(f"{name}: expected a floating-point tensor, got dtype {latent.dtype}")
         if tuple(latent.shape) != (n, *self.latent_shape):
             raise ValueError(f"{name}: expected shape {(n, *self.latent_shape)}, got {tuple(latent.shape)}")
-        latent = latent.detach().to(torch.float32)
+        if latent.requires_grad:
+            latent = latent.detach()
+        if latent.dtype != torch.float32:
+            latent = latent.to(torch.float32)
         # a sum is finite only if every term is; only an overflowing sum needs the element-wise check
-        if not bool(torch.isfinite(latent.sum())) and not bool(torch.isfinite(latent).all()):
+        if not math.isfinite(latent.sum().item()) and not bool(torch.isfinite(latent).all()):
             raise ValueError(f"{name}: contains NaN or inf")
         return latent
 
@@ -314,7 +319,8 @@ class RecursionCore:
             answer = answer[None]
         if tuple(answer.shape) != (B, self.seq_len):
             raise ValueError(f"action 'answer': expected shape {(B, self.seq_len)}, got {tuple(answer.shape)}")
-        answer = answer.to(torch.int64)
+        if answer.dtype != torch.int64:
+            answer = answer.to(torch.int64)
         lo, hi = (int(v) for v in torch.aminmax(answer))
         if lo < 0 or hi >= self.task.vocab_size:
             raise ValueError(f"action 'answer': token out of the vocabulary [0, {self.task.vocab_size}): "
@@ -323,7 +329,7 @@ class RecursionCore:
         if B == 1 and isinstance(halt, (bool, int, np.bool_, np.integer)):
             if int(halt) not in (0, 1):
                 raise ValueError(f"action 'halt': values must be 0 or 1, got {halt}")
-            return latent, answer, torch.full((1,), bool(halt), device=self.device)
+            return latent, answer, self._halt_flags[int(halt)]  # shared constants: the core never writes in place
         halt = _as_tensor(halt, "halt", self.device)
         if halt.dtype.is_floating_point or halt.dtype.is_complex:
             raise ValueError(f"action 'halt': expected 0/1 integers or bools, got dtype {halt.dtype}")
@@ -346,13 +352,13 @@ class RecursionCore:
         answer = torch.where(self.givens, self.puzzle, answer)
         score, cell_acc, solved = self._evaluate(self.puzzle, self.label, answer, self.context, self.accuracy_offset,
                                                  self.accuracy_denominator)
-        potential = score + cfg.solve_bonus * solved
+        potential = torch.add(score, solved, alpha=cfg.solve_bonus)  # S + solve_bonus * [solved]
         reward = potential - self.potential
         if cfg.lam:
             reward = reward - cfg.lam * cfg.nfe_per_step
         step_count = self.step_count + 1
         terminated = (halt | solved) if cfg.terminate_on_solve else halt
-        truncated = (step_count >= cfg.max_steps) & ~terminated
+        truncated = (step_count >= cfg.max_steps) > terminated  # on bools a > b is a & ~b, one op fewer
         if active is None:
             self.answer, self.latent, self.score, self.cell_accuracy, self.solved, self.potential = (
                 answer, latent, score, cell_acc, solved, potential)

@@ -38,7 +38,7 @@ def _numpy(tensors: dict[str, torch.Tensor], copy: bool = True) -> dict[str, np.
     and reset makes new ones) and a read-only view cannot be written through."""
     out = {}
     for k, v in tensors.items():
-        a = v.detach().cpu().numpy()
+        a = v.numpy(force=True)  # a view on CPU; a copy from an accelerator
         if copy:
             a = a.copy()
         else:

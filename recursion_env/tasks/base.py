@@ -171,8 +171,14 @@ def rule_fraction(satisfied: torch.Tensor, total) -> torch.Tensor:
     not count as solved); a tensor divisor gets a true division."""
     satisfied = satisfied.to(torch.float32)
     if not isinstance(total, torch.Tensor):
-        total = torch.full_like(satisfied, float(total))
+        key = (float(total), satisfied.device)
+        total = _DIVISORS.get(key)
+        if total is None:  # made once per (total, device): a tensor per call costs as much as the division
+            total = _DIVISORS[key] = torch.tensor(key[0], device=satisfied.device)
     return satisfied / total.to(torch.float32)
+
+
+_DIVISORS: dict[tuple[float, torch.device], torch.Tensor] = {}
 
 
 def square_symmetries(inputs, labels, rng: np.random.Generator, side: int):
