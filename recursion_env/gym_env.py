@@ -167,14 +167,28 @@ class RecursionVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._autoreset = np.zeros(num_envs, dtype=bool)
+        self._views: dict = {}
+        self._all_set = np.ones(num_envs, dtype=bool)  # the "_key" masks: every env reports every info key
+        self._all_set.flags.writeable = False
 
     def _infos(self) -> dict[str, np.ndarray]:
-        info = _numpy(self.core.info())
+        info = _numpy(self.core.info(), self.copy)
         out: dict[str, np.ndarray] = {}
         for k in INFO_KEYS:
             out[k] = info[k]
-            out[f"_{k}"] = np.ones(self.num_envs, dtype=bool)
+            out[f"_{k}"] = self._all_set if not self.copy else np.ones(self.num_envs, dtype=bool)
         return out
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        state = self.core.observation()
+        obs = _numpy(state, self.copy)
+        # copy=False: a view handed back as an action maps to its tensor (no copy, no read-only warning)
+        self._views = {} if self.copy else {id(obs[k]): (obs[k], state[k]) for k in ("latent", "answer")}
+        return obs
+
+    def _tensor(self, value):
+        hit = self._views.get(id(value))
+        return hit[1] if hit is not None and hit[0] is value else _shared(value)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is not None:
@@ -182,22 +196,23 @@ class RecursionVectorEnv(VectorEnv):
         self.core.rng = self.np_random
         self.core.reset()
         self._autoreset[:] = False
-        return _numpy(self.core.observation(), self.copy), self._infos()
+        return self._observation(), self._infos()
 
     def step(self, actions):
         B = self.num_envs
         reward = np.zeros(B, dtype=np.float64)
         terminated = np.zeros(B, dtype=bool)
         truncated = np.zeros(B, dtype=bool)
-        reset_mask = torch.as_tensor(self._autoreset, device=self.core.device)
-        if self._autoreset.any():
+        any_reset = bool(self._autoreset.any())
+        reset_mask = torch.as_tensor(self._autoreset, device=self.core.device) if any_reset else None
+        if any_reset:
             self.core.reset(reset_mask)
         if not self._autoreset.all():
             if not self.copy:  # share the caller's arrays instead of copying them
-                actions = {k: _shared(v) for k, v in actions.items()}
-            res = self.core.step(actions, mask=None if not self._autoreset.any() else ~reset_mask)
-            reward = res.reward.cpu().numpy().astype(np.float64)
-            terminated = res.terminated.cpu().numpy()
-            truncated = res.truncated.cpu().numpy()
+                actions = {k: self._tensor(v) for k, v in actions.items()}
+            res = self.core.step(actions, mask=~reset_mask if any_reset else None)
+            reward = res.reward.numpy(force=True).astype(np.float64)
+            terminated = res.terminated.numpy(force=True)
+            truncated = res.truncated.numpy(force=True)
         self._autoreset = terminated | truncated
-        return _numpy(self.core.observation(), self.copy), reward, terminated, truncated, self._infos()
+        return self._observation(), reward, terminated, truncated, self._infos()

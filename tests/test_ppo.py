@@ -7,6 +7,7 @@ import torch
 
 from agents.checkpoint import load_checkpoint
 from agents.cli import main as cli
+from agents.evaluation import load_trained
 from agents.trainers import TrainConfig, train
 from agents.trainers.ppo import AnswerAndHalt, PPOConfig, train_ppo
 
@@ -43,14 +44,22 @@ def test_short_run_has_finite_losses_and_writes_a_run(tmp_path):
     assert (tmp_path / "ppo_metrics.json").exists() and any((tmp_path / "tb").iterdir())
 
 
-def test_halting_mode_trains_only_the_halting_and_value_heads(tmp_path):
+@pytest.mark.parametrize("readout", [None, "confidence"])
+def test_halting_mode_trains_only_the_halting_and_value_heads(tmp_path, readout):
     train(TrainConfig(task_kwargs={"size": 4}, hidden=16, T=1, n=1, N_sup=4, batch_size=16, steps=5, eval_n=8,
                       out=str(tmp_path / "trm"), progress=False, final_eval=False))
     before = load_checkpoint(tmp_path / "trm")["ema"]
-    train_ppo(tiny(mode="halting", init=str(tmp_path / "trm"), out=str(tmp_path / "ppo"), lam=0.05))
+    train_ppo(tiny(mode="halting", init=str(tmp_path / "trm"), out=str(tmp_path / "ppo"), lam=0.05,
+                   halt_readout=readout))
     after = load_checkpoint(tmp_path / "ppo")["model"]
+    heads = ("halt_head.", "value_head.")
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith(("halt_head.", "value_head.")) for k in changed), changed
+    assert changed and all(k.startswith(heads) for k in changed), changed
+    if readout == "confidence":  # new heads of 3 inputs, saved so that evaluation rebuilds and reads them
+        assert after["halt_head.weight"].shape == after["value_head.weight"].shape == (1, 3)
+        model = load_trained(str(tmp_path / "ppo"))[0]
+        assert model.cfg.halt_readout == "confidence" and torch.equal(model.halt_head.weight,
+                                                                      after["halt_head.weight"])
 
 
 @pytest.mark.slow
@@ -61,6 +70,23 @@ def test_ppo_return_rises_when_compute_is_expensive(tmp_path):
                             lr=3e-3, halt_bias=-1.4, out=str(tmp_path)))
     returns = [h["return"] for h in result["history"] if "return" in h]
     assert sum(returns[-3:]) / 3 > sum(returns[:3]) / 3 + 0.1, returns
+
+
+@pytest.mark.slow
+def test_full_mode_learns_the_answer_from_scratch_on_one_blank(tmp_path):
+    """4x4 puzzles with one blank, a fresh network, no compute cost: each step's answer is credited with its own
+    correctness gain (GAE lambda 0, the full-mode default), so the mean return must rise within 50 iterations."""
+    result = train_ppo(tiny(mode="full", task_kwargs={"size": 4, "min_givens": 15, "max_givens": 15}, lam=0.0,
+                            num_envs=32, iterations=50, minibatch_size=64, lr=3e-3, out=str(tmp_path)))
+    returns = [h["return"] for h in result["history"] if "return" in h]
+    assert sum(returns[-10:]) / 10 > sum(returns[:10]) / 10 + 0.2, returns
+
+
+def test_full_mode_defaults_credit_each_step_and_skip_the_entropy_bonus():
+    full, halting = PPOConfig(mode="full"), PPOConfig(mode="halting")
+    assert (full.gae_lambda, full.entropy_coeff) == (0.0, 0.0)
+    assert (halting.gae_lambda, halting.entropy_coeff) == (0.95, 0.01)
+    assert PPOConfig(mode="full", gae_lambda=0.5).gae_lambda == 0.5
 
 
 def test_cli_trains_ppo_and_eval_reads_it(tmp_path):
