@@ -131,9 +131,13 @@ def _as_tensor(value, name: str, device, copy: bool = True) -> torch.Tensor:
         raise ValueError(f"action field {name!r} is not a numeric array (dtype object)")
     if arr.flags.writeable and arr.dtype.isnative:  # from_numpy is much cheaper than torch.tensor on small arrays
         try:
-            return torch.from_numpy(arr).to(device, copy=copy)
+            t = torch.from_numpy(arr)
         except (TypeError, ValueError):  # negative strides, dtypes torch lacks: the general path below
             pass
+        else:
+            if t.device != device:  # (a no-op .to() still costs microseconds at B=1)
+                return t.to(device)
+            return t.clone() if copy else t
     return torch.tensor(arr, device=device)
 
 
@@ -291,7 +295,7 @@ class RecursionCore:
             latent = latent[None]  # one env may pass its action unbatched
         if not latent.is_floating_point():
             raise ValueError(f"{name}: expected a floating-point tensor, got dtype {latent.dtype}")
-        if tuple(latent.shape) != (n, *self.latent_shape):
+        if latent.shape != (n, *self.latent_shape):
             raise ValueError(f"{name}: expected shape {(n, *self.latent_shape)}, got {tuple(latent.shape)}")
         if latent.requires_grad:
             latent = latent.detach()

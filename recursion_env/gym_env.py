@@ -108,7 +108,10 @@ class RecursionGymEnv(gym.Env):
         self.observation_space, self.action_space = single_spaces(self.core)
 
     def _obs(self) -> dict[str, np.ndarray]:
-        return {k: v[0] for k, v in _numpy(self.core.observation()).items()}
+        obs = self.core.observation()  # fresh arrays (Gymnasium's rule); the counters as NumPy scalars
+        out = {k: obs[k].numpy(force=True)[0].copy() for k in ("puzzle", "answer", "latent")}
+        out["step"], out["nfe"] = np.int64(obs["step"].tolist()[0]), np.int64(obs["nfe"].tolist()[0])
+        return out
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

@@ -169,13 +169,16 @@ def rule_fraction(satisfied: torch.Tensor, total) -> torch.Tensor:
     """``satisfied / total`` as float32, exactly 1 when every rule holds, on every device. CUDA divides by a Python
     number as a multiplication by its reciprocal (243 * (1/243) = 0.99999994 in float32, so a solved Sudoku would
     not count as solved); a tensor divisor gets a true division."""
-    satisfied = satisfied.to(torch.float32)
+    if satisfied.dtype != torch.float32:
+        satisfied = satisfied.to(torch.float32)
     if not isinstance(total, torch.Tensor):
         key = (float(total), satisfied.device)
         total = _DIVISORS.get(key)
         if total is None:  # made once per (total, device): a tensor per call costs as much as the division
             total = _DIVISORS[key] = torch.tensor(key[0], device=satisfied.device)
-    return satisfied / total.to(torch.float32)
+    elif total.dtype != torch.float32:
+        total = total.to(torch.float32)
+    return satisfied / total
 
 
 _DIVISORS: dict[tuple[float, torch.device], torch.Tensor] = {}
