@@ -153,7 +153,7 @@ def cmd_train_ppo(args) -> int:
     for name, value in (("hidden", args.hidden), ("T", args.T), ("n", args.n), ("N_sup", args.n_sup),
                         ("lr", args.lr), ("num_envs", args.num_envs), ("halt_bias", args.halt_bias),
                         ("entropy_coeff", args.entropy_coeff), ("halt_readout", args.halt_readout),
-                        ("gae_lambda", args.gae_lambda)):
+                        ("gae_lambda", args.gae_lambda), ("collector", args.collector), ("workers", args.workers)):
         if value is not None:
             kw[name] = value
     if kw["iterations"] is None and kw["minutes"] is None:
@@ -279,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--num-envs", type=int, default=None, help="ppo: environments per batch")
     tr.add_argument("--entropy-coeff", type=float, default=None,
                     help="ppo: entropy bonus (default 0.01 halting, 0 full)")
+    tr.add_argument("--collector", choices=["sync", "multisync"], default=None,
+                    help="ppo: one process (default) or --workers processes collecting in parallel")
+    tr.add_argument("--workers", type=int, default=None, help="ppo --collector multisync: worker processes (2)")
     tr.add_argument("--gae-lambda", type=float, default=None,
                     help="ppo: GAE lambda (default 0.95 halting, 0 full: each step's answer gets its own credit)")
     tr.add_argument("--halt-readout", choices=["first", "mean", "confidence"], default=None,

@@ -27,7 +27,7 @@ from recursion_env import RecursionCore, make_task, save_dataset
 from recursion_env.torchrl_env import RecursionTorchRLEnv
 
 
-def _timed(fn, n: int, warmup: int, rounds: int = 3) -> float:
+def _timed(fn, n: int, warmup: int, rounds: int = 5) -> float:
     """Seconds per call: the best of ``rounds`` rounds of ``n`` calls (the machine is shared and noisy)."""
     for _ in range(warmup):
         fn()
@@ -47,6 +47,27 @@ def bench_core(task, pool, B, D, n, device="cpu"):
     core.reset()
     halt = torch.zeros(B, dtype=torch.int64, device=device)
     return B / _timed(lambda: core.step({"latent": core.latent, "answer": core.answer, "halt": halt}), n, 20)
+
+
+def bench_core_recorded(task, pool, B, D, n, device="cpu", frames_per_step=50):
+    """The raw core plus what a collector must store: each frame's observation and next observation written into
+    a preallocated [B, T] batch (the latent twice per frame). The reference the collector can be held to."""
+    core = RecursionCore(task, B, dataset=pool, latent_dim=D, max_steps=10**9, seed=0, device=device)
+    core.reset()
+    halt = torch.zeros(B, dtype=torch.int64, device=device)
+    T = frames_per_step
+    buf = {k: torch.empty(B, T, *v.shape[1:], dtype=v.dtype, device=device) for k, v in core.observation().items()}
+    nxt = {k: torch.empty_like(v) for k, v in buf.items()}
+
+    def batch():
+        for t in range(T):
+            for k, v in core.observation().items():
+                buf[k][:, t] = v
+            core.step({"latent": core.latent, "answer": core.answer, "halt": halt})
+            for k, v in core.observation().items():
+                nxt[k][:, t] = v
+
+    return B * T / _timed(batch, max(1, n // T), 1)
 
 
 def bench_torchrl_step(task, pool, B, D, n, device="cpu"):
@@ -123,6 +144,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         pool_path = str(save_dataset(Path(tmp) / "pool.npz", task, pool))
         core = bench_core(task, pool, B, D, args.steps, args.device)
+        core_recorded = bench_core_recorded(task, pool, B, D, args.steps, args.device)
         torchrl_step = bench_torchrl_step(task, pool, B, D, args.steps, args.device)
         torchrl = bench_torchrl(task, pool, B, D, args.steps, args.device)
         vec = bench_make_vec(pool_path, B, D, args.steps)
@@ -134,14 +156,19 @@ def main(argv=None) -> dict:
                     "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                     "torch": torch.__version__, "gymnasium": gym.__version__},
         "config": {"task": "sudoku9", "L": 81, "latent_dim": D, "batch": B, "device": args.device},
-        "steps_per_s": {"core": core, "torchrl_env_step": torchrl_step, "torchrl_collector": torchrl,
+        "steps_per_s": {"core": core, "core_recorded": core_recorded, "torchrl_env_step": torchrl_step,
+                        "torchrl_collector": torchrl,
                         "make_vec": vec, "make_vec_copy_false": vec_nocopy, "single_gym": 1 / single_s},
         "overhead_vs_core": {"torchrl_env_step": core / torchrl_step - 1, "torchrl_collector": core / torchrl - 1,
-                             "make_vec": core / vec - 1, "make_vec_copy_false": core / vec_nocopy - 1},
+                             "make_vec": core / vec - 1, "make_vec_copy_false": core / vec_nocopy - 1,
+                             "core_recorded": core / core_recorded - 1},
+        # the collector against the core doing the same storing: the collector's own cost beyond its frame buffer
+        "collector_overhead_vs_core_recorded": core_recorded / torchrl - 1,
         "latent_bytes_per_step": B * 2 * 81 * D * 4,
         "single_gym_step_us": single_s * 1e6,
     }
-    result["goals"] = {f"{k}_overhead<=10%": v <= 0.10 for k, v in result["overhead_vs_core"].items()}
+    result["goals"] = {f"{k}_overhead<=10%": v <= 0.10 for k, v in result["overhead_vs_core"].items()
+                       if k != "core_recorded"}
     result["goals"] |= {
                        "single_gym_step<=100us": result["single_gym_step_us"] <= 100}
     out = Path(args.out)
@@ -151,6 +178,7 @@ def main(argv=None) -> dict:
     for k, v in result["steps_per_s"].items():
         ov = result["overhead_vs_core"].get(k)
         print(f"{k:<28}{v:>12.0f}{'' if ov is None else f'{100 * ov:+19.1f}%'}")
+    print(f"collector vs core + the same storing: {100 * result['collector_overhead_vs_core_recorded']:+.1f}%")
     print(f"single Gymnasium step: {result['single_gym_step_us']:.1f} us\ngoals: {result['goals']}\nwrote {out}")
     return result
 

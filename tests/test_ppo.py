@@ -44,6 +44,17 @@ def test_short_run_has_finite_losses_and_writes_a_run(tmp_path):
     assert (tmp_path / "ppo_metrics.json").exists() and any((tmp_path / "tb").iterdir())
 
 
+def test_multisync_collector_splits_the_envs_over_worker_processes(tmp_path):
+    result = train_ppo(tiny(mode="full", collector="multisync", workers=2, out=str(tmp_path)))
+    assert result["iterations"] == 2 and result["frames"] == 2 * 16 * 4
+    for row in result["history"]:
+        assert torch.isfinite(torch.tensor([row["loss"], row["kl"], row["clip_fraction"]])).all()
+    with pytest.raises(ValueError, match="workers"):
+        PPOConfig(collector="multisync", num_envs=5, workers=2)
+    with pytest.raises(ValueError, match="collector"):
+        PPOConfig(collector="async")
+
+
 @pytest.mark.parametrize("readout", [None, "confidence"])
 def test_halting_mode_trains_only_the_halting_and_value_heads(tmp_path, readout):
     train(TrainConfig(task_kwargs={"size": 4}, hidden=16, T=1, n=1, N_sup=4, batch_size=16, steps=5, eval_n=8,
