@@ -108,9 +108,9 @@ class RecursionGymEnv(gym.Env):
         self.observation_space, self.action_space = single_spaces(self.core)
 
     def _obs(self) -> dict[str, np.ndarray]:
-        obs = self.core.observation()  # fresh arrays (Gymnasium's rule); the counters as NumPy scalars
+        obs = self.core.observation()  # fresh arrays (Gymnasium's rule); the counters as 0-d arrays, as Box(()) holds
         out = {k: obs[k].numpy(force=True)[0].copy() for k in ("puzzle", "answer", "latent")}
-        out["step"], out["nfe"] = np.int64(obs["step"].tolist()[0]), np.int64(obs["nfe"].tolist()[0])
+        out["step"], out["nfe"] = (np.array(obs[k].tolist()[0], dtype=np.int64) for k in ("step", "nfe"))
         return out
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

@@ -55,7 +55,7 @@ class PolicyImprovement:
         if self.cfg.anytime_weight:  # anytime variant: every readout also leans toward the final solution
             loss = loss + self.cfg.anytime_weight * token_loss(self.cfg, out.logits, core.label).mean()
         hit = (out.logits.detach().argmax(-1) == target).all(-1).float().mean()
-        return loss, {"dis_loss": float(per_example.mean()), "target_exact": float(hit)}
+        return loss, {"dis_loss": per_example.mean().item(), "target_exact": float(hit)}
 
     def halt(self, out: SupervisionOutput, runner: RecursionRunner, rng: torch.Generator) -> torch.Tensor:
         """No halting head: every puzzle runs its N_sup steps (the core truncates there)."""
