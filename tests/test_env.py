@@ -146,6 +146,22 @@ def test_givens_never_change_and_actions_are_not_mutated(seed):
         assert torch.equal(res.obs["puzzle"], puzzle)
 
 
+def test_core_keeps_copies_of_numpy_actions_and_puzzles():
+    """The core never aliases a caller's NumPy array: writing into it after the call leaves the state unchanged."""
+    core = RecursionCore(SUDOKU4, batch_size=2, latent_dim=D, seed=0)
+    batch = SUDOKU4.generate(2, seed=1)
+    puzzles = batch.inputs.copy()
+    core.reset(puzzles=puzzles, labels=batch.labels)
+    puzzles[:] = 0
+    assert np.array_equal(core.puzzle.numpy(), batch.inputs)
+    latent = np.ones((2, *core.latent_shape), np.float32)
+    answer = batch.labels.copy()
+    core.step({"latent": latent, "answer": answer, "halt": np.zeros(2, np.int64)})
+    latent[:] = 7.0
+    answer[:] = 1
+    assert (core.latent == 1.0).all() and np.array_equal(core.answer.numpy(), batch.labels)
+
+
 def test_reset_with_given_latent_and_stop():
     core = RecursionCore(SUDOKU4, batch_size=2, latent_dim=D, seed=0, lam=0.5)
     init = torch.randn(2, *core.latent_shape)
