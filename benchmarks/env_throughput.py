@@ -3,9 +3,10 @@
     python benchmarks/env_throughput.py --out runs/bench/env_throughput.json
 
 Sudoku 9x9 (L=81), D=64. The trivial agent hands back the current latent and answer and never halts, so the
-figures are the environment's own cost. Puzzles come from a pre-generated pool, so resets measure the env,
-not the generator. Goals (MDP issue): adapters add <= 10% over the raw core at B=256; a single Gymnasium
-``step`` <= 100 us.
+figures are the environment's own cost. The paths take turns within each timing round (best of ``--rounds``),
+so a noisy moment of the shared machine does not land on one path alone. Puzzles come from a pre-generated
+pool, so resets measure the env, not the generator. Goals (MDP issue): adapters add <= 10% over the raw core at
+B=256; a single Gymnasium ``step`` <= 100 us.
 """
 
 from __future__ import annotations
@@ -27,35 +28,43 @@ from recursion_env import RecursionCore, make_task, save_dataset
 from recursion_env.torchrl_env import RecursionTorchRLEnv
 
 
-def _timed(fn, n: int, warmup: int, rounds: int = 5) -> float:
-    """Seconds per call: the best of ``rounds`` rounds of ``n`` calls (the machine is shared and noisy)."""
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(n):
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # queued GPU work belongs to the timed steps
+
+
+def interleaved(paths: dict, rounds: int) -> dict[str, float]:
+    """Frames per second of each path: the best of ``rounds`` rounds, the paths taking turns within a round so
+    that the shared machine's slow and fast moments fall on all of them alike. ``paths[name] = (fn, frames per
+    call, calls per round)``."""
+    for fn, _, calls in paths.values():  # warm-up
+        for _ in range(max(1, calls // 10)):
             fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()  # queued GPU work belongs to the timed steps
-        best = min(best, (time.perf_counter() - t0) / n)
+    best = dict.fromkeys(paths, 0.0)
+    for _ in range(rounds):
+        for name, (fn, frames, calls) in paths.items():
+            _sync()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            _sync()
+            best[name] = max(best[name], frames * calls / (time.perf_counter() - t0))
     return best
 
 
-def bench_core(task, pool, B, D, n, device="cpu"):
+def core_step(task, pool, B, D, device="cpu"):
     core = RecursionCore(task, B, dataset=pool, latent_dim=D, max_steps=10**9, seed=0, device=device)
     core.reset()
     halt = torch.zeros(B, dtype=torch.int64, device=device)
-    return B / _timed(lambda: core.step({"latent": core.latent, "answer": core.answer, "halt": halt}), n, 20)
+    return lambda: core.step({"latent": core.latent, "answer": core.answer, "halt": halt})
 
 
-def bench_core_recorded(task, pool, B, D, n, device="cpu", frames_per_step=50):
+def core_recorded_batch(task, pool, B, D, device="cpu", T=50):
     """The raw core plus what a collector must store: each frame's observation and next observation written into
     a preallocated [B, T] batch (the latent twice per frame). The reference the collector can be held to."""
     core = RecursionCore(task, B, dataset=pool, latent_dim=D, max_steps=10**9, seed=0, device=device)
     core.reset()
     halt = torch.zeros(B, dtype=torch.int64, device=device)
-    T = frames_per_step
     buf = {k: torch.empty(B, T, *v.shape[1:], dtype=v.dtype, device=device) for k, v in core.observation().items()}
     nxt = {k: torch.empty_like(v) for k, v in buf.items()}
 
@@ -67,19 +76,19 @@ def bench_core_recorded(task, pool, B, D, n, device="cpu", frames_per_step=50):
             for k, v in core.observation().items():
                 nxt[k][:, t] = v
 
-    return B * T / _timed(batch, max(1, n // T), 1)
+    return batch
 
 
-def bench_torchrl_step(task, pool, B, D, n, device="cpu"):
+def torchrl_step(task, pool, B, D, device="cpu"):
     """The adapter alone: ``env.step`` in a loop, no policy module, nothing stored."""
     env = RecursionTorchRLEnv(task, num_envs=B, dataset=pool, latent_dim=D, max_steps=10**9, seed=0, device=device)
     td = env.reset()
     td["action"] = {"latent": td["latent"], "answer": td["answer"],
                     "halt": torch.zeros(B, dtype=torch.int64, device=device)}
-    return B / _timed(lambda: env.step(td), n, 20)
+    return lambda: env.step(td)
 
 
-def bench_torchrl(task, pool, B, D, n, device="cpu"):
+def torchrl_collector_batch(task, pool, B, D, device="cpu", T=50):
     """A collector: policy module, step_mdp, and every frame (latent included) written to the batch."""
     from tensordict.nn import TensorDictModule
 
@@ -96,37 +105,25 @@ def bench_torchrl(task, pool, B, D, n, device="cpu"):
 
     policy = TensorDictModule(Trivial(), in_keys=["latent", "answer"],
                               out_keys=[("action", "latent"), ("action", "answer"), ("action", "halt")])
-    frames = B * 50
     # return_same_td: hand back the rollout buffer instead of a ~1 GB clone of it each batch
-    collector = Collector(env, policy, frames_per_batch=frames, total_frames=frames * 8,
-                          return_same_td=True)
+    collector = Collector(env, policy, frames_per_batch=B * T, total_frames=-1, return_same_td=True)
     it = iter(collector)
-    next(it)  # warm-up batch
-    best = 0.0
-    for batch in it:  # best batch, as for the other paths
-        t0 = time.perf_counter()
-        try:
-            batch = next(it)
-        except StopIteration:
-            break
-        best = max(best, batch.numel() / (time.perf_counter() - t0))
-    collector.shutdown()
-    return best
+    return lambda: next(it), collector
 
 
-def bench_make_vec(pool_path, B, D, n, copy=True):
+def make_vec_step(pool_path, B, D, copy=True):
     env = gym.make_vec("TRMRecursion-Sudoku-v0", num_envs=B, dataset=pool_path, latent_dim=D, max_steps=10**9,
                        copy=copy)
     obs, _ = env.reset(seed=0)
     action = {"latent": obs["latent"], "answer": obs["answer"], "halt": np.zeros(B, dtype=np.int64)}
-    return B / _timed(lambda: env.step(action), n, 20)
+    return lambda: env.step(action)
 
 
-def bench_single(pool_path, D, n):
+def single_step(pool_path, D):
     env = gym.make("TRMRecursion-Sudoku-v0", dataset=pool_path, latent_dim=D, max_steps=10**9)
     obs, _ = env.reset(seed=0)
     action = {"latent": obs["latent"], "answer": obs["answer"], "halt": 0}
-    return _timed(lambda: env.step(action), n, 200)
+    return lambda: env.step(action)
 
 
 def main(argv=None) -> dict:
@@ -134,8 +131,9 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="runs/bench/env_throughput.json")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--latent-dim", type=int, default=64)
-    p.add_argument("--steps", type=int, default=300, help="batched steps timed per measurement")
-    p.add_argument("--single-steps", type=int, default=5000)
+    p.add_argument("--steps", type=int, default=100, help="batched steps per path and round")
+    p.add_argument("--single-steps", type=int, default=2000, help="single-env steps per round")
+    p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--device", default="cpu", help="cpu or cuda: the core and the TorchRL paths (Gymnasium is CPU)")
     args = p.parse_args(argv)
     task = make_task("sudoku", size=9)
@@ -143,23 +141,30 @@ def main(argv=None) -> dict:
     B, D = args.batch, args.latent_dim
     with tempfile.TemporaryDirectory() as tmp:
         pool_path = str(save_dataset(Path(tmp) / "pool.npz", task, pool))
-        core = bench_core(task, pool, B, D, args.steps, args.device)
-        core_recorded = bench_core_recorded(task, pool, B, D, args.steps, args.device)
-        torchrl_step = bench_torchrl_step(task, pool, B, D, args.steps, args.device)
-        torchrl = bench_torchrl(task, pool, B, D, args.steps, args.device)
-        vec = bench_make_vec(pool_path, B, D, args.steps)
-        vec_nocopy = bench_make_vec(pool_path, B, D, args.steps, copy=False)
-        single_s = bench_single(pool_path, D, args.single_steps)
+        collect, collector = torchrl_collector_batch(task, pool, B, D, args.device)
+        T = 50
+        paths = {
+            "core": (core_step(task, pool, B, D, args.device), B, args.steps),
+            "core_recorded": (core_recorded_batch(task, pool, B, D, args.device, T), B * T, max(1, args.steps // T)),
+            "torchrl_env_step": (torchrl_step(task, pool, B, D, args.device), B, args.steps),
+            "torchrl_collector": (collect, B * T, max(1, args.steps // T)),
+            "make_vec": (make_vec_step(pool_path, B, D), B, args.steps),
+            "make_vec_copy_false": (make_vec_step(pool_path, B, D, copy=False), B, args.steps),
+            "single_gym": (single_step(pool_path, D), 1, args.single_steps),
+        }
+        rate = interleaved(paths, args.rounds)
+        collector.shutdown()
+    core, core_recorded, torchrl = rate["core"], rate["core_recorded"], rate["torchrl_collector"]
+    torchrl_step_rate, vec, vec_nocopy = rate["torchrl_env_step"], rate["make_vec"], rate["make_vec_copy_false"]
+    single_s = 1 / rate["single_gym"]
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                     "torch": torch.__version__, "gymnasium": gym.__version__},
         "config": {"task": "sudoku9", "L": 81, "latent_dim": D, "batch": B, "device": args.device},
-        "steps_per_s": {"core": core, "core_recorded": core_recorded, "torchrl_env_step": torchrl_step,
-                        "torchrl_collector": torchrl,
-                        "make_vec": vec, "make_vec_copy_false": vec_nocopy, "single_gym": 1 / single_s},
-        "overhead_vs_core": {"torchrl_env_step": core / torchrl_step - 1, "torchrl_collector": core / torchrl - 1,
+        "steps_per_s": rate,
+        "overhead_vs_core": {"torchrl_env_step": core / torchrl_step_rate - 1, "torchrl_collector": core / torchrl - 1,
                              "make_vec": core / vec - 1, "make_vec_copy_false": core / vec_nocopy - 1,
                              "core_recorded": core / core_recorded - 1},
         # the collector against the core doing the same storing: the collector's own cost beyond its frame buffer

@@ -49,13 +49,21 @@ def _numpy(tensors: dict[str, torch.Tensor], copy: bool = True) -> dict[str, np.
 
 def _shared(value):
     """A tensor over the caller's array without a copy (``copy=False``); the env only ever reads it."""
+    global _readonly_warning_spent
     if not isinstance(value, np.ndarray):
         return value
-    if value.flags.writeable:
+    if value.flags.writeable or _readonly_warning_spent:
         return torch.from_numpy(value)
-    with warnings.catch_warnings():  # torch warns that it cannot mark the tensor read-only; the core never writes
+    # torch warns once per process that it cannot mark a tensor read-only (the core never writes into it):
+    # spend that one warning here, silenced, instead of entering catch_warnings on every step
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(value)
+        tensor = torch.from_numpy(value)
+    _readonly_warning_spent = True
+    return tensor
+
+
+_readonly_warning_spent = False
 
 
 class RecursionGymEnv(gym.Env):
@@ -202,15 +210,14 @@ class RecursionVectorEnv(VectorEnv):
         return self._observation(), self._infos()
 
     def step(self, actions):
-        B = self.num_envs
-        reward = np.zeros(B, dtype=np.float64)
-        terminated = np.zeros(B, dtype=bool)
-        truncated = np.zeros(B, dtype=bool)
         any_reset = bool(self._autoreset.any())
         reset_mask = torch.as_tensor(self._autoreset, device=self.core.device) if any_reset else None
         if any_reset:
             self.core.reset(reset_mask)
-        if not self._autoreset.all():
+        if any_reset and self._autoreset.all():  # every env restarted: no transition this step
+            reward = np.zeros(self.num_envs, dtype=np.float64)
+            terminated, truncated = np.zeros(self.num_envs, dtype=bool), np.zeros(self.num_envs, dtype=bool)
+        else:
             if not self.copy:  # share the caller's arrays instead of copying them
                 actions = {k: self._tensor(v) for k, v in actions.items()}
             res = self.core.step(actions, mask=~reset_mask if any_reset else None)
