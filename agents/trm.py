@@ -257,28 +257,30 @@ class TRM(nn.Module):
                 y, z = self.latent_recursion(x, y, z, n)
         return self.latent_recursion(x, y, z, n)
 
-    def _confidence(self, y: torch.Tensor, logits: torch.Tensor | None) -> torch.Tensor:
-        return confidence_features(self.output_head(y[..., self.cfg.puzzle_emb_len:, :]) if logits is None else logits)
-
-    def halt_logit(self, y: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """TRM's Q head reads position 0 (a puzzle-embedding slot when there is one, else the first cell); or the
-        mean of y; or the confidence of the readout (``logits``, computed from y when not given). Any batch dims."""
+    def _head_inputs(self, y: torch.Tensor, logits: torch.Tensor | None = None):
+        """What the halting (Q) head and the value head read, each computed once: TRM's Q head reads position 0
+        (a puzzle-embedding slot when there is one, else the first cell) or the mean of y, the value head the mean
+        of y; with ``halt_readout="confidence"`` both read the readout's confidence (``logits``, computed from y
+        when not given). Any batch dims."""
         readout = self.cfg.halt_readout
         if readout == "confidence":
-            h = self._confidence(y, logits)
-        else:
-            h = y[..., 0, :] if readout == "first" else y.mean(-2)
-        return self.halt_head(h).squeeze(-1)
+            h = confidence_features(self.output_head(y[..., self.cfg.puzzle_emb_len:, :]) if logits is None
+                                    else logits)
+            return h, h
+        mean = y.mean(-2)
+        return (y[..., 0, :] if readout == "first" else mean), mean
+
+    def halt_logit(self, y: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        return self.halt_head(self._head_inputs(y, logits)[0]).squeeze(-1)
 
     def value(self, y: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """V from the mean of y, or from the readout's confidence like the halting head. Any batch dims."""
-        h = self._confidence(y, logits) if self.cfg.halt_readout == "confidence" else y.mean(-2)
-        return self.value_head(h).squeeze(-1)
+        return self.value_head(self._head_inputs(y, logits)[1]).squeeze(-1)
 
     def readout(self, y: torch.Tensor):
         """(logits [B, L, V], halt logit [B], value [B]) from the answer embedding."""
         logits = self.output_head(y[:, self.cfg.puzzle_emb_len:])
-        return logits, self.halt_logit(y, logits), self.value(y, logits)
+        halt_in, value_in = self._head_inputs(y, logits)
+        return logits, self.halt_head(halt_in).squeeze(-1), self.value_head(value_in).squeeze(-1)
 
     def supervision_step(self, x, y, z, T: int | None = None, n: int | None = None) -> SupervisionOutput:
         """One supervision step from carry (y, z): the reference logits before it, the conditional ones after."""
