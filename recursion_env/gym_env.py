@@ -38,8 +38,8 @@ def _numpy(tensors: dict[str, torch.Tensor], copy: bool = True) -> dict[str, np.
     and reset makes new ones) and a read-only view cannot be written through."""
     out = {}
     for k, v in tensors.items():
-        a = v.numpy(force=True)  # a view on CPU; a copy from an accelerator
-        if copy:
+        a = v.numpy(force=True)  # a view on CPU; a fresh copy from an accelerator
+        if copy and v.is_cpu:
             a = a.copy()
         else:
             a.flags.writeable = False
@@ -116,10 +116,8 @@ class RecursionGymEnv(gym.Env):
         self.observation_space, self.action_space = single_spaces(self.core)
 
     def _obs(self) -> dict[str, np.ndarray]:
-        obs = self.core.observation()  # fresh arrays (Gymnasium's rule); the counters as 0-d arrays, as Box(()) holds
-        out = {k: obs[k].numpy(force=True)[0].copy() for k in ("puzzle", "answer", "latent")}
-        out["step"], out["nfe"] = (np.array(obs[k].tolist()[0], dtype=np.int64) for k in ("step", "nfe"))
-        return out
+        # fresh arrays (Gymnasium's rule); indexing [0] leaves the counters 0-d arrays, as Box(()) holds them
+        return {k: v[0, ...] for k, v in _numpy(self.core.observation()).items()}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -178,7 +176,6 @@ class RecursionVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._autoreset = np.zeros(num_envs, dtype=bool)
-        self._views: dict = {}
         self._all_set = np.ones(num_envs, dtype=bool)  # the "_key" masks: every env reports every info key
         self._all_set.flags.writeable = False
 
@@ -190,24 +187,13 @@ class RecursionVectorEnv(VectorEnv):
             out[f"_{k}"] = self._all_set if not self.copy else np.ones(self.num_envs, dtype=bool)
         return out
 
-    def _observation(self) -> dict[str, np.ndarray]:
-        state = self.core.observation()
-        obs = _numpy(state, self.copy)
-        # copy=False: a view handed back as an action maps to its tensor (no copy, no read-only warning)
-        self._views = {} if self.copy else {id(obs[k]): (obs[k], state[k]) for k in ("latent", "answer")}
-        return obs
-
-    def _tensor(self, value):
-        hit = self._views.get(id(value))
-        return hit[1] if hit is not None and hit[0] is value else _shared(value)
-
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is not None:
             self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
         self.core.rng = self.np_random
         self.core.reset()
         self._autoreset[:] = False
-        return self._observation(), self._infos()
+        return _numpy(self.core.observation(), self.copy), self._infos()
 
     def step(self, actions):
         any_reset = bool(self._autoreset.any())
@@ -219,10 +205,10 @@ class RecursionVectorEnv(VectorEnv):
             terminated, truncated = np.zeros(self.num_envs, dtype=bool), np.zeros(self.num_envs, dtype=bool)
         else:
             if not self.copy:  # share the caller's arrays instead of copying them
-                actions = {k: self._tensor(v) for k, v in actions.items()}
+                actions = {k: _shared(v) for k, v in actions.items()}
             res = self.core.step(actions, mask=~reset_mask if any_reset else None)
             reward = res.reward.numpy(force=True).astype(np.float64)
             terminated = res.terminated.numpy(force=True)
             truncated = res.truncated.numpy(force=True)
         self._autoreset = terminated | truncated
-        return self._observation(), reward, terminated, truncated, self._infos()
+        return _numpy(self.core.observation(), self.copy), reward, terminated, truncated, self._infos()
