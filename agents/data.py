@@ -8,6 +8,16 @@ import numpy as np
 from recursion_env.tasks import PuzzleBatch, Task
 
 
+def puzzle_keys(inputs) -> set[bytes]:
+    """Puzzles (``inputs`` rows) as hashable keys, for :func:`outside`."""
+    return {row.tobytes() for row in inputs}
+
+
+def outside(inputs: np.ndarray, keys: set[bytes]) -> np.ndarray:
+    """``bool [n]``: which rows of ``inputs`` are not among ``keys`` (e.g. not held out)."""
+    return np.array([row.tobytes() not in keys for row in inputs], dtype=bool)
+
+
 class PuzzleStream:
     """``take(k)`` returns ``k`` fresh (inputs, labels). With a dataset, puzzles are drawn uniformly with
     replacement; without, they are generated in chunks. ``exclude`` holds puzzles (``inputs`` rows) that
@@ -20,13 +30,13 @@ class PuzzleStream:
                  exclude: np.ndarray | None = None, chunk: int = 256):
         self.task, self.dataset, self.augment, self.chunk = task, dataset, augment, chunk
         self.rng = np.random.default_rng(seed)
-        self.exclude = {row.tobytes() for row in (exclude if exclude is not None else [])}
+        self.exclude = puzzle_keys(exclude if exclude is not None else [])
         self.emitted = 0
         self.dropped = 0
         self._x = np.zeros((0, task.seq_len), dtype=np.int64)
         self._y = np.zeros((0, task.seq_len), dtype=np.int64)
         if dataset is not None:
-            keep = np.array([row.tobytes() not in self.exclude for row in dataset.inputs], dtype=bool)
+            keep = outside(dataset.inputs, self.exclude)
             if not keep.any():
                 raise ValueError("every training puzzle is also a held-out puzzle")
             self.dropped += int((~keep).sum())
@@ -42,7 +52,7 @@ class PuzzleStream:
         if self.augment:
             x, y = self.task.augment(x, y, self.rng)
         if self.exclude:
-            keep = np.array([row.tobytes() not in self.exclude for row in x], dtype=bool)
+            keep = outside(x, self.exclude)
             self.dropped += int((~keep).sum())
             x, y = x[keep], y[keep]
         self._x, self._y = np.concatenate([self._x, x]), np.concatenate([self._y, y])

@@ -23,6 +23,7 @@ from recursion_env.tasks import Task, load_puzzles, make_task
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import PuzzleStream
+from ..evaluation import evaluation_set
 from ..rollout import RecursionRunner, rollout_metrics, summarize
 from ..trm import TRM, TRMConfig
 
@@ -138,11 +139,6 @@ def build_task(cfg: TrainConfig) -> Task:
     return make_task(cfg.task, **cfg.task_kwargs)
 
 
-def eval_set(cfg: TrainConfig, task: Task) -> tuple[np.ndarray, np.ndarray]:
-    batch = task.generate(cfg.eval_n, seed=cfg.eval_seed)
-    return batch.inputs, batch.labels
-
-
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
@@ -164,7 +160,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     task = build_task(cfg)
-    eval_x, eval_y = eval_set(cfg, task)
+    eval_x, eval_y = evaluation_set(task, {"eval_seed": cfg.eval_seed}, cfg.eval_n)
     dataset = None
     if cfg.dataset:
         task, dataset = load_puzzles(cfg.dataset, task)

@@ -57,7 +57,8 @@ from recursion_env import RecursionTorchRLEnv
 from recursion_env.tasks import load_puzzles, make_task
 
 from ..checkpoint import save_checkpoint
-from ..evaluation import load_trained
+from ..data import outside, puzzle_keys
+from ..evaluation import evaluation_set, load_trained
 from ..trm import TRM, TRMConfig
 
 
@@ -241,9 +242,9 @@ def train_ppo(cfg: PPOConfig) -> dict:
     if cfg.dataset:
         dataset = load_puzzles(cfg.dataset, task)[1]
     else:  # a generated pool with the held-out puzzles taken out, as the supervised trainers do
-        held_out = {row.tobytes() for row in task.generate(cfg.eval_n, seed=cfg.eval_seed).inputs}
+        held_out = puzzle_keys(evaluation_set(task, {"eval_seed": cfg.eval_seed}, cfg.eval_n)[0])
         pool = task.generate(cfg.train_pool, seed=[cfg.seed, 7])
-        dataset = pool[np.flatnonzero([row.tobytes() not in held_out for row in pool.inputs])]
+        dataset = pool[np.flatnonzero(outside(pool.inputs, held_out))]
     mcfg = model.cfg
     if cfg.halt_readout is not None:
         model.set_halt_readout(cfg.halt_readout)  # saved with the run, so evaluation halts the same way
