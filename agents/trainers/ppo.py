@@ -176,8 +176,9 @@ class TRMActor(nn.Module):
         x = model.step_input(puzzle, answer, step)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.mode == "full"):
             out = model.supervision_step(x, latent[:, 0], latent[:, 1])
-        y = out.y if self.mode == "full" else out.y.detach()
-        halt_logit = model.halt_logit(y, out.logits)  # the halting head trains in both modes
+        # the halting head trains in both modes: in halting mode the step ran without gradient, so its head is
+        # applied again, outside, on the (frozen) y; in full mode the step's own halting logit carries it
+        halt_logit = out.halt_logit if self.mode == "full" else model.halt_logit(out.y.detach(), out.logits)
         return torch.stack([out.y, out.z], 1).detach().float(), out.logits, halt_logit, puzzle == 0
 
 
