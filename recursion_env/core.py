@@ -42,9 +42,9 @@ INFO_KEYS = ("nfe", "cell_accuracy", "solved", "score")
 ACTION_KEYS = ("latent", "answer", "halt")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RecursionConfig:
-    """Options of the recursion MDP (the environment arguments of every adapter)."""
+    """Options of the recursion MDP (the environment arguments of every adapter); fixed for a core's life."""
 
     latent_dim: int = 64
     #: positions of the latent; ``None`` means the puzzle length L (agents with extra slots ask for more)
@@ -117,7 +117,10 @@ class PuzzleSource:
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
-def _as_tensor(value, name: str, device, copy: bool = True) -> torch.Tensor:
+_CPU = torch.device("cpu")
+
+
+def _as_tensor(value, name: str, device: torch.device, copy: bool = True) -> torch.Tensor:
     """A tensor on ``device`` from what a caller handed in. NumPy arrays are copied (the core keeps the result and
     never aliases a caller's array), or with ``copy=False`` viewed where possible (the value is only read during
     the call). Torch tensors are taken as they are."""
@@ -127,17 +130,19 @@ def _as_tensor(value, name: str, device, copy: bool = True) -> torch.Tensor:
         arr = np.asarray(value)
     except Exception as e:  # noqa: BLE001 - anything unconvertible is a bad field
         raise ValueError(f"action field {name!r} is not an array: {e}") from None
-    if arr.dtype == object:
+    if arr.dtype.hasobject:
         raise ValueError(f"action field {name!r} is not a numeric array (dtype object)")
-    if arr.flags.writeable and arr.dtype.isnative:  # from_numpy is much cheaper than torch.tensor on small arrays
-        try:
-            t = torch.from_numpy(arr)
-        except (TypeError, ValueError):  # negative strides, dtypes torch lacks: the general path below
-            pass
-        else:
-            if t.device != device:  # (a no-op .to() still costs microseconds at B=1)
-                return t.to(device)
-            return t.clone() if copy else t
+    on_cpu = device == _CPU
+    if arr.dtype.isnative:  # from_numpy is much cheaper than torch.tensor on small arrays
+        if copy and on_cpu:
+            arr = arr.copy()  # (and a NumPy copy cheaper than a torch clone)
+        if arr.flags.writeable:  # torch cannot wrap a read-only array without a warning
+            try:
+                t = torch.from_numpy(arr)
+            except (TypeError, ValueError):  # dtypes torch lacks: the general path below
+                pass
+            else:
+                return t if on_cpu else t.to(device)
     return torch.tensor(arr, device=device)
 
 
@@ -178,6 +183,7 @@ class RecursionCore:
         self.source = PuzzleSource(task, batch, seed=generator_seed)
         self.seq_len = task.seq_len
         self.latent_shape = (2, config.latent_len or task.seq_len, config.latent_dim)
+        self._action_latent_shape = (self.batch_size, *self.latent_shape)
         self.rng = np.random.default_rng(seed)
         B, L, dev = self.batch_size, self.seq_len, self.device
         self.puzzle = torch.zeros(B, L, dtype=torch.int64, device=dev)
@@ -192,31 +198,36 @@ class RecursionCore:
         self.solved = torch.zeros(B, dtype=torch.bool, device=dev)
         #: S + solve_bonus * [solved]; a transition's reward is the change of this potential minus the compute
         self.potential = torch.zeros(B, dtype=torch.float32, device=dev)
-        self.accuracy_offset, self.accuracy_denominator = self._accuracy_terms(self.puzzle)
+        self.scored_label, self.n_scored = self._scored_cells(self.puzzle, self.label)
         self.context = task.rule_context(self.puzzle)
         # an episode that ended (or never began) must be reset before it is stepped
         self.done = torch.ones(B, dtype=torch.bool, device=dev)
         self._halt_flags = (torch.zeros(1, dtype=torch.bool, device=dev), torch.ones(1, dtype=torch.bool, device=dev))
+        # a Python number in tensor arithmetic becomes a new tensor on every call, most of a small op's cost at
+        # B=1; the transition's constants are made once (the config is frozen)
+        self._label_score = config.reward_mode == "label"
+        self._constants = {name: torch.tensor(value, device=dev) for name, value in (
+            ("one_step", 1), ("nfe_per_step", config.nfe_per_step), ("max_steps", config.max_steps),
+            ("full_score", 1.0), ("solve_bonus", float(config.solve_bonus)),
+            ("compute_cost", float(config.lam * config.nfe_per_step)))}
 
     # -- scoring ----------------------------------------------------------------------------------------
-    def _evaluate(self, puzzle, label, answer, context, accuracy_offset, accuracy_denominator):
+    def _evaluate(self, puzzle, answer, context, scored_label, n_scored):
         """(score S, cell accuracy, solved) of answers; one place for the reward's ingredients.
 
-        Labels agree with the puzzle on the givens (reset writes them in) and answers keep the givens, so the
-        correct blank cells are the equal cells minus the givens; see :meth:`_accuracy_terms`.
-        """
-        cell_acc = ((answer == label).sum(-1) - accuracy_offset) / accuracy_denominator
+        Cell accuracy is the fraction of scored cells (see :meth:`_scored_cells`) whose answer equals the label."""
+        cell_acc = (answer == scored_label).sum(-1) / n_scored
         rules = self.task.rule_score(puzzle, answer, context)
-        solved = rules >= 1.0
-        score = cell_acc if self.config.reward_mode == "label" else rules
-        return score, cell_acc, solved
+        solved = rules >= self._constants["full_score"]
+        return (cell_acc if self._label_score else rules), cell_acc, solved
 
-    def _accuracy_terms(self, puzzle):
-        """(offset, denominator) with cell accuracy = (equal cells - offset) / denominator: the givens are
-        subtracted, and a puzzle without blanks scores 1."""
-        n_blank = (puzzle == 0).sum(-1)
-        offset = (self.seq_len - n_blank) - (n_blank == 0).to(torch.int64)
-        return offset, n_blank.clamp(min=1).to(torch.float32)
+    def _scored_cells(self, puzzle, label):
+        """(scored label, count): the label on the cells that are scored and -1, which no token equals, elsewhere.
+        The scored cells are the blanks, or every cell of a puzzle without blanks (it scores 1)."""
+        blank = puzzle == 0
+        n_blank = blank.sum(-1)
+        scored = blank | (n_blank == 0)[:, None]
+        return torch.where(scored, label, -1), scored.sum(-1).to(torch.float32)
 
     # -- reset ------------------------------------------------------------------------------------------
     def seed(self, seed: int | None) -> None:
@@ -233,7 +244,7 @@ class RecursionCore:
 
     def _refuse_finished(self, active: torch.Tensor | None, what: str) -> None:
         finished = self.done if active is None else self.done & active
-        if bool(finished.any()):
+        if bool(finished) if self.batch_size == 1 else bool(finished.any()):  # (one element: no reduction)
             raise RuntimeError(f"{what} on a finished episode (env {finished.nonzero().reshape(-1).tolist()}); "
                                "call reset() first")
 
@@ -264,14 +275,14 @@ class RecursionCore:
         else:
             latent = self._check_latent(latent, n, "reset latent")
         labels = torch.where(puzzles != 0, puzzles, labels)
-        offset, denominator = self._accuracy_terms(puzzles)
+        scored_label, n_scored = self._scored_cells(puzzles, labels)
         context = self.task.rule_context(puzzles)
-        score, cell_acc, solved = self._evaluate(puzzles, labels, puzzles, context, offset, denominator)
+        score, cell_acc, solved = self._evaluate(puzzles, puzzles, context, scored_label, n_scored)
         zeros = torch.zeros(n, dtype=torch.int64, device=self.device)
         updates = {"puzzle": puzzles, "givens": puzzles != 0, "label": labels, "answer": puzzles.clone(),
                    "latent": latent, "step_count": zeros, "nfe": zeros, "score": score, "cell_accuracy": cell_acc,
                    "solved": solved, "potential": score + self.config.solve_bonus * solved,
-                   "accuracy_offset": offset, "accuracy_denominator": denominator,
+                   "scored_label": scored_label, "n_scored": n_scored,
                    "done": torch.zeros(n, dtype=torch.bool, device=self.device)}
         if idx is None:
             for k, v in updates.items():
@@ -290,17 +301,21 @@ class RecursionCore:
 
     # -- step -------------------------------------------------------------------------------------------
     def _check_latent(self, latent, n: int, name: str) -> torch.Tensor:
+        if n == 1 and isinstance(latent, np.ndarray) and latent.shape == self.latent_shape:
+            latent = latent[None]  # (the unbatched form below, as a NumPy view: cheaper than a tensor view)
         latent = _as_tensor(latent, name, self.device)
-        if n == 1 and tuple(latent.shape) == self.latent_shape:
-            latent = latent[None]  # one env may pass its action unbatched
-        if not latent.is_floating_point():
-            raise ValueError(f"{name}: expected a floating-point tensor, got dtype {latent.dtype}")
-        if latent.shape != (n, *self.latent_shape):
-            raise ValueError(f"{name}: expected shape {(n, *self.latent_shape)}, got {tuple(latent.shape)}")
+        shape = latent.shape
+        if shape != (self._action_latent_shape if n == self.batch_size else (n, *self.latent_shape)):
+            if n == 1 and shape == self.latent_shape:
+                latent = latent[None]  # one env may pass its action unbatched
+            else:
+                raise ValueError(f"{name}: expected shape {(n, *self.latent_shape)}, got {tuple(shape)}")
+        if latent.dtype != torch.float32:
+            if not latent.is_floating_point():
+                raise ValueError(f"{name}: expected a floating-point tensor, got dtype {latent.dtype}")
+            latent = latent.to(torch.float32)
         if latent.requires_grad:
             latent = latent.detach()
-        if latent.dtype != torch.float32:
-            latent = latent.to(torch.float32)
         # a sum is finite only if every term is; only an overflowing sum needs the element-wise check
         if not math.isfinite(latent.sum().item()) and not bool(torch.isfinite(latent).all()):
             raise ValueError(f"{name}: contains NaN or inf")
@@ -309,27 +324,30 @@ class RecursionCore:
     def check_action(self, action: Mapping) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Validate an action ``{latent [B,2,latent_len,D] float, answer [B,L] int, halt [B] int/bool}``;
         raises ``ValueError`` naming the field. Never modifies the given arrays."""
-        if not isinstance(action, Mapping):
+        if not isinstance(action, (dict, Mapping)):  # (dict first: an ABC check costs a microsecond)
             raise ValueError(f"action must be a mapping with keys {ACTION_KEYS}, got {type(action).__name__}")
-        missing = [k for k in ACTION_KEYS if k not in action]
-        if missing:
-            raise ValueError(f"action is missing field(s) {missing}; expected {ACTION_KEYS}")
+        try:
+            latent, answer, halt = action["latent"], action["answer"], action["halt"]
+        except KeyError:
+            missing = [k for k in ACTION_KEYS if k not in action]
+            raise ValueError(f"action is missing field(s) {missing}; expected {ACTION_KEYS}") from None
         B = self.batch_size
-        latent = self._check_latent(action["latent"], B, "action 'latent'")
-        answer = _as_tensor(action["answer"], "answer", self.device, copy=False)  # only read: step makes a new one
-        if answer.dtype.is_floating_point or answer.dtype.is_complex or answer.dtype == torch.bool:
-            raise ValueError(f"action 'answer': expected integer tokens, got dtype {answer.dtype}")
-        if B == 1 and tuple(answer.shape) == (self.seq_len,):
-            answer = answer[None]
-        if tuple(answer.shape) != (B, self.seq_len):
-            raise ValueError(f"action 'answer': expected shape {(B, self.seq_len)}, got {tuple(answer.shape)}")
+        latent = self._check_latent(latent, B, "action 'latent'")
+        answer = _as_tensor(answer, "answer", self.device, copy=False)  # only read: step makes a new one
         if answer.dtype != torch.int64:
+            if answer.dtype.is_floating_point or answer.dtype.is_complex or answer.dtype == torch.bool:
+                raise ValueError(f"action 'answer': expected integer tokens, got dtype {answer.dtype}")
             answer = answer.to(torch.int64)
-        lo, hi = (int(v) for v in torch.aminmax(answer))
+        if answer.shape != (B, self.seq_len):
+            if B == 1 and answer.shape == (self.seq_len,):
+                answer = answer[None]
+            else:
+                raise ValueError(f"action 'answer': expected shape {(B, self.seq_len)}, got {tuple(answer.shape)}")
+        lo, hi = torch.aminmax(answer)
+        lo, hi = int(lo), int(hi)
         if lo < 0 or hi >= self.task.vocab_size:
             raise ValueError(f"action 'answer': token out of the vocabulary [0, {self.task.vocab_size}): "
                              f"min {lo}, max {hi}")
-        halt = action["halt"]
         if B == 1 and isinstance(halt, (bool, int, np.bool_, np.integer)):
             if int(halt) not in (0, 1):
                 raise ValueError(f"action 'halt': values must be 0 or 1, got {halt}")
@@ -352,21 +370,20 @@ class RecursionCore:
         latent, answer, halt = self.check_action(action)
         active = self._mask(mask)
         self._refuse_finished(active, "step()")
-        cfg = self.config
+        cfg, const = self.config, self._constants
         answer = torch.where(self.givens, self.puzzle, answer)
-        score, cell_acc, solved = self._evaluate(self.puzzle, self.label, answer, self.context, self.accuracy_offset,
-                                                 self.accuracy_denominator)
+        score, cell_acc, solved = self._evaluate(self.puzzle, answer, self.context, self.scored_label, self.n_scored)
         potential = torch.add(score, solved, alpha=cfg.solve_bonus)  # S + solve_bonus * [solved]
         reward = potential - self.potential
         if cfg.lam:
-            reward = reward - cfg.lam * cfg.nfe_per_step
-        step_count = self.step_count + 1
+            reward = reward - const["compute_cost"]
+        step_count = self.step_count + const["one_step"]
         terminated = (halt | solved) if cfg.terminate_on_solve else halt
-        truncated = (step_count >= cfg.max_steps) > terminated  # on bools a > b is a & ~b, one op fewer
+        truncated = (step_count >= const["max_steps"]) > terminated  # on bools a > b is a & ~b, one op fewer
         if active is None:
             self.answer, self.latent, self.score, self.cell_accuracy, self.solved, self.potential = (
                 answer, latent, score, cell_acc, solved, potential)
-            self.step_count, self.nfe = step_count, self.nfe + cfg.nfe_per_step
+            self.step_count, self.nfe = step_count, self.nfe + const["nfe_per_step"]
             self.done = terminated | truncated
         else:
             a1, a2 = active[:, None], active[:, None, None, None]
@@ -377,7 +394,7 @@ class RecursionCore:
             self.solved = torch.where(active, solved, self.solved)
             self.potential = torch.where(active, potential, self.potential)
             self.step_count = torch.where(active, step_count, self.step_count)
-            self.nfe = torch.where(active, self.nfe + cfg.nfe_per_step, self.nfe)
+            self.nfe = torch.where(active, self.nfe + const["nfe_per_step"], self.nfe)
             terminated, truncated = terminated & active, truncated & active
             reward = torch.where(active, reward, torch.zeros_like(reward))
             self.done = self.done | terminated | truncated
@@ -395,10 +412,11 @@ class RecursionCore:
 
     # -- persistence ------------------------------------------------------------------------------------------
     _STATE = ("puzzle", "givens", "label", "answer", "latent", "step_count", "nfe", "score", "cell_accuracy",
-              "solved", "potential", "accuracy_offset", "accuracy_denominator", "done")
+              "solved", "potential", "done")
 
     def state_dict(self) -> dict:
-        """Every per-env tensor plus the puzzle-draw generator: enough to continue exactly where it stood."""
+        """Every per-env tensor plus the puzzle-draw generator: enough to continue exactly where it stood (what
+        depends on the puzzle alone is derived again on loading)."""
         state = {k: getattr(self, k).clone() for k in self._STATE}
         state["rng"] = self.rng.bit_generator.state
         return state
@@ -410,6 +428,7 @@ class RecursionCore:
                 raise ValueError(
                     f"core state {k!r}: expected shape {tuple(getattr(self, k).shape)}, got {tuple(v.shape)}")
             setattr(self, k, v.to(getattr(self, k).dtype))
+        self.scored_label, self.n_scored = self._scored_cells(self.puzzle, self.label)
         self.context = self.task.rule_context(self.puzzle)
         self.rng.bit_generator.state = state["rng"]
 

@@ -116,8 +116,9 @@ class RecursionGymEnv(gym.Env):
         self.observation_space, self.action_space = single_spaces(self.core)
 
     def _obs(self) -> dict[str, np.ndarray]:
-        # fresh arrays (Gymnasium's rule); indexing [0] leaves the counters 0-d arrays, as Box(()) holds them
-        return {k: v[0, ...] for k, v in _numpy(self.core.observation()).items()}
+        # fresh arrays (Gymnasium's rule: users keep what an env returns); indexing [0, ...] leaves the counters
+        # 0-d arrays, as Box(()) holds them
+        return {k: v.numpy(force=True)[0, ...].copy() for k, v in self.core.observation().items()}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
