@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .tasks import PuzzleBatch, Task, load_dataset, load_puzzles, make_task
+from .tasks.base import rule_fraction
 
 REWARD_MODES = ("label", "verifier")
 INFO_KEYS = ("nfe", "cell_accuracy", "solved", "score")
@@ -184,6 +185,7 @@ class RecursionCore:
         self.seq_len = task.seq_len
         self.latent_shape = (2, config.latent_len or task.seq_len, config.latent_dim)
         self._action_latent_shape = (self.batch_size, *self.latent_shape)
+        self._answer_shape = (self.batch_size, task.seq_len)
         self.rng = np.random.default_rng(seed)
         B, L, dev = self.batch_size, self.seq_len, self.device
         self.puzzle = torch.zeros(B, L, dtype=torch.int64, device=dev)
@@ -208,7 +210,6 @@ class RecursionCore:
         self._label_score = config.reward_mode == "label"
         self._constants = {name: torch.tensor(value, device=dev) for name, value in (
             ("one_step", 1), ("nfe_per_step", config.nfe_per_step), ("max_steps", config.max_steps),
-            ("full_score", 1.0), ("solve_bonus", float(config.solve_bonus)),
             ("compute_cost", float(config.lam * config.nfe_per_step)))}
 
     # -- scoring ----------------------------------------------------------------------------------------
@@ -217,9 +218,9 @@ class RecursionCore:
 
         Cell accuracy is the fraction of scored cells (see :meth:`_scored_cells`) whose answer equals the label."""
         cell_acc = (answer == scored_label).sum(-1) / n_scored
-        rules = self.task.rule_score(puzzle, answer, context)
-        solved = rules >= self._constants["full_score"]
-        return (cell_acc if self._label_score else rules), cell_acc, solved
+        satisfied, total = self.task.rule_counts(puzzle, answer, context)
+        solved = satisfied >= total  # (in counts: exact on every device, and the label reward needs no fraction)
+        return (cell_acc if self._label_score else rule_fraction(satisfied, total)), cell_acc, solved
 
     def _scored_cells(self, puzzle, label):
         """(scored label, count): the label on the cells that are scored and -1, which no token equals, elsewhere.
@@ -333,12 +334,14 @@ class RecursionCore:
             raise ValueError(f"action is missing field(s) {missing}; expected {ACTION_KEYS}") from None
         B = self.batch_size
         latent = self._check_latent(latent, B, "action 'latent'")
+        if B == 1 and isinstance(answer, np.ndarray) and answer.shape == self._answer_shape[1:]:
+            answer = answer[None]  # (the unbatched form below, as a NumPy view: cheaper than a tensor view)
         answer = _as_tensor(answer, "answer", self.device, copy=False)  # only read: step makes a new one
         if answer.dtype != torch.int64:
             if answer.dtype.is_floating_point or answer.dtype.is_complex or answer.dtype == torch.bool:
                 raise ValueError(f"action 'answer': expected integer tokens, got dtype {answer.dtype}")
             answer = answer.to(torch.int64)
-        if answer.shape != (B, self.seq_len):
+        if answer.shape != self._answer_shape:
             if B == 1 and answer.shape == (self.seq_len,):
                 answer = answer[None]
             else:
@@ -368,7 +371,7 @@ class RecursionCore:
         """One transition for the envs in ``mask`` (all by default); the others keep their state and get
         reward 0. Raises ``RuntimeError`` if a stepped env has finished (reset it first)."""
         latent, answer, halt = self.check_action(action)
-        active = self._mask(mask)
+        active = None if mask is None else self._mask(mask)
         self._refuse_finished(active, "step()")
         cfg, const = self.config, self._constants
         answer = torch.where(self.givens, self.puzzle, answer)
@@ -383,7 +386,9 @@ class RecursionCore:
         if active is None:
             self.answer, self.latent, self.score, self.cell_accuracy, self.solved, self.potential = (
                 answer, latent, score, cell_acc, solved, potential)
-            self.step_count, self.nfe = step_count, self.nfe + const["nfe_per_step"]
+            # nfe = step x nfe_per_step always: at one forward pass a step they are the same numbers
+            self.step_count = step_count
+            self.nfe = step_count if cfg.nfe_per_step == 1 else self.nfe + const["nfe_per_step"]
             self.done = terminated | truncated
         else:
             a1, a2 = active[:, None], active[:, None, None, None]

@@ -47,6 +47,10 @@ def _numpy(tensors: dict[str, torch.Tensor], copy: bool = True) -> dict[str, np.
     return out
 
 
+def _host_copy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.numpy(force=True)
+
+
 def _shared(value):
     """A tensor over the caller's array without a copy (``copy=False``); the env only ever reads it."""
     global _readonly_warning_spent
@@ -114,11 +118,15 @@ class RecursionGymEnv(gym.Env):
         self.core = build_core(task, 1, dataset=dataset, device=device, **kwargs)
         self.task = self.core.task
         self.observation_space, self.action_space = single_spaces(self.core)
+        self._scalars = {k: space.dtype for k, space in self.observation_space.items() if space.shape == ()}
+        self._host = torch.Tensor.numpy if self.core.device.type == "cpu" else _host_copy
 
     def _obs(self) -> dict[str, np.ndarray]:
-        # fresh arrays (Gymnasium's rule: users keep what an env returns); indexing [0, ...] leaves the counters
-        # 0-d arrays, as Box(()) holds them
-        return {k: v.numpy(force=True)[0, ...].copy() for k, v in self.core.observation().items()}
+        # fresh arrays (Gymnasium's rule: users keep what an env returns); the counters as 0-d arrays, as Box(())
+        # holds them (from a Python number: at one env a step, each array op counts)
+        scalars, host = self._scalars, self._host
+        return {k: np.array(v.tolist()[0], dtype=scalars[k]) if k in scalars else host(v)[0].copy()
+                for k, v in self.core.observation().items()}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

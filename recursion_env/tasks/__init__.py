@@ -1,7 +1,8 @@
 """Puzzle tasks: ``make_task(name, **kw)`` and saved datasets.
 
 Every task has ``name``, ``seq_len``, ``vocab_size`` and ``generate(n, seed)``, ``verify(inputs, answers)``,
-``rule_score`` (the label-free fraction of rules satisfied), ``parse``/``format``/``to_line``, ``augment``.
+``rule_counts``/``rule_score`` (the label-free count and fraction of rules satisfied),
+``parse``/``format``/``to_line``, ``augment``.
 """
 
 from __future__ import annotations

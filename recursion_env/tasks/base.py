@@ -68,8 +68,8 @@ class PuzzleBatch:
 
 class Task:
     """Base class of a puzzle task. Subclasses set ``name``, ``seq_len``, ``vocab_size`` and implement the
-    abstract methods; ``verify`` is derived from ``rule_score`` so the label-free reward and the verifier are
-    one mechanism.
+    abstract methods; ``verify`` and ``rule_score`` are derived from ``rule_counts`` so the label-free reward and
+    the verifier are one mechanism.
     """
 
     name: str = ""
@@ -88,18 +88,24 @@ class Task:
         raise NotImplementedError
 
     def rule_context(self, inputs: torch.Tensor) -> torch.Tensor | None:
-        """Per-puzzle facts :meth:`rule_score` needs that depend on the puzzle alone (computed once per reset
+        """Per-puzzle facts :meth:`rule_counts` needs that depend on the puzzle alone (computed once per reset
         by the MDP core); ``None`` when there are none. A tensor whose first axis is the batch."""
         return None
 
-    def rule_score(self, inputs: torch.Tensor, answers: torch.Tensor, context=None) -> torch.Tensor:
-        """Fraction of the task's rule constraints that ``answers`` satisfies, ``float32 [n]`` in [0, 1].
+    def rule_counts(self, inputs: torch.Tensor, answers: torch.Tensor, context=None):
+        """(satisfied, total): how many of the task's rule constraints ``answers`` satisfies, of how many, per
+        answer (tensors ``[n]``, or a number for a total that is the same for every puzzle).
 
-        Label-free; equals 1 exactly when the answer solves the puzzle (givens kept are checked separately by
-        :meth:`verify`, the MDP core keeps them by construction). ``context`` is :meth:`rule_context` of
-        ``inputs``, recomputed when not given.
+        Label-free; ``satisfied == total`` exactly when the answer solves the puzzle (givens kept are checked
+        separately by :meth:`verify`, the MDP core keeps them by construction). ``context`` is
+        :meth:`rule_context` of ``inputs``, recomputed when not given.
         """
         raise NotImplementedError
+
+    def rule_score(self, inputs: torch.Tensor, answers: torch.Tensor, context=None) -> torch.Tensor:
+        """Fraction of the task's rule constraints that ``answers`` satisfies, ``float32 [n]`` in [0, 1]; exactly 1
+        when the answer solves the puzzle."""
+        return rule_fraction(*self.rule_counts(inputs, answers, context))
 
     def parse(self, text: str) -> np.ndarray:
         raise NotImplementedError
@@ -123,7 +129,8 @@ class Task:
         self.check_tokens(answers_t, "answers")
         givens = inputs_t != 0
         kept = ((answers_t == inputs_t) | ~givens).all(dim=-1)
-        ok = kept & (self.rule_score(inputs_t, answers_t) >= 1.0)
+        satisfied, total = self.rule_counts(inputs_t, answers_t)
+        ok = kept & (satisfied >= total)
         return ok.cpu().numpy()
 
     def check_tokens(self, tokens, what: str = "tokens") -> None:

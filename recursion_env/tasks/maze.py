@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import PuzzleBatch, Task, rule_fraction, square_symmetries
+from .base import PuzzleBatch, Task, square_symmetries
 
 OPEN, WALL, START, GOAL, PATH = 0, 1, 2, 3, 4
 _CHARS = ".#SGo"
@@ -149,8 +149,8 @@ class MazeTask(Task):
     def rule_context(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.shortest_length(inputs)
 
-    def rule_score(self, inputs: torch.Tensor, answers: torch.Tensor, context=None) -> torch.Tensor:
-        """Fraction satisfied of: each path cell has exactly two path/S/G neighbours, S and G exactly one,
+    def rule_counts(self, inputs: torch.Tensor, answers: torch.Tensor, context=None):
+        """Rules satisfied of: each path cell has exactly two path/S/G neighbours, S and G exactly one,
         no wall/S/G token on an open cell, and the path has the shortest length. All hold iff the answer
         marks a shortest S→G path (the degree rules leave one S–G path plus cycles; the length rules out
         cycles)."""
@@ -169,7 +169,7 @@ class MazeTask(Task):
         length = self.shortest_length(inputs) if context is None else context
         ok_len = (is_path.sum(-1) == (length - 1)).to(torch.int64)
         total = is_path.sum(-1) + ends.sum(-1) + 1 + bad_token
-        return rule_fraction(ok_path + ok_ends + ok_len, total.clamp(min=1))
+        return ok_path + ok_ends + ok_len, total.clamp(min=1)
 
     # -- text -------------------------------------------------------------------------------------------
     def parse(self, text: str) -> np.ndarray:

@@ -12,7 +12,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from .base import PuzzleBatch, Task, rule_fraction, square_symmetries
+from .base import PuzzleBatch, Task, square_symmetries
 
 UNDECIDED, EMPTY, QUEEN = 0, 1, 2
 _CHARS = ".xQ"
@@ -81,8 +81,8 @@ class NQueensTask(Task):
             lines.append([r * b + (b - 1 - r - d) for r in range(b) if 0 <= b - 1 - r - d < b])
         return torch.tensor([ln + [self.seq_len] * (b - len(ln)) for ln in lines], dtype=torch.int64)
 
-    def rule_score(self, inputs: torch.Tensor, answers: torch.Tensor, context=None) -> torch.Tensor:
-        """Fraction satisfied of: every row and column holds exactly one queen, every diagonal at most one,
+    def rule_counts(self, inputs: torch.Tensor, answers: torch.Tensor, context=None):
+        """Rules satisfied of: every row and column holds exactly one queen, every diagonal at most one,
         and no square is left undecided (one constraint per square)."""
         b = self.board
         lines = self._lines.to(answers.device)
@@ -92,7 +92,7 @@ class NQueensTask(Task):
         at_most = (queens[..., 2 * b:] <= 1).sum(-1)
         decided = (answers != UNDECIDED).sum(-1)
         total = lines.shape[0] + self.seq_len
-        return rule_fraction(exact + at_most + decided, total)
+        return exact + at_most + decided, total
 
     def parse(self, text: str) -> np.ndarray:
         """``board`` lines of ``board`` characters (``.xQ``), or one line of board² characters."""

@@ -16,7 +16,7 @@ import csv
 import numpy as np
 import torch
 
-from .base import PuzzleBatch, Task, rule_fraction
+from .base import PuzzleBatch, Task
 
 _DIGITS = "123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _DEFAULT_BOX = {4: (2, 2), 6: (2, 3), 8: (2, 4), 9: (3, 3), 12: (3, 4), 16: (4, 4)}
@@ -43,6 +43,7 @@ class SudokuTask(Task):
         if size > len(_DIGITS):
             raise ValueError(f"sudoku: size {size} is larger than the largest supported ({len(_DIGITS)})")
         self.size, self.box = size, (r, c)
+        self._rule_cache: dict = {}  # see _rule_tensors
         lo, hi = _DEFAULT_GIVENS.get(size, (int(0.45 * size * size), int(0.55 * size * size)))
         self.min_givens = lo if min_givens is None else int(min_givens)
         self.max_givens = hi if max_givens is None else int(max_givens)
@@ -240,11 +241,10 @@ class SudokuTask(Task):
 
     # -- rules ------------------------------------------------------------------------------------------
     def _rule_tensors(self, device, batch_shape) -> tuple[torch.Tensor, ...]:
-        """What :meth:`rule_score` needs besides the answers, made once per (device, batch shape): at one puzzle a
+        """What :meth:`rule_counts` needs besides the answers, made once per (device, batch shape): at one puzzle a
         step, making a tensor costs as much as using it. (each unit's cells, the marks scattered at the digits
         found, 1 for a digit's column and 0 for the blanks' column of each unit, the number of rules)"""
-        cache = self.__dict__.setdefault("_rule_cache", {})
-        key = (device, batch_shape)
+        cache, key = self._rule_cache, (device, batch_shape)
         hit = cache.get(key)
         if hit is None:
             if len(cache) >= 16:  # a few batch shapes are in use at a time
@@ -259,15 +259,15 @@ class SudokuTask(Task):
                 torch.tensor(float(units * size), device=device))
         return hit
 
-    def rule_score(self, inputs: torch.Tensor, answers: torch.Tensor, context=None) -> torch.Tensor:
-        """Mean over rows, columns and boxes of (distinct digits present) / size. Blanks count as absent."""
+    def rule_counts(self, inputs: torch.Tensor, answers: torch.Tensor, context=None):
+        """Distinct digits present in each row, column and box, summed, of size per unit. Blanks count as absent."""
         lead = answers.shape[:-1]
         cells, marks, digit_columns, n_rules = self._rule_tensors(answers.device, lead)
         # gather, scatter from a tensor and a 0/1-weighted product: each several times faster at large batches
-        # than advanced indexing, scattering a scalar and a slice-and-sum (and exact: small integers)
+        # than advanced indexing, scattering a scalar and a slice-and-sum (and exact: sums of a few hundred ones)
         vals = torch.gather(answers, -1, cells).view(marks.shape)
         present = torch.zeros((*lead, len(self.units), self.size + 1), device=answers.device).scatter_(-1, vals, marks)
-        return rule_fraction(present.flatten(-2) @ digit_columns, n_rules)
+        return present.flatten(-2) @ digit_columns, n_rules
 
     # -- text -------------------------------------------------------------------------------------------
     def parse(self, text: str) -> np.ndarray:
