@@ -32,23 +32,25 @@ def single_spaces(core: RecursionCore) -> tuple[spaces.Dict, spaces.Dict]:
     return observation, action
 
 
+def _host(tensor: torch.Tensor) -> np.ndarray:
+    """The tensor's values as an array: a view of a CPU tensor (cheaper than ``numpy(force=True)``, and the core's
+    state never requires grad), a fresh copy of an accelerator's."""
+    return tensor.numpy() if tensor.is_cpu else tensor.numpy(force=True)
+
+
 def _numpy(tensors: dict[str, torch.Tensor], copy: bool = True) -> dict[str, np.ndarray]:
     """Fresh arrays (Gymnasium's rule: users keep what an env returns), or with ``copy=False`` read-only views
     of the core's state: still safe to keep, since the core never writes into a state tensor (every transition
     and reset makes new ones) and a read-only view cannot be written through."""
     out = {}
     for k, v in tensors.items():
-        a = v.numpy(force=True)  # a view on CPU; a fresh copy from an accelerator
-        if copy and v.is_cpu:
-            a = a.copy()
-        else:
+        a = _host(v)
+        if not copy:
             a.flags.writeable = False
+        elif v.is_cpu:
+            a = a.copy()
         out[k] = a
     return out
-
-
-def _host_copy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.numpy(force=True)
 
 
 def _shared(value):
@@ -119,13 +121,12 @@ class RecursionGymEnv(gym.Env):
         self.task = self.core.task
         self.observation_space, self.action_space = single_spaces(self.core)
         self._scalars = {k: space.dtype for k, space in self.observation_space.items() if space.shape == ()}
-        self._host = torch.Tensor.numpy if self.core.device.type == "cpu" else _host_copy
 
     def _obs(self) -> dict[str, np.ndarray]:
         # fresh arrays (Gymnasium's rule: users keep what an env returns); the counters as 0-d arrays, as Box(())
         # holds them (from a Python number: at one env a step, each array op counts)
-        scalars, host = self._scalars, self._host
-        return {k: np.array(v.tolist()[0], dtype=scalars[k]) if k in scalars else host(v)[0].copy()
+        scalars = self._scalars
+        return {k: np.array(v.tolist()[0], dtype=scalars[k]) if k in scalars else _host(v)[0].copy()
                 for k, v in self.core.observation().items()}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -205,19 +206,19 @@ class RecursionVectorEnv(VectorEnv):
         return _numpy(self.core.observation(), self.copy), self._infos()
 
     def step(self, actions):
-        any_reset = bool(self._autoreset.any())
+        n_reset = np.count_nonzero(self._autoreset)  # (cheaper than any() and all())
+        any_reset = n_reset > 0
         reset_mask = torch.as_tensor(self._autoreset, device=self.core.device) if any_reset else None
         if any_reset:
             self.core.reset(reset_mask)
-        if any_reset and self._autoreset.all():  # every env restarted: no transition this step
+        if n_reset == self.num_envs:  # every env restarted: no transition this step
             reward = np.zeros(self.num_envs, dtype=np.float64)
             terminated, truncated = np.zeros(self.num_envs, dtype=bool), np.zeros(self.num_envs, dtype=bool)
         else:
             if not self.copy:  # share the caller's arrays instead of copying them
                 actions = {k: _shared(v) for k, v in actions.items()}
             res = self.core.step(actions, mask=~reset_mask if any_reset else None)
-            reward = res.reward.numpy(force=True).astype(np.float64)
-            terminated = res.terminated.numpy(force=True)
-            truncated = res.truncated.numpy(force=True)
+            reward = _host(res.reward).astype(np.float64)
+            terminated, truncated = _host(res.terminated), _host(res.truncated)
         self._autoreset = terminated | truncated
         return _numpy(self.core.observation(), self.copy), reward, terminated, truncated, self._infos()

@@ -111,7 +111,8 @@ class RecursionTorchRLEnv(EnvBase):
         return TensorDict(self._observation(), batch_size=self.batch_size, device=self.device)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        res = self.core.step({k: tensordict.get(("action", k)) for k in ACTION_KEYS})
+        action = tensordict.get("action")
+        res = self.core.step({k: action.get(k) for k in ACTION_KEYS})
         out = self._observation()
         out["reward"] = res.reward.unsqueeze(-1)
         out["terminated"] = res.terminated.unsqueeze(-1)

@@ -1,5 +1,6 @@
 """The recursion MDP: core rules (property tests), Gymnasium / vector / TorchRL adapters, halting env."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -215,6 +216,19 @@ def test_missing_action_field_and_bad_reset_input():
         core.reset(puzzles=np.full((1, 16), 9))
     with pytest.raises(ValueError, match="reward_mode must be one of"):
         RecursionCore(SUDOKU4, reward_mode="magic")
+    with pytest.raises(dataclasses.FrozenInstanceError):  # the core's cached constants rely on it
+        core.config.lam = 1.0
+
+
+def test_one_env_takes_unbatched_actions_as_arrays_and_lists():
+    core = RecursionCore(SUDOKU4, batch_size=1, latent_dim=D, seed=0)
+    core.reset()
+    label = core.label[0].numpy()
+    res = core.step({"latent": np.ones(core.latent_shape, dtype=np.float32), "answer": label, "halt": 0})
+    assert res.info["solved"].tolist() == [True] and (core.latent == 1).all()
+    res = core.step({"latent": np.full(core.latent_shape, 2.0).tolist(), "answer": label.tolist(), "halt": 1})
+    assert res.terminated.tolist() == [True] and core.latent.dtype == torch.float32 and (core.latent == 2).all()
+    assert core.nfe.tolist() == [2]
 
 
 # -- Gymnasium ------------------------------------------------------------------------------------------------

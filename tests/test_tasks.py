@@ -149,6 +149,31 @@ def test_rule_score_is_one_exactly_for_solutions():
     assert (start < 1).all() and (start > 0).all()
 
 
+@pytest.mark.parametrize("name,kw", ALL_TASKS)
+def test_rule_counts_reach_their_total_exactly_for_solutions(name, kw):
+    task = make_task(name, **kw)
+    b = task.generate(3, 5)
+    x, y = torch.tensor(b.inputs), torch.tensor(b.labels)
+    satisfied, total = task.rule_counts(x, y)
+    assert (satisfied == total).all()
+    satisfied, total = task.rule_counts(x, x)  # the givens alone leave rules unmet
+    assert (satisfied < total).all()
+    assert torch.equal(task.rule_score(x, x), (satisfied / torch.as_tensor(total)).to(torch.float32))
+
+
+@settings(max_examples=30, deadline=None)
+@given(size=st.sampled_from([4, 6, 9]), n=st.integers(1, 5), seed=st.integers(0, 2**31 - 1))
+def test_sudoku_rule_counts_match_counting_by_hand(size, n, seed):
+    """The batched count (gather, scatter, weighted product) equals distinct digits per unit counted in Python,
+    for any tokens, blanks included, for batched and unbatched answers and batch sizes in any order."""
+    task = make_task("sudoku", size=size)
+    answers = np.random.default_rng(seed).integers(0, size + 1, size=(n, size * size))
+    expected = [sum(len({int(a[c]) for c in unit} - {0}) for unit in task.units) for a in answers]
+    satisfied, total = task.rule_counts(None, torch.tensor(answers))
+    assert satisfied.tolist() == expected and float(total) == len(task.units) * size
+    assert [float(task.rule_counts(None, torch.tensor(a))[0]) for a in answers] == expected
+
+
 # -- text ---------------------------------------------------------------------------------------------
 
 
