@@ -7,6 +7,11 @@ figures are the environment's own cost. The paths take turns within each timing 
 so a noisy moment of the shared machine does not land on one path alone. Puzzles come from a pre-generated
 pool, so resets measure the env, not the generator. Goals (MDP issue): adapters add <= 10% over the raw core at
 B=256; a single Gymnasium ``step`` <= 100 us.
+
+Two reference rows are the core plus the data movement an adapter's API demands, to hold that adapter to:
+``core_recorded`` (the core storing each frame's observation, action and next observation, as the collector
+does) and ``core_copying`` (the core with its actions copied in and its observation copied out, as ``make_vec``
+with ``copy=True`` does).
 """
 
 from __future__ import annotations
@@ -163,7 +168,8 @@ def main(argv=None) -> dict:
     p.add_argument("--latent-dim", type=int, default=64)
     p.add_argument("--steps", type=int, default=100, help="batched steps per path and round")
     p.add_argument("--single-steps", type=int, default=2000, help="single-env steps per round")
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=20, help="timing rounds; each path's best counts (7 rounds left "
+                   "the overheads varying by 2-3x between runs on this shared 2-core machine)")
     p.add_argument("--device", default="cpu", help="cpu or cuda: the core and the TorchRL paths (Gymnasium is CPU)")
     args = p.parse_args(argv)
     task = make_task("sudoku", size=9)

@@ -110,6 +110,18 @@ class RecursionTorchRLEnv(EnvBase):
         self.core.reset(mask)
         return TensorDict(self._observation(), batch_size=self.batch_size, device=self.device)
 
+    def step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """``EnvBase.step`` without its general post-processing when that has nothing to do: ``_step`` returns the
+        reward and every done key in their spec shapes, and re-checking them through the specs costs about as
+        much as the rest of the adapter (~40 us a call, +15% over the core at B=256). Partial steps (``"_step"``),
+        preset ``"next"`` values, ``run_type_checks`` and a foreign batch size take ``EnvBase.step``'s path.
+        (TorchRL's own ``AsyncEnvPool`` overrides ``step`` too.)"""
+        keys = tensordict.keys()
+        if self.run_type_checks or tensordict.batch_size != self.batch_size or "_step" in keys or "next" in keys:
+            return super().step(tensordict)
+        tensordict.set("next", self._step(tensordict))
+        return tensordict
+
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         action = tensordict.get("action")
         res = self.core.step({k: action.get(k) for k in ACTION_KEYS})
@@ -117,7 +129,7 @@ class RecursionTorchRLEnv(EnvBase):
         out["reward"] = res.reward.unsqueeze(-1)
         out["terminated"] = res.terminated.unsqueeze(-1)
         out["truncated"] = res.truncated.unsqueeze(-1)
-        out["done"] = (res.terminated | res.truncated).unsqueeze(-1)
+        out["done"] = self.core.done.unsqueeze(-1)  # terminated | truncated, as the core keeps it after a full step
         return _tensordict(out, batch_size=self.batch_size, device=self.device)
 
     def _set_seed(self, seed: int | None) -> None:

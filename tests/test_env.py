@@ -358,6 +358,33 @@ def test_torchrl_specs_rollout_and_collector():
     collector.shutdown()
 
 
+def test_torchrl_step_equals_envbase_step_and_falls_back_to_it():
+    """The env's lean ``step`` gives what ``EnvBase.step`` gives, frame by frame (halts and resets included); a
+    tensordict carrying preset "next" entries takes EnvBase's path, which keeps those the env does not compute."""
+    from tensordict import TensorDict
+    from torchrl.envs import EnvBase
+
+    lean, general = (RecursionTorchRLEnv(task="sudoku", size=4, num_envs=4, latent_dim=D, seed=3, max_steps=4)
+                     for _ in range(2))
+    td_lean, td_general = lean.reset(), general.reset()
+    torch.manual_seed(0)
+    for _ in range(12):
+        action = lean.full_action_spec.rand()
+        td_lean.update(action)
+        td_general.update(action)
+        out_lean, out_general = lean.step(td_lean), EnvBase.step(general, td_general)
+        assert set(out_lean.keys(True, True)) == set(out_general.keys(True, True))
+        assert (out_lean == out_general).all()
+        td_lean, td_general = lean.step_mdp(out_lean), general.step_mdp(out_general)
+        if td_lean["done"].any():
+            td_lean, td_general = lean.reset(td_lean), general.reset(td_general)
+    td = lean.reset()
+    td.update(lean.full_action_spec.rand())
+    td["next"] = TensorDict({"note": torch.full((4, 1), 7.0)}, batch_size=[4])
+    out = lean.step(td)
+    assert (out["next", "note"] == 7.0).all() and (out["next", "step"] == 1).all()
+
+
 def test_torchrl_partial_reset_and_seed():
     from tensordict import TensorDict
 
