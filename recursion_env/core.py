@@ -121,18 +121,21 @@ class PuzzleSource:
 _CPU = torch.device("cpu")
 
 
-def _as_tensor(value, name: str, device: torch.device, copy: bool = True) -> torch.Tensor:
+def _as_tensor(value, name: str, device: torch.device, copy: bool = True, unbatched=None) -> torch.Tensor:
     """A tensor on ``device`` from what a caller handed in. NumPy arrays are copied (the core keeps the result and
     never aliases a caller's array), or with ``copy=False`` viewed where possible (the value is only read during
-    the call). Torch tensors are taken as they are."""
+    the call). Torch tensors are taken as they are. A value of shape ``unbatched`` (one env's field: one env may
+    pass its action unbatched) gets the batch axis, as a view."""
     if isinstance(value, torch.Tensor):
-        return value.to(device)
+        return (value[None] if value.shape == unbatched else value).to(device)
     try:
         arr = np.asarray(value)
     except Exception as e:  # noqa: BLE001 - anything unconvertible is a bad field
         raise ValueError(f"action field {name!r} is not an array: {e}") from None
     if arr.dtype.hasobject:
         raise ValueError(f"action field {name!r} is not a numeric array (dtype object)")
+    if arr.shape == unbatched:
+        arr = arr[None]  # (on the NumPy side: cheaper than a tensor view)
     on_cpu = device == _CPU
     if arr.dtype.isnative:  # from_numpy is much cheaper than torch.tensor on small arrays
         if copy and on_cpu:
@@ -184,8 +187,6 @@ class RecursionCore:
         self.source = PuzzleSource(task, batch, seed=generator_seed)
         self.seq_len = task.seq_len
         self.latent_shape = (2, config.latent_len or task.seq_len, config.latent_dim)
-        self._action_latent_shape = (self.batch_size, *self.latent_shape)
-        self._answer_shape = (self.batch_size, task.seq_len)
         self.rng = np.random.default_rng(seed)
         B, L, dev = self.batch_size, self.seq_len, self.device
         self.puzzle = torch.zeros(B, L, dtype=torch.int64, device=dev)
@@ -302,15 +303,9 @@ class RecursionCore:
 
     # -- step -------------------------------------------------------------------------------------------
     def _check_latent(self, latent, n: int, name: str) -> torch.Tensor:
-        if n == 1 and isinstance(latent, np.ndarray) and latent.shape == self.latent_shape:
-            latent = latent[None]  # (the unbatched form below, as a NumPy view: cheaper than a tensor view)
-        latent = _as_tensor(latent, name, self.device)
-        shape = latent.shape
-        if shape != (self._action_latent_shape if n == self.batch_size else (n, *self.latent_shape)):
-            if n == 1 and shape == self.latent_shape:
-                latent = latent[None]  # one env may pass its action unbatched
-            else:
-                raise ValueError(f"{name}: expected shape {(n, *self.latent_shape)}, got {tuple(shape)}")
+        latent = _as_tensor(latent, name, self.device, unbatched=self.latent_shape if n == 1 else None)
+        if latent.shape != (n, *self.latent_shape):
+            raise ValueError(f"{name}: expected shape {(n, *self.latent_shape)}, got {tuple(latent.shape)}")
         if latent.dtype != torch.float32:
             if not latent.is_floating_point():
                 raise ValueError(f"{name}: expected a floating-point tensor, got dtype {latent.dtype}")
@@ -334,18 +329,14 @@ class RecursionCore:
             raise ValueError(f"action is missing field(s) {missing}; expected {ACTION_KEYS}") from None
         B = self.batch_size
         latent = self._check_latent(latent, B, "action 'latent'")
-        if B == 1 and isinstance(answer, np.ndarray) and answer.shape == self._answer_shape[1:]:
-            answer = answer[None]  # (the unbatched form below, as a NumPy view: cheaper than a tensor view)
-        answer = _as_tensor(answer, "answer", self.device, copy=False)  # only read: step makes a new one
+        # only read: step makes a new one
+        answer = _as_tensor(answer, "answer", self.device, copy=False, unbatched=(self.seq_len,) if B == 1 else None)
         if answer.dtype != torch.int64:
             if answer.dtype.is_floating_point or answer.dtype.is_complex or answer.dtype == torch.bool:
                 raise ValueError(f"action 'answer': expected integer tokens, got dtype {answer.dtype}")
             answer = answer.to(torch.int64)
-        if answer.shape != self._answer_shape:
-            if B == 1 and answer.shape == (self.seq_len,):
-                answer = answer[None]
-            else:
-                raise ValueError(f"action 'answer': expected shape {(B, self.seq_len)}, got {tuple(answer.shape)}")
+        if answer.shape != (B, self.seq_len):
+            raise ValueError(f"action 'answer': expected shape {(B, self.seq_len)}, got {tuple(answer.shape)}")
         lo, hi = torch.aminmax(answer)
         lo, hi = int(lo), int(hi)
         if lo < 0 or hi >= self.task.vocab_size:

@@ -120,14 +120,10 @@ class RecursionGymEnv(gym.Env):
         self.core = build_core(task, 1, dataset=dataset, device=device, **kwargs)
         self.task = self.core.task
         self.observation_space, self.action_space = single_spaces(self.core)
-        self._scalars = {k: space.dtype for k, space in self.observation_space.items() if space.shape == ()}
 
     def _obs(self) -> dict[str, np.ndarray]:
-        # fresh arrays (Gymnasium's rule: users keep what an env returns); the counters as 0-d arrays, as Box(())
-        # holds them (from a Python number: at one env a step, each array op counts)
-        scalars = self._scalars
-        return {k: np.array(v.tolist()[0], dtype=scalars[k]) if k in scalars else _host(v)[0].copy()
-                for k, v in self.core.observation().items()}
+        # fresh arrays (Gymnasium's rule); indexing [0, ...] leaves the counters 0-d arrays, as Box(()) holds them
+        return {k: v[0, ...] for k, v in _numpy(self.core.observation()).items()}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

@@ -220,7 +220,7 @@ def test_missing_action_field_and_bad_reset_input():
         core.config.lam = 1.0
 
 
-def test_one_env_takes_unbatched_actions_as_arrays_and_lists():
+def test_one_env_takes_unbatched_actions_as_arrays_lists_and_tensors():
     core = RecursionCore(SUDOKU4, batch_size=1, latent_dim=D, seed=0)
     core.reset()
     label = core.label[0].numpy()
@@ -229,6 +229,9 @@ def test_one_env_takes_unbatched_actions_as_arrays_and_lists():
     res = core.step({"latent": np.full(core.latent_shape, 2.0).tolist(), "answer": label.tolist(), "halt": 1})
     assert res.terminated.tolist() == [True] and core.latent.dtype == torch.float32 and (core.latent == 2).all()
     assert core.nfe.tolist() == [2]
+    core.reset()
+    res = core.step({"latent": torch.full(core.latent_shape, 3.0), "answer": core.label[0], "halt": 0})  # tensors
+    assert res.info["solved"].tolist() == [True] and core.latent.shape == (1, *core.latent_shape)
 
 
 # -- Gymnasium ------------------------------------------------------------------------------------------------
