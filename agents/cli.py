@@ -1,5 +1,5 @@
 """The ``recursion-env`` command line: ``demo`` (the main job), ``data``, ``train``, ``eval``, ``diagnose``,
-``bench``."""
+``bench``, ``import-official``."""
 
 from __future__ import annotations
 
@@ -125,14 +125,19 @@ def cmd_train(args) -> int:
                  "batch_size": args.batch_size, "lr": args.lr, "L_layers": args.layers, "dataset": args.dataset,
                  "n_train": args.n_train, "eval_n": args.eval_n, "eval_every": args.eval_every,
                  "ema_decay": args.ema_decay, "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay,
-                 "targets": args.targets, "anytime_weight": args.anytime_weight}
+                 "targets": args.targets, "anytime_weight": args.anytime_weight, "recipe": args.recipe,
+                 "heads": args.heads, "expansion": args.expansion, "pos": args.pos,
+                 "puzzle_emb_len": args.puzzle_emb_len, "puzzle_emb_ndim": args.puzzle_emb_ndim,
+                 "optimizer": args.optimizer, "weight_decay_scope": args.weight_decay_scope,
+                 "grad_clip": args.grad_clip, "ema_warmup": args.ema_warmup, "puzzle_emb_lr": args.puzzle_emb_lr,
+                 "puzzle_emb_weight_decay": args.puzzle_emb_weight_decay,
+                 "autoregressive": True if args.autoregressive else None}
         values |= {k: v for k, v in flags.items() if v is not None}
         names = {f.name for f in fields(TrainConfig)}
         cfg = TrainConfig(**{k: v for k, v in values.items() if k in names}, method=args.method, task=args.task,
                           task_kwargs=_task_kwargs(args), steps=args.steps, minutes=args.minutes, seed=args.seed,
                           device=str(torch_device(args.device)), out=args.out, compile=args.compile,
-                          augment=not args.no_augment, autoregressive=args.autoregressive,
-                          final_eval=not args.no_final_eval)
+                          augment=not args.no_augment, final_eval=not args.no_final_eval)
         if cfg.steps is None and cfg.minutes is None:
             raise ValueError("train needs a budget: --steps N and/or --minutes M")
         result = train(cfg)
@@ -196,6 +201,16 @@ def cmd_eval(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_import_official(args) -> int:
+    from .official import import_official
+
+    task_kwargs = _task_kwargs(args) if args.task else None
+    out = import_official(args.checkpoint, args.out, config=args.config, task=args.task, task_kwargs=task_kwargs,
+                          overwrite=args.overwrite)
+    print(f"wrote {out / 'checkpoint.pt'}; evaluate with: recursion-env eval {out} --halting")
     return 0
 
 
@@ -291,8 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ppo: reset the halting head's bias first (0 = p(halt) 1/2; default: keep)")
     tr.add_argument("--targets", choices=["diffusion", "mask", "solver"], default=None,
                     help="dis: intermediate-target generator (default diffusion)")
+    tr.add_argument("--recipe", choices=["paper", "official-code"], default=None,
+                    help="dis: 'paper' (default: the puzzle as every step's input, linearly increasing step weights) "
+                         "or 'official-code' (the official DIS code: the previous decoded answer as input, uniform "
+                         "weights)")
     tr.add_argument("--autoregressive", action="store_true",
-                    help="dis: feed the previous decoded answer as the next step's input")
+                    help="dis: feed the previous decoded answer as the next step's input (whatever the recipe)")
     tr.add_argument("--anytime-weight", type=float, default=None,
                     help="dis: weight of an extra loss toward the final solution at every step")
     add_task_arguments(tr)
@@ -303,7 +322,28 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
     tr.add_argument("--hidden", type=int, default=None)
     tr.add_argument("--layers", type=int, default=None)
-    tr.add_argument("--mixer", choices=["mlp", "attention"], default=None)
+    tr.add_argument("--mixer", choices=["mlp", "attention"], default=None,
+                    help="mlp (TRM's mlp_t, default) or attention")
+    tr.add_argument("--heads", type=int, default=None, help="attention heads (default 8)")
+    tr.add_argument("--expansion", type=float, default=None, help="SwiGLU expansion (default 4)")
+    tr.add_argument("--pos", choices=["none", "rope", "learned"], default=None,
+                    help="position encoding (default as official: none for mlp, rope for attention)")
+    tr.add_argument("--puzzle-emb-len", type=int, default=None,
+                    help="latent slots before the cells, slot 0 holding the identifier embedding (default 16)")
+    tr.add_argument("--puzzle-emb-ndim", type=int, default=None,
+                    help="width of the identifier embedding (default: hidden; 0 = none)")
+    tr.add_argument("--optimizer", choices=["adam_atan2", "adamw"], default=None,
+                    help="adam_atan2 (official, default) or adamw")
+    tr.add_argument("--weight-decay-scope", choices=["all", "matrices"], default=None,
+                    help="decay every parameter (official, default) or only matrices other than embeddings")
+    tr.add_argument("--grad-clip", type=float, default=None,
+                    help="clip the gradient norm (CPU default 1.0; 0 = off, official)")
+    tr.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
+                    help="ramp the EMA decay up (CPU default) or keep it constant (--no-ema-warmup, official)")
+    tr.add_argument("--puzzle-emb-lr", type=float, default=None,
+                    help="sign-SGD learning rate of the identifier embedding (default: --lr)")
+    tr.add_argument("--puzzle-emb-weight-decay", type=float, default=None,
+                    help="its weight decay (default: --weight-decay)")
     tr.add_argument("--T", type=int, default=None)
     tr.add_argument("--n", type=int, default=None)
     tr.add_argument("--n-sup", type=int, default=None)
@@ -318,7 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-final-eval", action="store_true", help="skip the held-out evaluation at the end")
     tr.add_argument("--eval-n", type=int, default=None)
     tr.add_argument("--eval-every", type=int, default=None)
-    tr.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
+    tr.add_argument("--preset", choices=["cpu", "paper"], default="cpu",
+                    help="cpu (small sizes, clipping and EMA warm-up) or paper (the official Sudoku recipe, "
+                         "for a GPU); flags given override the preset")
     tr.add_argument("--compile", action="store_true", help="torch.compile the supervision step")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     tr.set_defaults(func=cmd_train)
@@ -332,6 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", default=None)
     ev.add_argument("--device", default="cpu")
     ev.set_defaults(func=cmd_eval)
+
+    imp = sub.add_parser("import-official", help="turn a checkpoint of the official TRM code into a run folder")
+    imp.add_argument("checkpoint", help="a file the official pretrain.py saved (step_N)")
+    imp.add_argument("--out", required=True, help="the run folder to write")
+    imp.add_argument("--config", default=None, help="its all_config.yaml (default: the one beside the checkpoint)")
+    add_task_arguments(imp)
+    imp.set_defaults(task=None)
+    imp.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
+    imp.set_defaults(func=cmd_import_official)
 
     dg = sub.add_parser("diagnose", help="dead-compute diagnostics per supervision step")
     dg.add_argument("run")

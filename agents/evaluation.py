@@ -17,6 +17,9 @@ from .trm import TRM, TRMConfig
 def load_trained(run, device="cpu", weights: str = "ema") -> tuple[TRM, Task, dict]:
     """(model with the EMA weights, task, train config dict) from a run folder or checkpoint file."""
     state = load_checkpoint(run, map_location=device)
+    if "puzzle_emb_ndim" not in state["model_config"]:
+        raise ValueError(f"{run}: written by an older recursion-env whose network was not the official TRM "
+                         "(norm axis, SwiGLU widths, puzzle slots); it cannot be loaded into this one: retrain it")
     model = TRM(TRMConfig(**state["model_config"])).to(device)
     model.load_state_dict(state[weights])
     task = make_task(state["task"], **state["task_kwargs"])

@@ -5,6 +5,15 @@ Names follow the paper: x is the embedded puzzle, y the answer embedding, z the 
 A *deep recursion* runs T latent recursions, the first T - 1 without gradients. A *supervision step* is one deep
 recursion followed by a readout; TRM trains up to ``N_sup`` of them per example, carrying (y, z) detached from
 one to the next. Every call of f is one forward pass (NFE): 16 x 3 x 7 = 336 with the defaults.
+
+The network is the official one (SamsungSAILMontreal/TinyRecursiveModels, ``models/recursive_reasoning/trm.py``
+and ``models/layers.py``), weight for weight: post-norm blocks whose mlp_t mixer normalises over the sequence
+axis, SwiGLU widths rounded up to a multiple of 256, truncated LeCun-normal initialisation, no position encoding
+for mlp_t (RoPE for attention; learned positions scaled by 1/sqrt 2 with the tokens), and ``puzzle_emb_len``
+latent slots in front of the cells, slot 0 holding a per-identifier embedding (zero-initialised) that the halting
+(Q) head reads. In their names: y is ``z_H``, z is ``z_L``, ``y_init``/``z_init`` are ``H_init``/``L_init``, T is
+``H_cycles`` and n is ``L_cycles``. What is ours: the value head (for PPO), the halting head's other readouts, and
+DIS's step embedding (the official DIS code's ``timestep_embed``) and input from the previous answer.
 """
 
 from __future__ import annotations
@@ -18,43 +27,58 @@ import torch.nn.functional as F
 from torch import nn
 
 HALT_READOUTS = ("first", "mean", "confidence")
+POSITIONS = ("none", "rope", "learned")
 
 
 @dataclass
 class TRMConfig:
     seq_len: int
     vocab_size: int
-    hidden: int = 128  # D
+    hidden: int = 128  # D (official: 512)
     L_layers: int = 2
     mixer: str = "mlp"  # "mlp" (TRM's mlp_t: an MLP across the sequence) or "attention"
-    heads: int = 4
+    heads: int = 8
     expansion: float = 4.0
     T: int = 3
     n: int = 6
     N_sup: int = 16
-    pos: str | None = None  # "rope" or "learned"; default: rope for attention, learned for mlp
-    puzzle_emb_len: int = 0  # extra latent positions carrying a per-puzzle embedding
-    num_puzzle_ids: int = 0  # size of the per-puzzle embedding table (0 = none)
-    step_embedding: int = 0  # number of supervision-step indices embedded into x (0 = none; DIS uses N_sup)
+    pos: str | None = None  # "none", "rope" or "learned"; default as official: none for mlp_t, rope for attention
+    #: latent slots in front of the cells (official default 16); slot 0 carries the per-identifier embedding
+    puzzle_emb_len: int = 16
+    #: width of the per-identifier embedding, <= puzzle_emb_len * hidden (None = hidden, as official; 0 = none)
+    puzzle_emb_ndim: int | None = None
+    num_puzzle_ids: int = 1  # identifiers in the table (Sudoku and Maze data have one)
+    step_embedding: int = 0  # supervision steps embedded into x (0 = none; DIS uses N_sup)
     input_from_answer: bool = False  # x embeds the previous decoded answer instead of the puzzle (DIS option)
     #: what the halting head reads: y at position 0 (TRM), the mean of y ("mean"), or the readout's confidence
     #: ("confidence", see `confidence_features`)
     halt_readout: str = "first"
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
 
     def __post_init__(self) -> None:
         if self.mixer not in ("mlp", "attention"):
             raise ValueError(f"mixer must be 'mlp' or 'attention', got {self.mixer!r}")
         if self.pos is None:
-            self.pos = "rope" if self.mixer == "attention" else "learned"
-        if self.pos not in ("rope", "learned"):
-            raise ValueError(f"pos must be 'rope' or 'learned', got {self.pos!r}")
+            self.pos = "rope" if self.mixer == "attention" else "none"
+        if self.pos not in POSITIONS:
+            raise ValueError(f"pos must be one of {POSITIONS}, got {self.pos!r}")
         if self.halt_readout not in HALT_READOUTS:
             raise ValueError(f"halt_readout must be one of {HALT_READOUTS}, got {self.halt_readout!r}")
-        if self.mixer == "attention" and self.hidden % self.heads:
+        if (self.mixer == "attention" or self.pos == "rope") and self.hidden % self.heads:
             raise ValueError(f"hidden {self.hidden} is not divisible by heads {self.heads}")
         for k in ("T", "n", "N_sup", "hidden", "L_layers"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.puzzle_emb_ndim is None:
+            self.puzzle_emb_ndim = self.hidden
+        if self.puzzle_emb_ndim and not self.puzzle_emb_len:  # as official: enough slots to hold it
+            self.puzzle_emb_len = -(self.puzzle_emb_ndim // -self.hidden)
+        if self.puzzle_emb_ndim > self.puzzle_emb_len * self.hidden:
+            raise ValueError(f"puzzle_emb_ndim {self.puzzle_emb_ndim} does not fit in puzzle_emb_len "
+                             f"{self.puzzle_emb_len} slots of width {self.hidden}")
+        if self.puzzle_emb_ndim and self.num_puzzle_ids < 1:
+            raise ValueError(f"num_puzzle_ids must be >= 1 with a puzzle embedding, got {self.num_puzzle_ids}")
 
     @property
     def latent_len(self) -> int:
@@ -68,6 +92,28 @@ class TRMConfig:
         return asdict(self)
 
 
+def trunc_normal_(tensor: torch.Tensor, std: float = 1.0) -> torch.Tensor:
+    """Normal truncated at two standard deviations, with the scale corrected so the result has standard deviation
+    ``std`` (JAX's truncated normal, which the official code uses; torch's ``trunc_normal_`` keeps the scale of the
+    untruncated normal)."""
+    if std == 0:
+        return nn.init.zeros_(tensor)
+    # variance of a standard normal truncated to [-2, 2]
+    pdf2 = math.exp(-2.0) / math.sqrt(2 * math.pi)
+    mass = math.erf(2 / math.sqrt(2))
+    scale = std / math.sqrt(1 - 2 * 2 * pdf2 / mass)
+    return nn.init.trunc_normal_(tensor, 0.0, scale, -2 * scale, 2 * scale)
+
+
+def lecun_linear(fan_in: int, fan_out: int, bias: bool = False) -> nn.Linear:
+    """A linear layer with the official init: truncated LeCun normal weights (std 1/sqrt(fan_in)), zero bias."""
+    layer = nn.Linear(fan_in, fan_out, bias=bias)
+    trunc_normal_(layer.weight, 1.0 / math.sqrt(fan_in))
+    if bias:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
 def confidence_features(logits: torch.Tensor) -> torch.Tensor:
     """``[B, 3]`` from logits ``[B, L, V]``: log(1 - max prob) of the least sure cell and averaged over cells, and
     the mean entropy / log V. A halting head on these decides from how sure the answer is; a frozen network's y was
@@ -79,15 +125,22 @@ def confidence_features(logits: torch.Tensor) -> torch.Tensor:
 
 
 def rms_norm(h: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    return h * torch.rsqrt(h.float().pow(2).mean(-1, keepdim=True) + eps).to(h.dtype)
+    """RMSNorm over the last axis, without a gain, computed in float32."""
+    h32 = h.float()
+    return (h32 * torch.rsqrt(h32.square().mean(-1, keepdim=True) + eps)).to(h.dtype)
+
+
+def swiglu_width(dim: int, expansion: float) -> int:
+    """The official inner width: round(expansion * dim * 2/3), rounded up to a multiple of 256."""
+    return -(round(expansion * dim * 2 / 3) // -256) * 256
 
 
 class SwiGLU(nn.Module):
     def __init__(self, dim: int, expansion: float):
         super().__init__()
-        inner = int(round(expansion * dim * 2 / 3))
-        self.gate_up = nn.Linear(dim, 2 * inner, bias=False)
-        self.down = nn.Linear(inner, dim, bias=False)
+        inner = swiglu_width(dim, expansion)
+        self.gate_up = lecun_linear(dim, 2 * inner)
+        self.down = lecun_linear(inner, dim)
 
     def forward(self, h):
         gate, up = self.gate_up(h).chunk(2, dim=-1)
@@ -111,40 +164,38 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.out = nn.Linear(dim, dim, bias=False)
+        self.qkv = lecun_linear(dim, 3 * dim)
+        self.out = lecun_linear(dim, dim)
 
     def forward(self, h, rope=None):
         B, L, D = h.shape
         q, k, v = self.qkv(h).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = apply_rope(q, *rope).to(v.dtype), apply_rope(k, *rope).to(v.dtype)
         return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, D))
 
 
-class SequenceMLP(nn.Module):
-    """TRM's mlp_t mixer: a SwiGLU across the sequence axis (positions mix, channels do not)."""
-
-    def __init__(self, length: int, expansion: float):
-        super().__init__()
-        self.mlp = SwiGLU(length, expansion)
-
-    def forward(self, h, rope=None):
-        return self.mlp(h.transpose(1, 2)).transpose(1, 2)
-
-
 class Block(nn.Module):
-    """Post-norm: h = rmsnorm(h + mix(h)); h = rmsnorm(h + SwiGLU(h))."""
+    """Post-norm. mlp_t: in ``[B, D, L]``, h = rmsnorm(h + SwiGLU_L(h)) normalised over the sequence axis, as
+    official; attention: h = rmsnorm(h + attn(h)). Then h = rmsnorm(h + SwiGLU_D(h)) over channels."""
 
     def __init__(self, cfg: TRMConfig):
         super().__init__()
-        self.mix = (Attention(cfg.hidden, cfg.heads) if cfg.mixer == "attention"
-                    else SequenceMLP(cfg.latent_len, cfg.expansion))
+        self.eps = cfg.rms_norm_eps
+        self.mixer = cfg.mixer
+        if cfg.mixer == "attention":
+            self.attn = Attention(cfg.hidden, cfg.heads)
+        else:
+            self.mlp_t = SwiGLU(cfg.latent_len, cfg.expansion)
         self.ffn = SwiGLU(cfg.hidden, cfg.expansion)
 
     def forward(self, h, rope=None):
-        h = rms_norm(h + self.mix(h, rope))
-        return rms_norm(h + self.ffn(h))
+        if self.mixer == "attention":
+            h = rms_norm(h + self.attn(h, rope), self.eps)
+        else:
+            h = h.transpose(1, 2)
+            h = rms_norm(h + self.mlp_t(h), self.eps).transpose(1, 2)
+        return rms_norm(h + self.ffn(h), self.eps)
 
 
 class SupervisionOutput(NamedTuple):
@@ -164,24 +215,27 @@ class TRM(nn.Module):
         D = cfg.hidden
         self.embed_scale = math.sqrt(D)
         self.token_embedding = nn.Embedding(cfg.vocab_size, D)
-        nn.init.normal_(self.token_embedding.weight, std=1.0 / self.embed_scale)
+        trunc_normal_(self.token_embedding.weight, 1.0 / self.embed_scale)
+        if cfg.puzzle_emb_ndim:
+            # the per-identifier embedding: zero at start, trained by sign-SGD (see `configure_optimizers`)
+            self.puzzle_embedding = nn.Embedding(cfg.num_puzzle_ids, cfg.puzzle_emb_ndim)
+            nn.init.zeros_(self.puzzle_embedding.weight)
         if cfg.pos == "learned":
-            self.position_embedding = nn.Parameter(torch.randn(cfg.latent_len, D) / self.embed_scale)
-        else:
-            cos, sin = rope_tables(cfg.latent_len, D // cfg.heads)
+            self.position_embedding = nn.Parameter(trunc_normal_(torch.empty(cfg.latent_len, D),
+                                                                 1.0 / self.embed_scale))
+        elif cfg.pos == "rope":
+            cos, sin = rope_tables(cfg.latent_len, D // cfg.heads, cfg.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
-        if cfg.num_puzzle_ids and cfg.puzzle_emb_len:
-            self.puzzle_embedding = nn.Embedding(cfg.num_puzzle_ids, cfg.puzzle_emb_len * D)
-            nn.init.zeros_(self.puzzle_embedding.weight)
         if cfg.step_embedding:
-            self.step_embedding = nn.Embedding(cfg.step_embedding, D)
-            nn.init.normal_(self.step_embedding.weight, std=1.0 / self.embed_scale)
+            # as the official DIS code's timestep_embed: steps 1..N_sup, two spare rows
+            self.step_embedding = nn.Embedding(cfg.step_embedding + 2, D)
+            trunc_normal_(self.step_embedding.weight, 1.0 / self.embed_scale)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.L_layers))
-        # fixed (untrained) initial states of y and z, unit scale like the rms-normed latents, as in TRM
-        self.register_buffer("y_init", torch.randn(D))
-        self.register_buffer("z_init", torch.randn(D))
-        self.output_head = nn.Linear(D, cfg.vocab_size, bias=False)
+        # fixed (untrained) initial states of y and z, unit scale like the rms-normed latents
+        self.register_buffer("y_init", trunc_normal_(torch.empty(D), 1.0))
+        self.register_buffer("z_init", trunc_normal_(torch.empty(D), 1.0))
+        self.output_head = lecun_linear(D, cfg.vocab_size)
         self._new_heads()
 
     def _new_heads(self) -> None:
@@ -191,7 +245,7 @@ class TRM(nn.Module):
         device = self.output_head.weight.device
         self.halt_head = nn.Linear(size, 1, device=device)
         nn.init.zeros_(self.halt_head.weight)
-        nn.init.constant_(self.halt_head.bias, -5.0)  # p(halt) ~ 0.7% until trained
+        nn.init.constant_(self.halt_head.bias, -5.0)  # p(halt) ~ 0.7% until trained, as official
         self.value_head = nn.Linear(size, 1, device=device)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
@@ -205,21 +259,57 @@ class TRM(nn.Module):
         if changes_size:
             self._new_heads()
 
+    def configure_optimizers(self, lr: float, weight_decay: float, betas=(0.9, 0.95), optimizer: str = "adam_atan2",
+                             weight_decay_scope: str = "all", puzzle_emb_lr: float | None = None,
+                             puzzle_emb_weight_decay: float | None = None) -> list[torch.optim.Optimizer]:
+        """The optimizers, as the official ``pretrain.py`` builds them: Adam-atan2 (or AdamW) with weight decay on
+        every parameter (``weight_decay_scope="matrices"``: only on matrices other than embeddings, our older
+        choice), and sign-SGD with decoupled weight decay on the per-identifier embedding, at its own learning rate
+        (default: ``lr``) and weight decay (default: ``weight_decay``)."""
+        from .optim import OPTIMIZERS, SignSGD
+
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        if weight_decay_scope not in ("all", "matrices"):
+            raise ValueError(f"weight_decay_scope must be 'all' or 'matrices', got {weight_decay_scope!r}")
+        sparse = [self.puzzle_embedding.weight] if self.cfg.puzzle_emb_ndim else []
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if any(p is s for s in sparse):
+                continue
+            keep = weight_decay_scope == "matrices" and (p.ndim < 2 or name.endswith("embedding.weight"))
+            (no_decay if keep else decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        optimizers = [OPTIMIZERS[optimizer](groups, lr=lr, betas=tuple(betas))]
+        if sparse:
+            optimizers.append(SignSGD(sparse, lr=lr if puzzle_emb_lr is None else puzzle_emb_lr,
+                                      weight_decay=weight_decay if puzzle_emb_weight_decay is None
+                                      else puzzle_emb_weight_decay))
+        return optimizers
+
     # -- embeddings and state -----------------------------------------------------------------------------
     def embed(self, puzzle: torch.Tensor, step_index: torch.Tensor | None = None,
               puzzle_id: torch.Tensor | None = None) -> torch.Tensor:
-        """x: ``[B, latent_len, D]`` from tokens ``[B, L]`` (plus step index / per-puzzle embedding)."""
+        """x: ``[B, latent_len, D]`` from tokens ``[B, L]``: the identifier's embedding in slot 0 (identifier 0, the
+        one Sudoku and Maze have, when ``puzzle_id`` is None) and zero padding in the other slots, then the step
+        embedding (index ``step_index + 1``, as official DIS) and positions, scaled by sqrt(D)."""
         cfg = self.cfg
         x = self.token_embedding(puzzle)
+        B = x.shape[0]
         if cfg.puzzle_emb_len:
-            slots = (self.puzzle_embedding(puzzle_id).view(-1, cfg.puzzle_emb_len, cfg.hidden)
-                     if puzzle_id is not None and cfg.num_puzzle_ids
-                     else x.new_zeros(x.shape[0], cfg.puzzle_emb_len, cfg.hidden))
-            x = torch.cat([slots, x], 1)
+            if cfg.puzzle_emb_ndim:
+                ids = puzzle_id if puzzle_id is not None else torch.zeros(B, dtype=torch.long, device=x.device)
+                slots = self.puzzle_embedding(ids).to(x.dtype)
+                slots = F.pad(slots, (0, cfg.puzzle_emb_len * cfg.hidden - cfg.puzzle_emb_ndim))
+            else:
+                slots = x.new_zeros(B, cfg.puzzle_emb_len * cfg.hidden)
+            x = torch.cat([slots.view(B, cfg.puzzle_emb_len, cfg.hidden), x], 1)
         if cfg.step_embedding and step_index is not None:
-            x = x + self.step_embedding(step_index.clamp(max=cfg.step_embedding - 1))[:, None]
+            x = x + self.step_embedding(step_index.clamp(max=cfg.step_embedding - 1) + 1)[:, None]
         if cfg.pos == "learned":
-            x = x + self.position_embedding
+            x = 0.707106781 * (x + self.position_embedding)  # 1/sqrt(2) keeps the variance, as official
         return self.embed_scale * x
 
     def step_input(self, puzzle: torch.Tensor, answer: torch.Tensor, step_index: torch.Tensor | None = None):

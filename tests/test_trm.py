@@ -37,14 +37,15 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kw", [
-    {"mixer": "mlp"}, {"mixer": "attention"}, {"mixer": "attention", "pos": "learned"},
-    {"mixer": "mlp", "puzzle_emb_len": 2, "num_puzzle_ids": 5}, {"mixer": "attention", "step_embedding": 6},
+    {"mixer": "mlp"}, {"mixer": "attention"}, {"mixer": "attention", "pos": "learned"}, {"mixer": "mlp", "pos": "none"},
+    {"mixer": "mlp", "puzzle_emb_len": 2, "num_puzzle_ids": 5, "puzzle_emb_ndim": 40},
+    {"mixer": "attention", "step_embedding": 6}, {"mixer": "mlp", "puzzle_emb_len": 0, "puzzle_emb_ndim": 0},
 ])
 def test_shapes_for_each_variant(kw):
-    cfg = TRMConfig(seq_len=16, vocab_size=5, hidden=32, T=2, n=3, N_sup=4, **kw)
+    cfg = TRMConfig(seq_len=16, vocab_size=5, hidden=32, heads=4, T=2, n=3, N_sup=4, **kw)
     model = TRM(cfg)
     puzzle = torch.randint(0, 5, (3, 16))
-    x = model.embed(puzzle, torch.tensor([0, 1, 5]), torch.tensor([0, 1, 4]) if cfg.num_puzzle_ids else None)
+    x = model.embed(puzzle, torch.tensor([0, 1, 5]), torch.tensor([0, 1, 4]) if cfg.num_puzzle_ids > 1 else None)
     assert x.shape == (3, cfg.latent_len, 32)
     y, z = model.initial_state(3)
     out = model.supervision_step(x, y, z)
@@ -171,8 +172,8 @@ def test_trm_through_gym_env_reproduces_direct_calls(trained, granularity):
     policy = TRMPolicy(model, granularity=granularity, use_halting=False)
     per_sup = model.cfg.nfe_per_supervision_step
     k = per_sup if granularity == "supervision_step" else 1
-    env = gym.make("TRMRecursion-Sudoku-v0", size=4, latent_dim=model.cfg.hidden, nfe_per_step=k,
-                   max_steps=model.cfg.N_sup * per_sup // k)
+    env = gym.make("TRMRecursion-Sudoku-v0", size=4, latent_dim=model.cfg.hidden, latent_len=model.cfg.latent_len,
+                   nfe_per_step=k, max_steps=model.cfg.N_sup * per_sup // k)
     obs, info = env.reset(seed=3, options={"latent": policy.initial_latent(torch.zeros(1, 16)).numpy()[0]})
     answers, nfe = direct_predictions(model, torch.as_tensor(obs["puzzle"])[None])
     seen = []
@@ -194,7 +195,7 @@ def test_trm_through_gym_env_reproduces_direct_calls(trained, granularity):
 def test_trm_through_torchrl_env_and_runner_agree(trained):
     model, task, _ = load_trained(trained)
     policy = TRMPolicy(model, use_halting=False)
-    env = RecursionTorchRLEnv(task, num_envs=8, latent_dim=model.cfg.hidden,
+    env = RecursionTorchRLEnv(task, num_envs=8, latent_dim=model.cfg.hidden, latent_len=model.cfg.latent_len,
                               nfe_per_step=model.cfg.nfe_per_supervision_step, max_steps=model.cfg.N_sup, seed=0)
     td = env.reset()
     td.set("latent", policy.initial_latent(td["puzzle"]))
@@ -283,7 +284,7 @@ def test_confidence_features_and_switching_the_halt_readout():
     model.set_halt_readout("confidence")
     assert model.cfg.halt_readout == "confidence" and model.halt_head.in_features == model.value_head.in_features == 3
     torch.nn.init.normal_(model.halt_head.weight)
-    y = torch.randn(3, 16, 16)
+    y = torch.randn(3, model.cfg.latent_len, 16)
     logits, halt, _ = model.readout(y)
     assert torch.allclose(halt, model.halt_head(confidence_features(logits)).squeeze(-1))
     reloaded = TRM(TRMConfig(**model.cfg.to_dict()))

@@ -4,7 +4,11 @@ strictly better intermediate target, so each step is a policy-improvement step. 
 
 The loop itself is :func:`agents.trainers.common.train`; this file is what is specific to DIS: the targets
 (sampled afresh, per puzzle, when an episode starts in the core), the step index embedded into the input, and
-the per-step loss with linearly increasing weights.
+the per-step loss. Two recipes (``TrainConfig.recipe``): "paper" (the paper's pseudocode and text: the puzzle is
+every step's input, step weights increase linearly) and "official-code" (the official DIS code: the previous
+step's decoded answer is the next step's input, the steps weigh the same). In both the step index is embedded
+into x (the official code's ``timestep_embed``) and step s is trained toward target s of the path, the last one
+being the solution.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ class PolicyImprovement:
         self.rng = np.random.default_rng(cfg.seed + 2)
         self.targets: torch.Tensor | None = None  # [B, N_sup, L]
         s = torch.arange(1, cfg.N_sup + 1, dtype=torch.float32)
-        self.step_weights = s / s.mean() if cfg.step_weight == "linear" else torch.ones_like(s)
+        self.step_weights = s / s.mean() if cfg.dis_step_weight == "linear" else torch.ones_like(s)
 
     def on_start(self, runner: RecursionRunner, mask) -> None:
         """Fresh target paths for the puzzles that just started (all of them when ``mask`` is None)."""
