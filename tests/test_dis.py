@@ -108,6 +108,24 @@ def test_dis_uses_its_schedule_and_step_embedding(tmp_path):
     assert result["train_forward_passes"] == 12 * 8 * 3
     model, _, _ = load_trained(tmp_path)
     assert model.cfg.step_embedding == 6 and model.cfg.input_from_answer
+    assert model.step_embedding.weight.shape[0] == 8  # steps 1..6 and two spare rows, as official
+
+
+@pytest.mark.parametrize("recipe,weights,from_answer", [("paper", [1, 2, 3, 4, 5, 6], False),
+                                                        ("official-code", [1] * 6, True)])
+def test_dis_recipes(recipe, weights, from_answer):
+    from agents.trainers.policy_improvement import PolicyImprovement
+
+    cfg = TrainConfig(method="dis", task_kwargs={"size": 4}, N_sup=6, recipe=recipe)
+    method = PolicyImprovement(cfg)
+    expected = torch.tensor(weights, dtype=torch.float32)
+    assert torch.allclose(method.step_weights, expected / expected.mean())
+    assert cfg.model_config(make_task("sudoku", size=4), step_embedding=6).input_from_answer is from_answer
+    overridden = TrainConfig(method="dis", recipe=recipe, autoregressive=not from_answer)
+    assert overridden.dis_autoregressive is not from_answer
+    assert not cfg.model_config(make_task("sudoku", size=4)).input_from_answer  # TRM never reads the answer
+    with pytest.raises(ValueError, match="recipe"):
+        TrainConfig(recipe="arxiv")
 
 
 @pytest.mark.slow

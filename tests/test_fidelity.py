@@ -382,3 +382,33 @@ def test_constant_ema_from_the_initial_weights():
     averaged = ema.weights(model)
     assert torch.allclose(averaged["output_head.weight"], start + 0.1)
     assert torch.equal(averaged["puzzle_embedding.weight"], model.puzzle_embedding.weight)  # not averaged, as official
+
+
+def test_training_moves_the_identifier_embedding_by_sign_sgd_and_resumes(tmp_path):
+    from agents.checkpoint import load_checkpoint
+    from agents.trainers import train
+
+    kw = dict(task_kwargs={"size": 4}, hidden=16, T=1, n=1, N_sup=2, batch_size=8, n_train=32, eval_n=8,
+              progress=False, final_eval=False, grad_clip=0.0, ema_warmup=False, puzzle_emb_lr=0.01,
+              checkpoint_every=1000)
+    train(TrainConfig(**kw, steps=4, out=str(tmp_path / "a")))
+    state = load_checkpoint(tmp_path / "a")
+    emb = state["model"]["puzzle_embedding.weight"]
+    # four sign steps of 0.01 from zero (warm-up 100: lr ramps 1/100 .. 4/100 of 0.01), each entry moved
+    assert emb.abs().min() > 0 and emb.abs().max() <= 0.01 * (1 + 2 + 3 + 4) / 100 + 1e-9
+    assert torch.equal(state["ema"]["puzzle_embedding.weight"], emb)  # not averaged
+    train(TrainConfig(**kw, steps=2, out=str(tmp_path / "b")))
+    train(TrainConfig(**kw, steps=4, out=str(tmp_path / "b")), resume=True)
+    again = load_checkpoint(tmp_path / "b")
+    for k, v in state["model"].items():
+        assert torch.allclose(v, again["model"][k], atol=1e-6), k
+
+
+def test_a_run_of_the_older_network_is_refused_clearly(tmp_path):
+    from agents.checkpoint import save_checkpoint
+
+    old = {"seq_len": 16, "vocab_size": 5, "hidden": 16, "pos": "learned", "puzzle_emb_len": 0, "num_puzzle_ids": 0}
+    save_checkpoint(tmp_path / "checkpoint.pt", {"model_config": old, "ema": {}, "task": "sudoku",
+                                                 "task_kwargs": {"size": 4}, "train_config": {}})
+    with pytest.raises(ValueError, match="older recursion-env.*retrain"):
+        load_trained(tmp_path)
