@@ -307,9 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--targets", choices=["diffusion", "mask", "solver"], default=None,
                     help="dis: intermediate-target generator (default diffusion)")
     tr.add_argument("--recipe", choices=["paper", "official-code"], default=None,
-                    help="dis: 'paper' (default: the puzzle as every step's input, linearly increasing step weights) "
-                         "or 'official-code' (the official DIS code: the previous decoded answer as input, uniform "
-                         "weights)")
+                    help="dis: 'official-code' (default; the official DIS code: the previous decoded answer as "
+                         "input, uniform step weights) or 'paper' (the puzzle as every step's input, linearly "
+                         "increasing weights)")
     tr.add_argument("--autoregressive", action="store_true",
                     help="dis: feed the previous decoded answer as the next step's input (whatever the recipe)")
     tr.add_argument("--anytime-weight", type=float, default=None,

@@ -12,7 +12,7 @@ import yaml
 
 from agents.cli import main as cli
 from agents.evaluation import load_trained
-from agents.official import CheckpointMismatch, import_official
+from agents.official import TOKEN_MAPS, CheckpointMismatch, import_official
 from agents.optim import AdamATan2, SignSGD
 from agents.trainers import PAPER_PRESET, TrainConfig
 from agents.trm import TRM, Block, TRMConfig, swiglu_width
@@ -228,13 +228,14 @@ VARIANTS = [
 def check_against_official(run, sd, arch, steps=2):
     model, task, _ = load_trained(run)
     puzzle = torch.as_tensor(task.generate(5, seed=3).inputs)
-    reference = official_steps(sd, arch, puzzle + 1, torch.zeros(5, dtype=torch.long), steps)
+    official_ids = torch.tensor(TOKEN_MAPS[task.name](task))
+    reference = official_steps(sd, arch, official_ids[puzzle], torch.zeros(5, dtype=torch.long), steps)
     x = model.step_input(puzzle, puzzle)
     y, z = model.initial_state(5)
     with torch.no_grad():
         for z_H, z_L, logits, q_halt in reference:
             out = model.supervision_step(x, y, z)
-            assert torch.allclose(out.logits, logits[..., 1:], atol=1e-4, rtol=1e-4)
+            assert torch.allclose(out.logits, logits[..., official_ids], atol=1e-4, rtol=1e-4)
             assert torch.allclose(out.halt_logit, q_halt, atol=1e-4, rtol=1e-4)
             assert torch.allclose(out.y, z_H, atol=1e-4) and torch.allclose(out.z, z_L, atol=1e-4)
             y, z = out.y, out.z
@@ -249,6 +250,17 @@ def test_imported_official_checkpoint_matches_the_official_forward(tmp_path, var
     run = import_official(ckpt, tmp_path / "run", task="sudoku", task_kwargs={"size": 4})
     model = check_against_official(run, sd, arch)
     assert model.cfg.T == 2 and model.cfg.n == 2 and model.cfg.N_sup == 4
+
+
+def test_official_maze_checkpoint_imports_with_its_token_order(tmp_path):
+    arch = official_arch(mlp_t=False, pos_encodings="rope")
+    sd = official_state(arch, seq_len=25, vocab=6)
+    ckpt = write_official(tmp_path / "official", arch, sd)
+    run = import_official(ckpt, tmp_path / "run", task="maze", task_kwargs={"size": 5})
+    model = check_against_official(run, sd, arch)
+    # our open cell (0) is the official ' ' (2), our wall (1) the official '#' (1)
+    assert torch.equal(model.token_embedding.weight[0], sd["model.inner.embed_tokens.embedding_weight"][2])
+    assert torch.equal(model.token_embedding.weight[1], sd["model.inner.embed_tokens.embedding_weight"][1])
 
 
 def test_compiled_bfloat16_checkpoint_imports(tmp_path):

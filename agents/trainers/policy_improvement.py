@@ -4,11 +4,11 @@ strictly better intermediate target, so each step is a policy-improvement step. 
 
 The loop itself is :func:`agents.trainers.common.train`; this file is what is specific to DIS: the targets
 (sampled afresh, per puzzle, when an episode starts in the core), the step index embedded into the input, and
-the per-step loss. Two recipes (``TrainConfig.recipe``): "paper" (the paper's pseudocode and text: the puzzle is
-every step's input, step weights increase linearly) and "official-code" (the official DIS code: the previous
-step's decoded answer is the next step's input, the steps weigh the same). In both the step index is embedded
-into x (the official code's ``timestep_embed``) and step s is trained toward target s of the path, the last one
-being the solution.
+the per-step loss. Two recipes (``TrainConfig.recipe``): "official-code" (the default; the official DIS code: the
+previous step's decoded answer is the next step's input, the steps weigh the same) and "paper" (the paper's
+pseudocode and text: the puzzle is every step's input, step weights increase linearly). In both the step index
+is embedded into x (the official code's ``timestep_embed``) and step s is trained toward target s of the path,
+the last one being the solution.
 """
 
 from __future__ import annotations
