@@ -424,3 +424,25 @@ def test_a_run_of_the_older_network_is_refused_clearly(tmp_path):
                                                  "task_kwargs": {"size": 4}, "train_config": {}})
     with pytest.raises(ValueError, match="older recursion-env.*retrain"):
         load_trained(tmp_path)
+
+
+def test_cli_preset_paper_and_the_named_deviations(tmp_path):
+    run = tmp_path / "paper"
+    assert cli(["train", "--preset", "paper", "--size", "4", "--hidden", "32", "--batch-size", "8", "--steps", "2",
+                "--eval-n", "8", "--no-final-eval", "--out", str(run)]) == 0
+    c = json.loads((run / "config.json").read_text())
+    train, model = c["train"], c["model"]
+    assert (train["optimizer"], train["grad_clip"], train["ema_warmup"], train["weight_decay_scope"]) == \
+        ("adam_atan2", 0.0, False, "all")
+    assert (train["lr"], train["weight_decay"], train["puzzle_emb_lr"], train["puzzle_emb_weight_decay"],
+            train["warmup_steps"]) == (1e-4, 1.0, 1e-4, 1.0, 2000)
+    assert (model["hidden"], model["mixer"], model["pos"], model["puzzle_emb_len"], model["puzzle_emb_ndim"]) == \
+        (32, "mlp", "none", 16, 32)
+    run = tmp_path / "cpu"
+    assert cli(["train", "--size", "4", "--hidden", "16", "--steps", "2", "--eval-n", "8", "--no-final-eval",
+                "--optimizer", "adamw", "--grad-clip", "0", "--no-ema-warmup", "--weight-decay-scope", "matrices",
+                "--mixer", "attention", "--heads", "4", "--pos", "learned", "--puzzle-emb-len", "0",
+                "--puzzle-emb-ndim", "0", "--out", str(run)]) == 0
+    c = json.loads((run / "config.json").read_text())
+    assert (c["train"]["optimizer"], c["train"]["grad_clip"], c["train"]["ema_warmup"]) == ("adamw", 0.0, False)
+    assert (c["model"]["mixer"], c["model"]["pos"], c["model"]["puzzle_emb_len"]) == ("attention", "learned", 0)
