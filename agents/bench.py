@@ -81,7 +81,7 @@ def run(cfg: BenchConfig, progress=print) -> dict:
     procs = []
     for name, args in runs:
         cmd = [sys.executable, "-m", "agents.cli", "train", *args, "--dataset", str(pool_path), "--out",
-               str(out / name)]
+               str(out / name), "--overwrite"]  # the benchmark's own folder, rewritten by every run of it
         log = open(out / f"{name}.log", "w")  # noqa: SIM115 - closed below
         progress(f"training {name} for {cfg.minutes} min: {' '.join(cmd[2:])}")
         procs.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))

@@ -1,14 +1,23 @@
-"""Checkpoints: written atomically (temporary file in the same folder, then rename), read with
-``weights_only=True`` so loading never runs pickled code."""
+"""Checkpoints: written atomically (temporary file in the same folder, then rename), verified on load (a SHA-256
+of the payload is stored with it: the torch format has no checksum of its own), read with ``weights_only=True`` so
+loading never runs pickled code, and kept ``keep`` deep (``checkpoint.pt``, ``checkpoint.pt.1``, ...) so a resume
+can fall back to the newest valid one."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
+import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from recursion_env.atomic import atomic_write
+
+FORMAT = "recursion-env checkpoint v2"
 
 
 def _plain(obj):
@@ -24,18 +33,88 @@ def _plain(obj):
     return obj
 
 
-def save_checkpoint(path, state: dict) -> Path:
-    state = _plain(state)
-    return atomic_write(path, lambda f: torch.save(state, f))
+def _rotate(path: Path, keep: int) -> None:
+    """Before ``path`` is replaced: ``path.(i)`` -> ``path.(i+1)``, the oldest beyond ``keep`` dropped, and the
+    current ``path`` linked (or copied) to ``path.1``; ``path`` itself stays whole throughout."""
+    backups = [path.with_name(f"{path.name}.{i}") for i in range(1, keep)]
+    if not backups or not path.exists():
+        return
+    backups[-1].unlink(missing_ok=True)
+    for older, newer in zip(reversed(backups[1:]), reversed(backups[:-1])):
+        if newer.exists():
+            os.replace(newer, older)
+    try:
+        os.link(path, backups[0])
+    except OSError:  # no hard links here: a copy does the same
+        shutil.copy2(path, backups[0])
+
+
+def save_checkpoint(path, state: dict, keep: int = 1) -> Path:
+    """Write ``state`` to ``path`` with its checksum; with ``keep > 1`` the previous ``keep - 1`` versions stay as
+    ``path.1`` (the newest) ... ``path.(keep-1)``."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(_plain(state), buffer)
+    payload = buffer.getvalue()
+    wrapped = {"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
+               "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
+    _rotate(path, keep)
+    return atomic_write(path, lambda f: torch.save(wrapped, f))
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
+    """The state saved by :func:`save_checkpoint` (a run folder or a file); a file whose checksum does not match,
+    or that torch cannot read, is a ``ValueError`` naming it. Files without a checksum (written by older versions,
+    or imported) load as they are."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.exists():
         raise ValueError(f"no checkpoint at {path}")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if isinstance(state, dict) and {"format", "sha256", "payload"} & set(state):
+        if state.get("format") != FORMAT:
+            raise ValueError(f"{path}: corrupted checkpoint (format {state.get('format')!r}, expected {FORMAT!r})")
+        payload = state.get("payload")
+        if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8:
+            raise ValueError(f"{path}: corrupted checkpoint (no payload)")
+        data = payload.numpy().tobytes()
+        if hashlib.sha256(data).hexdigest() != state.get("sha256"):
+            raise ValueError(f"{path}: corrupted checkpoint (its SHA-256 does not match the one stored with it)")
+        try:
+            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    elif map_location != "cpu":
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a recursion-env checkpoint (expected a dict, got {type(state).__name__})")
+    return state
+
+
+def load_newest_valid(path, map_location="cpu") -> tuple[dict, Path]:
+    """For ``--resume``: ``path`` if it verifies, else the newest of ``path.1``, ``path.2``, ... that does (with a
+    warning naming what was skipped and why). ``ValueError`` when none does."""
+    path = Path(path)
+    backups = [p for p in path.parent.glob(path.name + ".*") if p.suffix[1:].isdigit()]
+    candidates = [path] + sorted(backups, key=lambda p: int(p.suffix[1:]))
+    problems = []
+    for candidate in candidates:
+        if not candidate.exists():
+            problems.append(f"{candidate}: missing")
+            continue
+        try:
+            state = load_checkpoint(candidate, map_location)
+        except ValueError as e:
+            problems.append(str(e))
+            continue
+        if problems:
+            warnings.warn(f"resuming from {candidate}, the newest valid checkpoint; skipped: {'; '.join(problems)}",
+                          stacklevel=2)
+        return state, candidate
+    raise ValueError("no valid checkpoint to resume from: " + "; ".join(problems))

@@ -73,7 +73,9 @@ def cmd_demo(args) -> int:
     cfg = TrainConfig(method="dis", task_kwargs={"size": 6}, T=1, n=2, N_sup=6, hidden=args.hidden,
                       minutes=args.minutes, seed=args.seed, out=str(out), eval_n=args.eval_n, device=args.device,
                       final_eval=False)
-    result = train(cfg)
+    if (out / "checkpoint.pt").exists():
+        print(f"(replacing the previous demo run in {out})")
+    result = train(cfg, overwrite=True)
     print(f"\n{result['optimizer_steps']} optimizer steps in {result['wall_clock_s']:.0f}s, "
           f"{result['examples_seen']:,} generated training puzzles (none of them in the held-out set)")
     report = diagnose(out, n=args.eval_n, device=args.device)
@@ -115,6 +117,8 @@ def cmd_train(args) -> int:
     if args.method == "ppo":
         return cmd_train_ppo(args)
     if args.resume:
+        if args.overwrite:
+            raise ValueError("--resume continues the run in --out and --overwrite replaces it: choose one")
         cfg = TrainConfig(out=args.out, steps=args.steps, minutes=args.minutes, device=str(torch_device(args.device)))
         result = train(cfg, resume=True)
     else:
@@ -137,10 +141,10 @@ def cmd_train(args) -> int:
         cfg = TrainConfig(**{k: v for k, v in values.items() if k in names}, method=args.method, task=args.task,
                           task_kwargs=_task_kwargs(args), steps=args.steps, minutes=args.minutes, seed=args.seed,
                           device=str(torch_device(args.device)), out=args.out, compile=args.compile,
-                          augment=not args.no_augment, final_eval=not args.no_final_eval)
+                          augment=not args.no_augment, final_eval=not args.no_final_eval, keep=args.keep)
         if cfg.steps is None and cfg.minutes is None:
             raise ValueError("train needs a budget: --steps N and/or --minutes M")
-        result = train(cfg)
+        result = train(cfg, overwrite=args.overwrite)
     if "by_step" in result:
         _print_table(result)
     print(json.dumps({k: result[k] for k in ("optimizer_steps", "train_forward_passes", "wall_clock_s")}))
@@ -151,6 +155,10 @@ def cmd_train(args) -> int:
 def cmd_train_ppo(args) -> int:
     from .evaluation import torch_device
     from .trainers.ppo import PPOConfig, train_ppo
+
+    if args.resume:
+        raise ValueError("PPO runs cannot be resumed yet: start a new run (a PPO run of --steps N more iterations "
+                         "from a TRM/DIS run is --init RUN)")
 
     kw = {"mode": args.mode, "init": args.init, "task": args.task, "task_kwargs": _task_kwargs(args),
           "lam": args.lam, "reward_mode": args.reward_mode, "seed": args.seed, "device": str(torch_device(args.device)),
@@ -163,7 +171,7 @@ def cmd_train_ppo(args) -> int:
             kw[name] = value
     if kw["iterations"] is None and kw["minutes"] is None:
         raise ValueError("train needs a budget: --steps N (PPO iterations) and/or --minutes M")
-    result = train_ppo(PPOConfig(**kw))
+    result = train_ppo(PPOConfig(**kw), overwrite=args.overwrite)
     if result["history"]:
         last = result["history"][-1]
         keys = ("iteration", "return", "mean_nfe", "exact_accuracy", "halting_rate")
@@ -316,8 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dis: weight of an extra loss toward the final solution at every step")
     add_task_arguments(tr)
     tr.add_argument("--out", required=True)
-    tr.add_argument("--minutes", type=float, default=None)
-    tr.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    tr.add_argument("--minutes", type=float, default=None, help="training time (with --resume: more minutes)")
+    tr.add_argument("--steps", type=int, default=None,
+                    help="optimizer steps, or PPO iterations (with --resume: more steps)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
     tr.add_argument("--hidden", type=int, default=None)
@@ -362,7 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cpu (small sizes, clipping and EMA warm-up) or paper (the official Sudoku recipe, "
                          "for a GPU); flags given override the preset")
     tr.add_argument("--compile", action="store_true", help="torch.compile the supervision step")
-    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue the run in --out from its newest valid checkpoint, for --steps more steps and/or "
+                         "--minutes more minutes")
+    tr.add_argument("--overwrite", action="store_true", help="replace a run already in --out (refused otherwise)")
+    tr.add_argument("--keep", type=int, default=3,
+                    help="checkpoints to keep (checkpoint.pt, .1, ...; default 3): --resume falls back to the newest "
+                         "valid one")
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a trained run")

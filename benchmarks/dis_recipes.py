@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
             name = f"{setting}-{recipe}"
             cmd = [sys.executable, "-m", "agents.cli", "train", "--method", "dis", "--recipe", recipe,
                    *SETTINGS[setting], "--minutes", str(args.minutes), "--hidden", str(args.hidden), "--seed",
-                   str(args.seed), "--no-final-eval", "--out", str(out / name)]
+                   str(args.seed), "--no-final-eval", "--out", str(out / name), "--overwrite"]
             log = open(out / f"{name}.log", "w")  # noqa: SIM115 - closed below
             print(" ".join(cmd[2:]), flush=True)
             jobs.append((setting, recipe, name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,9 +20,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from recursion_env.atomic import remove_stale_temporaries
 from recursion_env.tasks import Task, load_puzzles, make_task
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_newest_valid, save_checkpoint
 from ..data import PuzzleStream
 from ..evaluation import evaluation_set
 from ..rollout import RecursionRunner, rollout_metrics, summarize
@@ -89,6 +91,7 @@ class TrainConfig:
     compile: bool = False
     eval_every: int = 0  # 0 = only at the end
     checkpoint_every: int = 200
+    keep: int = 3  # checkpoints kept (checkpoint.pt, .1, ...): --resume falls back to the newest valid one
     log_every: int = 10
     out: str = "runs/trm"
     progress: bool = True
@@ -100,6 +103,12 @@ class TrainConfig:
             raise ValueError(f"step_weight must be 'linear' or 'uniform', got {self.step_weight!r}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        if self.steps is not None and self.steps < 0:
+            raise ValueError(f"--steps must be >= 0, got {self.steps}")
+        if self.minutes is not None and not self.minutes >= 0:
+            raise ValueError(f"--minutes must be >= 0, got {self.minutes}")
+        if self.keep < 1:
+            raise ValueError(f"--keep must be >= 1, got {self.keep}")
 
     @property
     def dis_step_weight(self) -> str:
@@ -189,7 +198,35 @@ def build_task(cfg: TrainConfig) -> Task:
     return make_task(cfg.task, **cfg.task_kwargs)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
+#: what a run folder holds; a fresh run refuses a folder that has any of them unless told to overwrite
+RUN_FILES = ("checkpoint.pt", "config.json", "train_metrics.json", "ppo_metrics.json", "tb", "plots")
+
+
+def prepare_run_folder(out: Path, overwrite: bool) -> None:
+    """A fresh run: refuse a folder that already holds a run, or with ``overwrite`` remove that run's files."""
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    found += sorted(p.name for p in out.glob("checkpoint.pt.*") if p.suffix[1:].isdigit())
+    if found and not overwrite:
+        raise ValueError(f"{out} already holds a run ({', '.join(found)}): continue it with --resume, choose "
+                         "another --out, or pass --overwrite to replace it")
+    for name in found:
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+
+
+def resume_budget(cfg: TrainConfig, state: dict) -> tuple[int | None, float | None]:
+    """On ``--resume``, ``--steps`` and ``--minutes`` are *more* steps and minutes: the totals to stop at."""
+    if cfg.steps is None and cfg.minutes is None:
+        raise ValueError("train --resume needs a budget: --steps N and/or --minutes M (counted from where the run "
+                         f"stopped: step {state['step']}, {state['elapsed'] / 60:.1f} min)")
+    return (None if cfg.steps is None else state["step"] + cfg.steps,
+            None if cfg.minutes is None else state["elapsed"] / 60 + cfg.minutes)
+
+
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train ``cfg.method``. ``resume``: continue the run in ``cfg.out`` for ``cfg.steps`` more steps and/or
+    ``cfg.minutes`` more minutes, from its newest valid checkpoint; otherwise ``cfg.out`` must not hold a run
+    (``overwrite`` replaces one)."""
     from torch.utils.tensorboard import SummaryWriter
 
     from . import get_method
@@ -198,10 +235,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     ckpt_path = out / "checkpoint.pt"
     state = None
     if resume:
-        state = load_checkpoint(ckpt_path)
-        cfg = TrainConfig.from_dict({**state["train_config"], **{k: getattr(cfg, k) for k in
-                                                                  ("steps", "minutes", "progress", "device")}})
+        state, _ = load_newest_valid(ckpt_path)
+        if state.get("train_config", {}).get("method") not in ("trm", "dis"):
+            raise ValueError(f"{out} is a {state.get('train_config', {}).get('method')!r} run; only trm and dis runs "
+                             "resume (PPO runs cannot be resumed yet)")
+        steps, minutes = resume_budget(cfg, state)
+        cfg = TrainConfig.from_dict({**state["train_config"], "steps": steps, "minutes": minutes,
+                                     **{k: getattr(cfg, k) for k in ("progress", "device")}})
+    else:
+        prepare_run_folder(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(ckpt_path)
     device = torch.device(cfg.device)
     method = get_method(cfg.method)(cfg)
 
@@ -250,7 +294,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         step, elapsed, train_nfe = state["step"], state["elapsed"], state["train_nfe"]
 
     def checkpoint() -> None:
-        save_checkpoint(ckpt_path, {
+        save_checkpoint(ckpt_path, keep=cfg.keep, state={
             "train_config": asdict(cfg), "model_config": model_cfg.to_dict(), "model": model.state_dict(),
             "ema": ema.weights(model), "ema_updates": ema.updates, "optimizer": [o.state_dict() for o in optimizers],
             "schedule": [o.state_dict() for o in schedules], "stream": stream.state_dict(),
@@ -314,7 +358,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if step % cfg.checkpoint_every == 0:
             checkpoint()
     bar.close()
-    checkpoint()
+    if step == 0 or step % cfg.checkpoint_every:  # not saved at this step yet
+        checkpoint()
 
     # -- final evaluation with the EMA weights -------------------------------------------------------------------
     summary = {}

@@ -232,10 +232,15 @@ def make_collector(cfg: PPOConfig, env_fn, policy, frames: int):
     return cls(create, policy, frames_per_batch=frames, total_frames=-1, **quiet)
 
 
-def train_ppo(cfg: PPOConfig) -> dict:
+def train_ppo(cfg: PPOConfig, overwrite: bool = False) -> dict:
+    """Train with PPO into ``cfg.out``, which must not hold a run (``overwrite`` replaces one)."""
     from torch.utils.tensorboard import SummaryWriter
     from torchrl.objectives import ClipPPOLoss
     from torchrl.objectives.value import GAE
+
+    from .common import prepare_run_folder
+
+    prepare_run_folder(Path(cfg.out), overwrite)
 
     # -- set up: model, env, actor, critic, loss ---------------------------------------------------------------
     torch.manual_seed(cfg.seed)

@@ -1,0 +1,109 @@
+"""Runs are never lost or misused: checksummed checkpoints kept K deep, resume that falls back and adds budget,
+fresh runs that refuse an occupied folder, no stale temporary files, files that honour the umask."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from agents.checkpoint import load_checkpoint, load_newest_valid, save_checkpoint
+from agents.cli import main as cli
+from agents.trainers import TrainConfig, train
+
+
+def tiny(out, **kw) -> TrainConfig:
+    base = dict(task_kwargs={"size": 4}, hidden=16, T=1, n=1, N_sup=2, batch_size=8, n_train=32, eval_n=8,
+                progress=False, final_eval=False, checkpoint_every=2, out=str(out))
+    return TrainConfig(**{**base, **kw})
+
+
+def test_every_single_byte_flip_of_a_checkpoint_is_caught(tmp_path):
+    state = {"model": {"w": torch.arange(2000, dtype=torch.float32)}, "step": 7, "train_config": {"method": "trm"}}
+    path = save_checkpoint(tmp_path / "checkpoint.pt", state)
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(0)
+    outcomes = {"rejected": 0, "intact": 0, "altered": 0}
+    for pos in rng.choice(len(data), size=300, replace=False):
+        flipped = bytearray(data)
+        flipped[pos] ^= 1 << int(rng.integers(8))
+        bad = tmp_path / "flipped.pt"
+        bad.write_bytes(flipped)
+        try:
+            loaded = load_checkpoint(bad)
+        except ValueError:
+            outcomes["rejected"] += 1
+            continue
+        same = loaded.keys() == state.keys() and torch.equal(loaded["model"]["w"], state["model"]["w"]) and \
+            loaded["step"] == 7 and loaded["train_config"] == state["train_config"]
+        outcomes["intact" if same else "altered"] += 1
+    assert outcomes["altered"] == 0, outcomes
+    assert outcomes["rejected"] > 250, outcomes  # flips in zip padding may leave the content as it was
+
+
+def test_checkpoints_are_kept_k_deep_and_resume_falls_back_to_the_newest_valid(tmp_path):
+    train(tiny(tmp_path, steps=6, keep=3))  # saves at steps 2, 4, 6
+    steps = {name: load_checkpoint(tmp_path / name)["step"] for name in
+             ("checkpoint.pt", "checkpoint.pt.1", "checkpoint.pt.2")}
+    assert steps == {"checkpoint.pt": 6, "checkpoint.pt.1": 4, "checkpoint.pt.2": 2}
+    assert not (tmp_path / "checkpoint.pt.3").exists()
+    data = bytearray((tmp_path / "checkpoint.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "checkpoint.pt").write_bytes(data)
+    with pytest.raises(ValueError, match="corrupted|not a readable"):
+        load_checkpoint(tmp_path)
+    with pytest.warns(UserWarning, match="checkpoint.pt.1, the newest valid"):
+        state, used = load_newest_valid(tmp_path / "checkpoint.pt")
+    assert used.name == "checkpoint.pt.1" and state["step"] == 4
+    with pytest.warns(UserWarning, match="newest valid"):
+        result = train(tiny(tmp_path, steps=1), resume=True)
+    assert result["optimizer_steps"] == 5  # step 4 + 1 more
+    for name in ("checkpoint.pt.1", "checkpoint.pt.2"):
+        (tmp_path / name).write_bytes(b"garbage")
+    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="no valid checkpoint to resume from"):
+        train(tiny(tmp_path, steps=1), resume=True)
+
+
+def test_resume_budget_is_more_steps_or_minutes_and_is_required(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny(run, steps=3))
+    with pytest.raises(ValueError, match="resume needs a budget"):
+        train(TrainConfig(out=str(run), progress=False), resume=True)
+    result = train(TrainConfig(out=str(run), minutes=0.0, progress=False), resume=True)
+    assert result["optimizer_steps"] == 3  # zero more minutes: nothing more, and it stops
+    assert cli(["train", "--resume", "--out", str(run), "--minutes", "0.001", "--steps", "2"]) == 0
+    assert load_checkpoint(run)["step"] > 3
+    assert cli(["train", "--resume", "--out", str(run)]) == 2
+    assert "needs a budget" in capsys.readouterr().err
+
+
+def test_a_fresh_run_refuses_an_occupied_folder_unless_overwrite(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny(run, steps=2))
+    before = load_checkpoint(run)
+    with pytest.raises(ValueError, match="already holds a run.*--resume.*--overwrite"):
+        train(tiny(run, steps=2, seed=1))
+    assert torch.equal(load_checkpoint(run)["model"]["output_head.weight"], before["model"]["output_head.weight"])
+    args = ["train", "--size", "4", "--hidden", "16", "--T", "1", "--n", "1", "--n-sup", "2", "--steps", "2",
+            "--eval-n", "8", "--no-final-eval", "--out", str(run)]
+    assert cli(args) == 2 and "already holds a run" in capsys.readouterr().err
+    assert cli([*args, "--overwrite"]) == 0
+    assert len(list((run / "tb").iterdir())) == 1  # the old TensorBoard events are gone, not mixed in
+    assert cli([*args, "--overwrite", "--resume"]) == 2
+    assert cli(["train", "--method", "ppo", "--resume", "--out", str(run), "--steps", "1"]) == 2
+    assert "PPO runs cannot be resumed" in capsys.readouterr().err
+
+
+def test_stale_temporaries_are_cleaned_and_files_honour_the_umask(tmp_path):
+    run = tmp_path / "run"
+    train(tiny(run, steps=2))
+    orphan = run / "checkpoint.pt.x1y2z3.tmp"
+    orphan.write_bytes(b"\0" * 1000)  # what a SIGKILL mid-write leaves
+    old = os.umask(0o027)
+    try:
+        train(tiny(run, steps=1), resume=True)
+    finally:
+        os.umask(old)
+    assert not orphan.exists()
+    assert (run / "checkpoint.pt").stat().st_mode & 0o777 == 0o640
