@@ -46,7 +46,9 @@ class RecursionTorchRLEnv(EnvBase):
         reward       Bounded         [B, 1]        see :meth:`RecursionCore.reward_bounds`
         done, terminated, truncated  [B, 1] bool
 
-    Partial resets follow TorchRL: ``_reset`` in the input tensordict selects the envs to restart.
+    Partial resets and partial steps follow TorchRL: ``_reset`` in the input tensordict selects the envs to
+    restart, ``_step`` the envs to step (the others are untouched and report their last done state, reward 0).
+    ``batch_size=[B]`` may stand for ``num_envs=B``.
 
     Sample rollout::
 
@@ -60,11 +62,20 @@ class RecursionTorchRLEnv(EnvBase):
 
     batch_locked = True
 
-    def __init__(self, task: Task | str = "sudoku", num_envs: int = 1, dataset=None,
-                 device: str | torch.device = "cpu", seed: int | None = None, **kwargs):
+    def __init__(self, task: Task | str = "sudoku", num_envs: int | None = None, dataset=None,
+                 device: str | torch.device = "cpu", seed: int | None = None, batch_size=None, **kwargs):
+        if batch_size is not None:
+            shape = torch.Size(batch_size) if not isinstance(batch_size, int) else torch.Size([batch_size])
+            if len(shape) != 1 or (num_envs is not None and num_envs != shape[0]):
+                raise ValueError(f"batch_size must be [B] (and agree with num_envs={num_envs}), got {list(shape)}")
+            num_envs = shape[0]
+        num_envs = 1 if num_envs is None else num_envs
         core = build_core(task, num_envs, dataset=dataset, device=device, seed=seed, **kwargs)
         super().__init__(device=core.device, batch_size=torch.Size([num_envs]))
         self.core = core
+        # the last transition's terminated / truncated, reported again for envs a partial step leaves alone
+        self._terminated = torch.zeros(num_envs, dtype=torch.bool, device=core.device)
+        self._truncated = torch.zeros(num_envs, dtype=torch.bool, device=core.device)
         self.task = core.task
         B, L, V, cfg, dev = num_envs, core.seq_len, core.task.vocab_size, core.config, core.device
         latent_shape = (B, *core.latent_shape)
@@ -108,6 +119,10 @@ class RecursionTorchRLEnv(EnvBase):
         if tensordict is not None and "_reset" in tensordict.keys():
             mask = tensordict.get("_reset").reshape(self.batch_size)
         self.core.reset(mask)
+        if mask is None:
+            self._terminated, self._truncated = torch.zeros_like(self._terminated), torch.zeros_like(self._truncated)
+        else:
+            self._terminated, self._truncated = self._terminated & ~mask, self._truncated & ~mask
         return TensorDict(self._observation(), batch_size=self.batch_size, device=self.device)
 
     def step(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -124,12 +139,20 @@ class RecursionTorchRLEnv(EnvBase):
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         action = tensordict.get("action")
-        res = self.core.step({k: action.get(k) for k in ACTION_KEYS})
+        selected = tensordict.get("_step", None)  # a batch-locked env's partial step: TorchRL leaves it to us
+        if selected is not None:
+            selected = selected.reshape(self.batch_size)
+        res = self.core.step({k: action.get(k) for k in ACTION_KEYS}, mask=selected)
+        terminated, truncated = res.terminated, res.truncated
+        if selected is not None:
+            terminated = torch.where(selected, terminated, self._terminated)
+            truncated = torch.where(selected, truncated, self._truncated)
+        self._terminated, self._truncated = terminated, truncated
         out = self._observation()
         out["reward"] = res.reward.unsqueeze(-1)
-        out["terminated"] = res.terminated.unsqueeze(-1)
-        out["truncated"] = res.truncated.unsqueeze(-1)
-        out["done"] = self.core.done.unsqueeze(-1)  # terminated | truncated, as the core keeps it after a full step
+        out["terminated"] = terminated.unsqueeze(-1)
+        out["truncated"] = truncated.unsqueeze(-1)
+        out["done"] = self.core.done.unsqueeze(-1)  # terminated | truncated, as the core keeps it
         return _tensordict(out, batch_size=self.batch_size, device=self.device)
 
     def _set_seed(self, seed: int | None) -> None:

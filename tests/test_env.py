@@ -480,3 +480,29 @@ def test_make_vec_without_copies_matches_with_copies():
         for k in ra[0]:
             assert np.array_equal(ra[0][k], rb[0][k])
         assert np.array_equal(ra[1], rb[1]) and np.array_equal(ra[2], rb[2]) and np.array_equal(ra[3], rb[3])
+
+
+def test_torchrl_partial_steps_leave_unselected_envs_untouched():
+    import torch as th
+
+    env = RecursionTorchRLEnv(task="sudoku", size=4, batch_size=[3], latent_dim=8, seed=0)
+    assert env.batch_size == th.Size([3])
+    td = env.reset()
+    latent, answer = env.core.latent.clone(), env.core.answer.clone()
+    td = env.rand_step(td.set("_step", th.tensor([False, True, True])))
+    assert env.core.step_count.tolist() == [0, 1, 1]
+    assert th.equal(env.core.latent[0], latent[0]) and th.equal(env.core.answer[0], answer[0])
+    assert td["next", "reward"][0].item() == 0.0 and not td["next", "done"][0].item()
+    # a rollout that stops when all are done steps only the envs still running, on every seed
+    for seed in range(6):
+        env = RecursionTorchRLEnv(task="sudoku", size=4, num_envs=4, latent_dim=8, seed=seed)
+        env.set_seed(seed)
+        th.manual_seed(seed)
+        rollout = env.rollout(6, break_when_any_done=False, break_when_all_done=True)
+        done = rollout["next", "done"].squeeze(-1)
+        steps = rollout["next", "step"]
+        for t in range(1, done.shape[1]):  # a finished env's counters stay where they were
+            finished = done[:, t - 1]
+            assert th.equal(steps[finished, t], steps[finished, t - 1]), seed
+    with pytest.raises(ValueError, match="batch_size"):
+        RecursionTorchRLEnv(task="sudoku", size=4, batch_size=[2, 2])
