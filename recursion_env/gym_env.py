@@ -25,8 +25,9 @@ def single_spaces(core: RecursionCore) -> tuple[spaces.Dict, spaces.Dict]:
         "puzzle": tokens,
         "answer": tokens,
         "latent": latent,
-        "step": spaces.Box(0, cfg.max_steps, shape=(), dtype=np.int64),
-        "nfe": spaces.Box(0, cfg.max_steps * cfg.nfe_per_step, shape=(), dtype=np.int64),
+        # counters of shape (1,), not (): Stable-Baselines3's checker (and its NumPy-2 code) cannot take 0-d Boxes
+        "step": spaces.Box(0, cfg.max_steps, shape=(1,), dtype=np.int64),
+        "nfe": spaces.Box(0, cfg.max_steps * cfg.nfe_per_step, shape=(1,), dtype=np.int64),
     })
     action = spaces.Dict({"latent": latent, "answer": tokens, "halt": spaces.Discrete(2)})
     return observation, action
@@ -82,8 +83,8 @@ class RecursionGymEnv(gym.Env):
         observation  Dict(puzzle: MultiDiscrete([V]*L)    the givens, 0 = blank
                           answer: MultiDiscrete([V]*L)    the current decoded answer (givens kept)
                           latent: Box(float32, (2, P, D)) y (answer embedding) and z (reasoning latent)
-                          step:   Box(int64, ())          transitions taken
-                          nfe:    Box(int64, ())          forward passes charged)
+                          step:   Box(int64, (1,))        transitions taken
+                          nfe:    Box(int64, (1,))        forward passes charged)
         action       Dict(latent: Box(float32, (2, P, D)), answer: MultiDiscrete([V]*L), halt: Discrete(2))
 
     Each step is one latent refinement charged ``nfe_per_step`` forward passes; the reward is the score gain
@@ -122,8 +123,8 @@ class RecursionGymEnv(gym.Env):
         self.observation_space, self.action_space = single_spaces(self.core)
 
     def _obs(self) -> dict[str, np.ndarray]:
-        # fresh arrays (Gymnasium's rule); indexing [0, ...] leaves the counters 0-d arrays, as Box(()) holds them
-        return {k: v[0, ...] for k, v in _numpy(self.core.observation()).items()}
+        # fresh arrays (Gymnasium's rule); the counters [1] as their Box((1,)) holds them
+        return {k: v[0] if v.ndim > 1 else v for k, v in _numpy(self.core.observation()).items()}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -199,7 +200,12 @@ class RecursionVectorEnv(VectorEnv):
         self.core.rng = self.np_random
         self.core.reset()
         self._autoreset[:] = False
-        return _numpy(self.core.observation(), self.copy), self._infos()
+        return self._obs(), self._infos()
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        obs = _numpy(self.core.observation(), self.copy)
+        obs["step"], obs["nfe"] = obs["step"].reshape(-1, 1), obs["nfe"].reshape(-1, 1)  # views: [B] -> [B, 1]
+        return obs
 
     def step(self, actions):
         n_reset = np.count_nonzero(self._autoreset)  # (cheaper than any() and all())
@@ -217,4 +223,4 @@ class RecursionVectorEnv(VectorEnv):
             reward = _host(res.reward).astype(np.float64)
             terminated, truncated = _host(res.terminated), _host(res.truncated)
         self._autoreset = terminated | truncated
-        return _numpy(self.core.observation(), self.copy), reward, terminated, truncated, self._infos()
+        return self._obs(), reward, terminated, truncated, self._infos()

@@ -325,9 +325,9 @@ def test_make_vec_is_batched_and_autoresets_next_step():
     assert obs["latent"].shape == (4, 2, 16, D) and info["nfe"].tolist() == [0] * 4
     action = {"latent": obs["latent"], "answer": obs["answer"], "halt": np.array([1, 0, 0, 0])}
     obs, reward, terminated, truncated, info = env.step(action)
-    assert terminated.tolist() == [True, False, False, False] and obs["step"].tolist() == [1] * 4
+    assert terminated.tolist() == [True, False, False, False] and obs["step"].tolist() == [[1]] * 4
     obs, reward, terminated, truncated, info = env.step({**action, "halt": np.zeros(4, dtype=np.int64)})
-    assert obs["step"].tolist() == [0, 2, 2, 2]  # env 0 was reset, its action ignored
+    assert obs["step"].tolist() == [[0], [2], [2], [2]]  # env 0 was reset, its action ignored
     assert reward[0] == 0 and truncated.tolist() == [False, True, True, True]
     assert env.observation_space.contains(obs)
 
@@ -506,3 +506,17 @@ def test_torchrl_partial_steps_leave_unselected_envs_untouched():
             assert th.equal(steps[finished, t], steps[finished, t - 1]), seed
     with pytest.raises(ValueError, match="batch_size"):
         RecursionTorchRLEnv(task="sudoku", size=4, batch_size=[2, 2])
+
+
+@pytest.mark.parametrize("env_id,kw", [("TRMRecursion-Sudoku-v0", {"size": 4}), ("TRMRecursion-Maze-v0", {"size": 5}),
+                                       ("TRMRecursion-NQueens-v0", {"board": 4})])
+def test_stable_baselines3_and_torchrl_gym_wrapper_checkers_pass(env_id, kw):
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+    from torchrl.envs import GymEnv
+    from torchrl.envs.utils import check_env_specs
+
+    env = gym.make(env_id, latent_dim=8, **kw)
+    sb3_check_env(env.unwrapped, warn=False)
+    obs, _ = env.reset(seed=0)
+    assert obs["step"].shape == obs["nfe"].shape == (1,)
+    check_env_specs(GymEnv(env_id, latent_dim=8, **kw))
