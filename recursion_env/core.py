@@ -447,6 +447,16 @@ class RecursionCore:
         return -1.0 - self.config.solve_bonus - cost, 1.0 + self.config.solve_bonus - cost
 
 
+def single_thread_in_workers() -> None:
+    """Called by the Gymnasium adapters: in a worker process (Gymnasium's ``AsyncVectorEnv``, a collector's worker)
+    torch runs one thread. A worker forked after the parent used torch's thread pool deadlocks at its first
+    parallel op, and workers running side by side should not each take every core anyway."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 def resolve_task(task: Task | str, dataset=None, **task_kwargs):
     """(task, dataset) from adapter arguments. A saved ``.npz`` dataset names its own task (and is loaded here);
     any other dataset is passed on for the core to read."""

@@ -11,7 +11,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from .core import INFO_KEYS, RecursionCore, build_core
+from .core import INFO_KEYS, RecursionCore, build_core, single_thread_in_workers
 from .render import render_env
 from .tasks import Task
 
@@ -118,6 +118,7 @@ class RecursionGymEnv(gym.Env):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.render_mode = render_mode
+        single_thread_in_workers()
         self.core = build_core(task, 1, dataset=dataset, device=device, **kwargs)
         self.task = self.core.task
         self.observation_space, self.action_space = single_spaces(self.core)

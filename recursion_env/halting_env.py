@@ -22,7 +22,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from .core import RecursionConfig, RecursionCore, resolve_task
+from .core import RecursionConfig, RecursionCore, resolve_task, single_thread_in_workers
 from .render import render_env
 from .tasks import Task
 
@@ -120,6 +120,7 @@ class RecursionHaltingEnv(gym.Env):
             if k in kwargs:
                 raise ValueError(f"{k} is set by the policy in the halting env, not passed")
         self.render_mode = render_mode
+        single_thread_in_workers()
         config, task_kwargs = RecursionConfig.split(kwargs)
         task, dataset = resolve_task(task, dataset, **task_kwargs)
         if policy is None:

@@ -520,3 +520,22 @@ def test_stable_baselines3_and_torchrl_gym_wrapper_checkers_pass(env_id, kw):
     obs, _ = env.reset(seed=0)
     assert obs["step"].shape == obs["nfe"].shape == (1,)
     check_env_specs(GymEnv(env_id, latent_dim=8, **kw))
+
+
+def test_async_vector_envs_work_after_torch_ran_in_the_parent():
+    """A forked worker whose parent used torch's thread pool used to deadlock at its first step; run in a child
+    process with a timeout so a deadlock fails the test instead of hanging it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, gymnasium as gym, recursion_env\n"
+        "torch.randn(256, 256) @ torch.randn(256, 256)\n"
+        "for env_id, action in (('TRMHalting-Sudoku-v0', [0, 1]), ('TRMRecursion-Sudoku-v0', None)):\n"
+        "    env = gym.make_vec(env_id, num_envs=2, vectorization_mode='async', size=4)\n"
+        "    env.reset(seed=0)\n"
+        "    env.step(action if action is not None else env.action_space.sample())\n"
+        "    env.close()\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
