@@ -92,7 +92,8 @@ def rollout_metrics(model: TRM, task: Task, inputs: np.ndarray, labels: np.ndarr
     for start in range(0, n, batch_size):
         sl = slice(start, min(n, start + batch_size))
         k = sl.stop - sl.start
-        runner = RecursionRunner(model, task, k, device)
+        # without labels the verifier scores (a task like N-Queens has no single label to derive)
+        runner = RecursionRunner(model, task, k, device, **({"reward_mode": "verifier"} if labels is None else {}))
         runner.start(inputs[sl], None if labels is None else labels[sl])
         for s in range(N_sup):
             out = runner.forward()

@@ -268,9 +268,10 @@ class RecursionCore:
             puzzles, labels = torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
         else:
             puzzles = _as_tensor(puzzles, "puzzles", self.device).to(torch.int64).reshape(n, self.seq_len)
-            labels = (torch.zeros_like(puzzles) if labels is None
-                      else _as_tensor(labels, "labels", self.device).to(torch.int64).reshape(n, self.seq_len))
             self.task.check_tokens(puzzles, "reset puzzles")
+            if labels is None:
+                labels = self._derive_labels(puzzles)
+            labels = _as_tensor(labels, "labels", self.device).to(torch.int64).reshape(n, self.seq_len)
             self.task.check_tokens(labels, "reset labels")
         if latent is None:
             latent = torch.zeros(n, *self.latent_shape, device=self.device)
@@ -300,6 +301,18 @@ class RecursionCore:
                 ctx[idx] = context
                 self.context = ctx
         return self.observation()
+
+    def _derive_labels(self, puzzles: torch.Tensor):
+        """Labels for puzzles given without: the task's (solution, canonical path). Where the task has none, label
+        rewards cannot be paid, so ``reward_mode="label"`` is refused; the verifier needs none (cell accuracy is
+        then measured against nothing and reads 0)."""
+        derived = self.task.derive_labels(puzzles.cpu().numpy())
+        if derived is not None:
+            return derived
+        if self.config.reward_mode == "label":
+            raise ValueError(f"reset: {self.task.name} puzzles given without labels, and {self.task.name} cannot "
+                             "derive one (many completions): pass labels, or use reward_mode='verifier'")
+        return torch.zeros_like(puzzles)
 
     # -- step -------------------------------------------------------------------------------------------
     def _check_latent(self, latent, n: int, name: str) -> torch.Tensor:

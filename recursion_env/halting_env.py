@@ -149,8 +149,12 @@ class RecursionHaltingEnv(gym.Env):
         if unknown:
             raise ValueError(f"reset options: unknown key(s) {sorted(unknown)}; expected puzzle, label")
         if "puzzle" in options:
-            x = np.asarray(options["puzzle"], dtype=np.int64).reshape(1, -1)
-            y = None if options.get("label") is None else np.asarray(options["label"], dtype=np.int64).reshape(1, -1)
+            puzzle, label = options["puzzle"], options.get("label")
+            x = (self.task.parse(puzzle) if isinstance(puzzle, str) else np.asarray(puzzle, dtype=np.int64))
+            x = x.reshape(1, -1)
+            if isinstance(label, str):
+                label = self.task.parse(label)
+            y = None if label is None else np.asarray(label, dtype=np.int64).reshape(1, -1)
         else:
             x, y = self.core.source.draw(1, self.core.rng)
         puzzle = torch.from_numpy(x).to(self.core.device)

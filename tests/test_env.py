@@ -539,3 +539,27 @@ def test_async_vector_envs_work_after_torch_ran_in_the_parent():
         "print('ok')\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def test_a_puzzle_without_a_label_gets_its_derived_label_or_a_clear_refusal():
+    maze = make_task("maze", size=5)
+    batch = maze.generate(1, seed=3)
+    env = gym.make("TRMRecursion-Maze-v0", size=5, latent_dim=8)
+    obs, _ = env.reset(seed=0, options={"puzzle": batch.inputs[0]})  # no label: the canonical path is derived
+    assert np.array_equal(env.unwrapped.core.label[0].numpy(), batch.labels[0])
+    obs, reward, terminated, _, info = env.step({"latent": obs["latent"], "answer": batch.labels[0], "halt": 1})
+    assert info["solved"] and info["cell_accuracy"] == 1.0 and reward > 0
+
+    sudoku = make_task("sudoku", size=4)
+    puzzle = sudoku.generate(1, seed=5)
+    halting = gym.make("TRMHalting-Sudoku-v0", size=4)
+    halting.reset(seed=0, options={"puzzle": sudoku.to_line(puzzle.inputs[0])})  # a text line, no label
+    assert np.array_equal(halting.unwrapped.core.label[0].numpy(), puzzle.labels[0])
+
+    queens = make_task("nqueens", board=5)
+    q = queens.generate(1, seed=0).inputs
+    with pytest.raises(ValueError, match="cannot derive one.*reward_mode='verifier'"):
+        RecursionCore(queens, 1, latent_dim=4).reset(puzzles=q)
+    core = RecursionCore(queens, 1, latent_dim=4, reward_mode="verifier")
+    core.reset(puzzles=q)  # the verifier needs no label
+    assert core.score.shape == (1,)

@@ -116,6 +116,12 @@ class Task:
     def augment(self, inputs: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
         return inputs.copy(), labels.copy()
 
+    def derive_labels(self, inputs: np.ndarray) -> np.ndarray | None:
+        """Labels ``[n, seq_len]`` for puzzles given without one, where the task defines a single label (Sudoku:
+        the solution; Maze: the canonical path); ``None`` where it does not (N-Queens has many completions).
+        ``ValueError`` for a puzzle that has none."""
+        return None
+
     # -- shared machinery -------------------------------------------------------------------------------
     def blank_mask(self, inputs):
         return inputs == 0

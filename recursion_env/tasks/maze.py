@@ -107,6 +107,9 @@ class MazeTask(Task):
             out[i, j] = PATH
         return out.reshape(-1)
 
+    def derive_labels(self, inputs: np.ndarray) -> np.ndarray:
+        return np.stack([self.canonical_path(x) for x in np.asarray(inputs).reshape(-1, self.seq_len)])
+
     def generate(self, n: int, seed) -> PuzzleBatch:
         rng = np.random.default_rng(seed)
         inputs = np.zeros((n, self.seq_len), dtype=np.int64)

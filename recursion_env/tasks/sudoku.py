@@ -173,6 +173,9 @@ class SudokuTask(Task):
             raise ValueError(f"sudoku: puzzle has no solution: {self.to_line(puzzle)}")
         return np.asarray(sols[0], dtype=np.int64)
 
+    def derive_labels(self, inputs: np.ndarray) -> np.ndarray:
+        return np.stack([self.solve(x) for x in np.asarray(inputs).reshape(-1, self.seq_len)])
+
     def _as_puzzle(self, puzzle) -> np.ndarray:
         if isinstance(puzzle, str):
             return self.parse(puzzle)
