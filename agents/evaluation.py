@@ -27,12 +27,17 @@ def load_trained(run, device="cpu", weights: str = "ema") -> tuple[TRM, Task, di
 
 
 def evaluation_set(task: Task, train_config: dict, n: int, puzzles=None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The held-out puzzles a run was trained without (same seed as training's exclusion set), or a user's file.
+    """The held-out puzzles a run was trained without: the first ``n`` of those ``task.generate(eval_n,
+    eval_seed)`` gives for the run's task (training excluded exactly these), or a user's file.
     Labels of a user file: solved for Sudoku, canonical for Maze, none for N-Queens (the verifier judges)."""
     if puzzles is not None:
         _, batch = load_puzzles(puzzles, task)
         labels_known = batch.meta.get("labels_known", True) is not False
         return batch.inputs[:n], (batch.labels[:n] if labels_known else None)
+    held_out = train_config.get("eval_n")
+    if held_out is not None and n > held_out:  # the generator is prefix-stable: the first eval_n were held out
+        raise ValueError(f"this run held out {held_out} puzzles (--eval-n when it was trained); evaluate at most "
+                         f"that many (--n {held_out}) or pass your own --puzzles")
     batch = task.generate(n, seed=train_config.get("eval_seed", 1_000_003))
     return batch.inputs, batch.labels
 

@@ -107,3 +107,24 @@ def test_stale_temporaries_are_cleaned_and_files_honour_the_umask(tmp_path):
         os.umask(old)
     assert not orphan.exists()
     assert (run / "checkpoint.pt").stat().st_mode & 0o777 == 0o640
+
+
+def test_with_a_dataset_the_held_out_puzzles_are_the_evaluated_ones(tmp_path):
+    """The dataset's own task (its header: here 11-12 givens, the command line's default differs) defines the
+    held-out set: a file that contains those very puzzles has them dropped, and evaluation reads the same ones."""
+    from agents.evaluation import evaluation_set, load_trained
+    from recursion_env import make_task
+    from recursion_env.tasks import PuzzleBatch, save_dataset
+
+    file_task = make_task("sudoku", size=4, min_givens=11, max_givens=12)
+    held_out = file_task.generate(16, seed=1_000_003)  # what evaluation will read
+    others = file_task.generate(48, seed=5)
+    both = PuzzleBatch("sudoku", np.concatenate([held_out.inputs, others.inputs]),
+                       np.concatenate([held_out.labels, others.labels]))
+    path = save_dataset(tmp_path / "train.npz", file_task, both, seed=0)
+    result = train(tiny(tmp_path / "run", steps=2, dataset=str(path), n_train=None, eval_n=16, augment=False))
+    assert result["held_out_dropped_from_training"] == 16
+    _, task, train_config = load_trained(tmp_path / "run")
+    assert task.kwargs == file_task.kwargs
+    evaluated, _ = evaluation_set(task, train_config, 16)
+    assert np.array_equal(evaluated, held_out.inputs)

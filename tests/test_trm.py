@@ -233,13 +233,15 @@ def test_trm_plugs_into_the_halting_env(trained):
 def test_cli_train_eval_and_resume(tmp_path, capsys):
     run = tmp_path / "run"
     args = ["train", "--method", "trm", "--task", "sudoku", "--size", "4", "--steps", "6", "--hidden", "16",
-            "--T", "1", "--n", "2", "--n-sup", "3", "--eval-n", "20", "--out", str(run)]
+            "--T", "1", "--n", "2", "--n-sup", "3", "--eval-n", "30", "--out", str(run)]
     assert cli(args) == 0
     assert cli(["train", "--resume", "--out", str(run), "--steps", "3"]) == 0  # 3 more
     assert load_checkpoint(run)["step"] == 9
     assert cli(["eval", str(run), "--n", "30", "--halting", "--json", str(tmp_path / "m.json")]) == 0
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["method"] == "trm" and m["task"] == "sudoku" and m["n_puzzles"] == 30
+    assert cli(["eval", str(run), "--n", "31"]) == 2  # only 30 were held out of training
+    assert "held out 30 puzzles" in capsys.readouterr().err
     assert [r["supervision_step"] for r in m["by_step"]] == [1, 2, 3]
     assert [r["nfe"] for r in m["by_step"]] == [3, 6, 9]
     assert set(m["by_step"][0]) >= {"supervision_step", "nfe", "exact_accuracy", "cell_accuracy"}

@@ -254,12 +254,12 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     task = build_task(cfg)
-    eval_x, eval_y = evaluation_set(task, {"eval_seed": cfg.eval_seed}, cfg.eval_n)
     dataset = None
-    if cfg.dataset:
+    if cfg.dataset:  # the file's task (its header) is the run's task: the one recorded, held out and evaluated
         task, dataset = load_puzzles(cfg.dataset, task)
     elif cfg.n_train:
         dataset = task.generate(cfg.n_train, seed=cfg.seed)
+    eval_x, eval_y = evaluation_set(task, {"eval_seed": cfg.eval_seed}, cfg.eval_n)
     stream = PuzzleStream(task, seed=cfg.seed, dataset=dataset, augment=cfg.augment, exclude=eval_x)
     model_cfg = cfg.model_config(task, step_embedding=method.step_embedding)
     model = TRM(model_cfg).to(device)

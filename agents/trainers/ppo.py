@@ -38,7 +38,7 @@ import copy
 import inspect
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -56,7 +56,7 @@ from tqdm import tqdm
 from recursion_env import RecursionTorchRLEnv
 from recursion_env.tasks import load_puzzles, make_task
 
-from ..checkpoint import save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import outside, puzzle_keys
 from ..evaluation import evaluation_set, load_trained
 from ..trm import TRM, TRMConfig
@@ -245,12 +245,19 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False) -> dict:
     # -- set up: model, env, actor, critic, loss ---------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     model, task, init_method = build_model(cfg)
+    if cfg.init:  # one held-out set: the init run's, which its network never trained on
+        init_config = load_checkpoint(cfg.init)["train_config"]
+        cfg = replace(cfg, eval_seed=init_config.get("eval_seed", cfg.eval_seed),
+                      eval_n=min(cfg.eval_n, init_config.get("eval_n", cfg.eval_n)))
+    held_out = puzzle_keys(evaluation_set(task, {"eval_seed": cfg.eval_seed}, cfg.eval_n)[0])
     if cfg.dataset:
-        dataset = load_puzzles(cfg.dataset, task)[1]
-    else:  # a generated pool with the held-out puzzles taken out, as the supervised trainers do
-        held_out = puzzle_keys(evaluation_set(task, {"eval_seed": cfg.eval_seed}, cfg.eval_n)[0])
+        pool = load_puzzles(cfg.dataset, task)[1]
+    else:  # a generated pool
         pool = task.generate(cfg.train_pool, seed=[cfg.seed, 7])
-        dataset = pool[np.flatnonzero(outside(pool.inputs, held_out))]
+    keep = outside(pool.inputs, held_out)  # the held-out puzzles taken out, as the supervised trainers do
+    if not keep.any():
+        raise ValueError("every training puzzle is also a held-out puzzle")
+    dataset = pool[np.flatnonzero(keep)]
     mcfg = model.cfg
     if cfg.halt_readout is not None:
         model.set_halt_readout(cfg.halt_readout)  # saved with the run, so evaluation halts the same way
