@@ -6,9 +6,19 @@ of a cell with solution token y* is
 
     margin_w = Δl[y*] - E_{a ~ π_w}[Δl[a]],
 
-the negative slope in w of the cross-entropy -log π_w(y*): positive when moving along the step's direction makes
-the solution likelier. (The curvature in w is Var_{a ~ π_w}[Δl[a]] >= 0.) A step whose mean margin over blank
-cells is <= 0, or that changes no prediction, is flagged **dead**: compute spent without improvement.
+the negative slope in w of the cross-entropy CE(w) = -log π_w(y*): positive when moving further along the step's
+direction would make the solution likelier. The **improvement** of a step is CE(0) - CE(1), the drop in
+cross-entropy from the reference policy to the step's own (w = 1): the integral of the margin from w = 0 to 1.
+A step is flagged **dead** (compute spent without improvement) when it changes no prediction, or when it neither
+lowers the mean cross-entropy over blank cells nor raises their accuracy (a step can sharpen a few wrong cells
+enough to raise the mean cross-entropy while it fixes others).
+
+Why the verdict rests on the improvement and not on the margin at w = 1: CE(w) is convex in w (its curvature is
+Var_{a ~ π_w}[Δl[a]] >= 0), so the margin at w = 1 is the smallest on [0, 1]. A step that helps a lot but
+overshoots (confidently wrong on a few cells, so a smaller step would have been better still) has a margin <= 0
+at w = 1 and a large improvement. TRM's first step is the typical case: its reference is the readout of the
+constant initial state, the same near-uniform prediction on every cell, and the step makes every cell confident,
+so the slope at w = 1 is set by the cells it gets confidently wrong.
 """
 
 from __future__ import annotations
@@ -49,11 +59,16 @@ def margin_variance(reference: torch.Tensor, conditional: torch.Tensor, w: float
 
 
 def step_diagnostics(out: SupervisionOutput, puzzle: torch.Tensor, label: torch.Tensor, w: float = 1.0):
-    """(sum of margins, number of changed predictions, number of blank cells) of one step over a batch."""
+    """(sum of margins at ``w``, number of changed predictions, number of blank cells, sum of improvements
+    CE(0) - CE(1)) of one step over a batch."""
     blank = puzzle == 0
-    margin = advantage_margin(out.reference_logits.float(), out.logits.float(), label, w)
+    reference, conditional = out.reference_logits.float(), out.logits.float()
+    margin = advantage_margin(reference, conditional, label, w)
+    improvement = (guided_cross_entropy(reference, conditional, label, 0.0)
+                   - guided_cross_entropy(reference, conditional, label, 1.0))
     changed = out.logits.argmax(-1) != out.reference_logits.argmax(-1)
-    return float(margin[blank].sum()), int((changed & blank).sum()), int(blank.sum())
+    return (float(margin[blank].sum()), int((changed & blank).sum()), int(blank.sum()),
+            float(improvement[blank].sum()))
 
 
 def diagnose(run, n: int = 1000, w: float = 1.0, device="cpu", puzzles=None) -> dict:
@@ -68,7 +83,7 @@ def diagnose(run, n: int = 1000, w: float = 1.0, device="cpu", puzzles=None) -> 
 
 def diagnose_model(model, task, inputs, labels, w: float = 1.0, device="cpu") -> dict:
     N_sup = model.cfg.N_sup
-    sums = np.zeros((N_sup, 3))
+    sums = np.zeros((N_sup, 4))
 
     def on_step(s: int, sl, out: SupervisionOutput, runner: RecursionRunner) -> None:
         sums[s] += step_diagnostics(out, runner.core.puzzle, runner.core.label, w)
@@ -79,11 +94,14 @@ def diagnose_model(model, task, inputs, labels, w: float = 1.0, device="cpu") ->
     for s in range(N_sup):
         margin = sums[s, 0] / max(sums[s, 2], 1)
         changed = sums[s, 1] / max(sums[s, 2], 1)
+        improvement = sums[s, 3] / max(sums[s, 2], 1)
+        cell = float(metrics["cell_accuracy"][s].mean())
+        cell_gain = cell - (float(metrics["cell_accuracy"][s - 1].mean()) if s else 0.0)  # blanks start wrong
         steps.append({"supervision_step": s + 1, "nfe": (s + 1) * k,
-                      "exact_accuracy": float(metrics["solved"][s].mean()),
-                      "cell_accuracy": float(metrics["cell_accuracy"][s].mean()),
-                      "advantage_margin": float(margin), "changed_fraction": float(changed),
-                      "dead": bool(margin <= 0 or sums[s, 1] == 0)})
+                      "exact_accuracy": float(metrics["solved"][s].mean()), "cell_accuracy": cell,
+                      "advantage_margin": float(margin), "improvement": float(improvement),
+                      "cell_accuracy_gain": cell_gain, "changed_fraction": float(changed),
+                      "dead": bool(sums[s, 1] == 0 or (improvement <= 0 and cell_gain <= 0))})
     return {"method": "model", "task": task.name, "task_kwargs": task.kwargs, "n_puzzles": len(inputs), "w": w,
             "steps": steps, "halting": summarize(metrics)["halting"],
             "dead_steps": [r["supervision_step"] for r in steps if r["dead"]],
@@ -92,10 +110,13 @@ def diagnose_model(model, task, inputs, labels, w: float = 1.0, device="cpu") ->
 
 def summary_text(report: dict) -> str:
     lines = [f"{report['method']} on {report['task']} {report['task_kwargs']}, {report['n_puzzles']} held-out puzzles",
-             f"{'step':>5}{'NFE':>6}{'exact':>8}{'cell':>8}{'margin':>10}{'changed':>9}  dead"]
+             f"{'step':>5}{'NFE':>6}{'exact':>8}{'cell':>8}{'improve':>10}{'margin':>10}{'changed':>9}  dead"]
     for r in report["steps"]:
         lines.append(f"{r['supervision_step']:>5}{r['nfe']:>6}{r['exact_accuracy']:>8.3f}{r['cell_accuracy']:>8.3f}"
-                     f"{r['advantage_margin']:>10.4f}{r['changed_fraction']:>9.3f}  {'DEAD' if r['dead'] else ''}")
+                     f"{r['improvement']:>10.4f}{r['advantage_margin']:>10.4f}{r['changed_fraction']:>9.3f}  "
+                     f"{'DEAD' if r['dead'] else ''}")
+    lines.append("improve: drop in cross-entropy from the step's reference to its prediction; margin: its slope "
+                 "at w (<= 0 for a step that overshoots); dead: no change, or neither improve > 0 nor cells gained")
     total = report["steps"][-1]["nfe"]
     lines.append(f"dead steps: {report['dead_steps'] or 'none'} ({report['dead_nfe']} of {total} forward passes)")
     return "\n".join(lines)
@@ -128,9 +149,12 @@ def save_plots(report: dict, folder) -> list[Path]:
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     s = [r["supervision_step"] for r in steps]
-    ax.bar(s, [r["advantage_margin"] for r in steps], color=["red" if r["dead"] else "tab:blue" for r in steps])
+    ax.bar(s, [r["improvement"] for r in steps], color=["red" if r["dead"] else "tab:blue" for r in steps],
+           label="improvement (CE drop)")
+    ax.plot(s, [r["advantage_margin"] for r in steps], "k.", label="margin at w")
     ax.axhline(0, color="black", lw=0.8)
-    ax.set(xlabel="supervision step", ylabel="mean advantage margin", title="advantage margin per step")
+    ax.set(xlabel="supervision step", ylabel="per blank cell", title="improvement and margin per step (red: dead)")
+    ax.legend()
     fig.tight_layout()
     paths.append(folder / "margin_per_step.png")
     fig.savefig(paths[1], dpi=120)

@@ -12,7 +12,8 @@ def main(out: str = "runs/example", steps: int = 300) -> dict:
                   final_eval=False, progress=False)
     reports = {}
     for method, schedule in (("trm", dict(T=2, n=2, N_sup=4)), ("dis", dict(T=1, n=2, N_sup=6))):
-        train(TrainConfig(method=method, out=f"{out}/{method}", **schedule, **common))
+        # the example's own folders, replaced on every run of it
+        train(TrainConfig(method=method, out=f"{out}/{method}", **schedule, **common), overwrite=True)
         reports[method] = diagnose(f"{out}/{method}", n=200)
         print(summary_text(reports[method]), "\n")
     return reports

@@ -222,9 +222,24 @@ def test_cli_train_dis_then_diagnose_and_eval_guidance(tmp_path):
     report = json.loads((tmp_path / "d.json").read_text())
     assert report["method"] == "dis" and len(report["steps"]) == 6
     assert set(report["steps"][0]) >= {"supervision_step", "nfe", "exact_accuracy", "cell_accuracy",
-                                       "advantage_margin", "changed_fraction", "dead"}
+                                       "advantage_margin", "improvement", "cell_accuracy_gain", "changed_fraction",
+                                       "dead"}
     assert (tmp_path / "plots" / "margin_per_step.png").exists()
     assert cli(["eval", str(run), "--n", "16", "--guidance", "0,1,2", "--json", str(tmp_path / "e.json")]) == 0
     rows = json.loads((tmp_path / "e.json").read_text())["guidance"]
     assert [r["w"] for r in rows] == [0.0, 1.0, 2.0]
     assert all({"exact_accuracy", "cell_accuracy"} <= set(r) for r in rows)
+
+
+def test_a_step_that_overshoots_is_not_dead():
+    """Margin at w = 1 below zero (it overshoots: a smaller step would be better still) while the cross-entropy
+    of the solution fell a lot: alive. TRM's first step, from the readout of a constant state, reads like this."""
+    from agents.diagnostics import step_diagnostics
+    from agents.trm import SupervisionOutput
+
+    reference = torch.zeros(1, 2, 3)  # the same uniform prediction on both cells
+    conditional = torch.tensor([[[12.0, 0.0, 0.0], [0.0, 1.5, 0.0]]])  # cell 0 right and sure, cell 1 wrong
+    label = torch.tensor([[0, 0]])
+    out = SupervisionOutput(None, None, conditional, reference, None, None, 1)
+    margin, changed, blanks, improvement = step_diagnostics(out, torch.zeros(1, 2, dtype=torch.long), label)
+    assert margin / blanks < 0 < improvement / blanks and changed == 1  # argmax of a uniform row is token 0

@@ -20,9 +20,14 @@ def test_torchrl_collector_example():
 
 
 def test_train_and_diagnose_example(tmp_path):
-    reports = load("train_and_diagnose.py")["main"](out=str(tmp_path), steps=20)
+    reports = load("train_and_diagnose.py")["main"](out=str(tmp_path), steps=150)
     assert set(reports) == {"trm", "dis"}
     assert len(reports["dis"]["steps"]) == 6 and len(reports["trm"]["steps"]) == 4
+    # no step that raises exact accuracy is called dead (TRM's first step was, by its margin at w = 1)
+    for report in reports.values():
+        exact = [0.0] + [r["exact_accuracy"] for r in report["steps"]]
+        for r, before in zip(report["steps"], exact):
+            assert not (r["dead"] and r["exact_accuracy"] > before + 0.05), (report["method"], r)
 
 
 def test_sb3_halting_example(tmp_path):
