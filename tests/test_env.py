@@ -563,3 +563,30 @@ def test_a_puzzle_without_a_label_gets_its_derived_label_or_a_clear_refusal():
     core = RecursionCore(queens, 1, latent_dim=4, reward_mode="verifier")
     core.reset(puzzles=q)  # the verifier needs no label
     assert core.score.shape == (1,)
+
+
+def test_rendering_text_and_image_agree_and_sudoku_boxes_are_drawn():
+    from recursion_env.render import board_image, board_text, cell_states
+
+    maze = make_task("maze", size=5)
+    b = maze.generate(1, seed=2)
+    x, y = b.inputs[0], b.labels[0]
+    off_path = np.flatnonzero((x == 0) & (y == 0))[0]  # an open cell the path does not take
+    answer = y.copy()
+    answer[off_path] = 4  # marked as path: wrong
+    states = cell_states(x, answer, y)
+    assert states[off_path] == "wrong" and "!" in board_text(maze, x, answer, y)
+    sudoku = make_task("sudoku", size=4)
+    s = sudoku.generate(1, seed=0)
+    px, py = s.inputs[0], s.labels[0]
+    blank = np.flatnonzero(px == 0)[0]
+    answer = py.copy()
+    answer[blank] = 0  # undecided: neither right nor wrong, in text and image alike
+    assert cell_states(px, answer, py)[blank] == "blank"
+    image = board_image(sudoku, px, answer, py, cell=20)
+    r, c = divmod(int(blank), 4)
+    assert tuple(image[r * 20 + 10, c * 20 + 3]) == (255, 255, 255)  # white, not the red of a wrong cell
+    assert "!" not in board_text(sudoku, px, answer, py)
+    # box borders (between columns 1 and 2) are thicker than cell borders (between columns 0 and 1)
+    dark = (image.sum(-1) < 60)
+    assert dark[:, 39:42].all(0).sum() > dark[:, 19:22].all(0).sum()
