@@ -21,6 +21,10 @@ def _task_kwargs(args) -> dict:
     return {k: v for k, v in kw.items() if v is not None}
 
 
+def _number_or_keep(text: str):
+    return text if text == "keep" else float(text)
+
+
 def add_task_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=["sudoku", "maze", "nqueens"], default="sudoku")
     p.add_argument("--size", type=int, default=None, help="sudoku side (4, 6, 9) or maze side (default 9)")
@@ -307,11 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--workers", type=int, default=None, help="ppo --collector multisync: worker processes (2)")
     tr.add_argument("--gae-lambda", type=float, default=None,
                     help="ppo: GAE lambda (default 0.95 halting, 0 full: each step's answer gets its own credit)")
-    tr.add_argument("--halt-readout", choices=["first", "mean", "confidence"], default=None,
-                    help="ppo: the halting head reads y at position 0 (TRM), the mean of y, or the readout's "
-                         "confidence (least sure cell, mean doubt, mean entropy)")
-    tr.add_argument("--halt-bias", type=float, default=None,
-                    help="ppo: reset the halting head's bias first (0 = p(halt) 1/2; default: keep)")
+    tr.add_argument("--halt-readout", choices=["keep", "first", "mean", "confidence"], default=None,
+                    help="ppo: the halting head reads the readout's confidence (least sure cell, mean doubt, mean "
+                         "entropy; the halting default), y at position 0 (TRM), the mean of y, or what the model "
+                         "has (keep; the full default)")
+    tr.add_argument("--halt-bias", type=_number_or_keep, default=None,
+                    help="ppo: reset the halting head's bias first (halting default 0 = p(halt) 1/2; 'keep' keeps "
+                         "it, the full default)")
     tr.add_argument("--targets", choices=["diffusion", "mask", "solver"], default=None,
                     help="dis: intermediate-target generator (default diffusion)")
     tr.add_argument("--recipe", choices=["paper", "official-code"], default=None,
@@ -357,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--n", type=int, default=None)
     tr.add_argument("--n-sup", type=int, default=None)
     tr.add_argument("--batch-size", type=int, default=None)
-    tr.add_argument("--lr", type=float, default=None)
+    tr.add_argument("--lr", type=float, default=None,
+                    help="learning rate (trm/dis: 1e-3 on CPU; ppo: 1e-2 halting, 3e-4 full)")
     tr.add_argument("--weight-decay", type=float, default=None)
     tr.add_argument("--warmup-steps", type=int, default=None)
     tr.add_argument("--ema-decay", type=float, default=None)

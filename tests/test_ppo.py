@@ -78,7 +78,7 @@ def test_ppo_return_rises_when_compute_is_expensive(tmp_path):
     """Toy setting: an untrained network cannot improve the answer and every step costs lam * 2 NFE, so the best
     policy halts at once. Starting from p(halt) = 0.2 per step, PPO must raise the mean return."""
     result = train_ppo(tiny(mode="halting", lam=0.1, solve_bonus=0.0, iterations=12, num_envs=32, rollout_len=4,
-                            lr=3e-3, halt_bias=-1.4, out=str(tmp_path)))
+                            lr=3e-3, halt_bias=-1.4, halt_readout="first", out=str(tmp_path)))
     returns = [h["return"] for h in result["history"] if "return" in h]
     assert sum(returns[-3:]) / 3 > sum(returns[:3]) / 3 + 0.1, returns
 
@@ -110,3 +110,18 @@ def test_cli_trains_ppo_and_eval_reads_it(tmp_path):
     assert cli(["eval", str(run), "--n", "10", "--halting", "--json", str(tmp_path / "e.json")]) == 0
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["method"] == "ppo" and "mean_nfe" in report["halting"]
+
+
+def test_halting_defaults_are_the_working_recipe_and_a_plain_dis_init_is_warned_about(tmp_path):
+    from agents.trainers import TrainConfig, train
+
+    halting, full = PPOConfig(mode="halting"), PPOConfig(mode="full")
+    assert (halting.halt_readout, halting.halt_bias, halting.lr) == ("confidence", 0.0, 1e-2)
+    assert (full.halt_readout, full.halt_bias, full.lr) == ("keep", "keep", 3e-4)
+    with pytest.raises(ValueError, match="halt_readout"):
+        PPOConfig(halt_readout="last")
+    run = tmp_path / "dis"
+    train(TrainConfig(method="dis", task_kwargs={"size": 4}, hidden=16, T=1, n=1, N_sup=3, batch_size=8, steps=2,
+                      eval_n=8, out=str(run), progress=False, final_eval=False))
+    with pytest.warns(UserWarning, match="plain DIS run.*anytime-weight"):
+        train_ppo(tiny(mode="halting", init=str(run), iterations=1, out=str(tmp_path / "ppo")))

@@ -38,6 +38,7 @@ import copy
 import inspect
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -73,12 +74,13 @@ class PPOConfig:
     n: int = 2
     N_sup: int = 6
     lam: float = 0.01
-    #: reset the halting head's bias before training (None = keep). Its init of -5 (p(halt) ~ 0.7%) leaves PPO
+    #: reset the halting head's bias before training ("keep" = keep). Its init of -5 (p(halt) ~ 0.7%) leaves PPO
     #: almost no halting to learn from; DIS checkpoints never trained it. 0 starts at p(halt) = 1/2.
-    halt_bias: float | None = None
-    #: what the halting head reads (TRMConfig.halt_readout): None keeps the model's; "mean" (a whole-board summary)
-    #: or "confidence" (how sure the readout is) for a frozen model whose halting head was never trained (DIS),
-    #: whose position 0 is just the first cell's embedding
+    #: None = 0 for halting, keep for full.
+    halt_bias: float | str | None = None
+    #: what the halting head reads (TRMConfig.halt_readout): "keep" keeps the model's; "mean" (a whole-board
+    #: summary) or "confidence" (how sure the readout is) for a frozen model whose halting head was never trained
+    #: (DIS), whose position 0 is just the first cell's embedding. None = confidence for halting, keep for full.
     halt_readout: str | None = None
     reward_mode: str = "label"
     solve_bonus: float = 1.0
@@ -96,7 +98,7 @@ class PPOConfig:
     minutes: float | None = None
     epochs: int = 4
     minibatch_size: int = 256
-    lr: float = 3e-4
+    lr: float | None = None  # None = 1e-2 for halting (a head on three features), 3e-4 for full
     gamma: float = 1.0
     #: GAE's lambda; None = 0.95 for halting, 0 (one-step TD) for full: see the module docstring
     gae_lambda: float | None = None
@@ -122,6 +124,19 @@ class PPOConfig:
             self.gae_lambda = 0.95 if self.mode == "halting" else 0.0
         if self.entropy_coeff is None:
             self.entropy_coeff = 0.01 if self.mode == "halting" else 0.0
+        # the halting recipe that works (BENCHMARKS.md: 6.1 NFE at the fixed budget's 99.3% on an anytime DIS run)
+        # is the default; the position-0 readout and the head's -5 bias left the policy never halting
+        halting = self.mode == "halting"
+        if self.halt_readout is None:
+            self.halt_readout = "confidence" if halting else "keep"
+        if self.halt_bias is None:
+            self.halt_bias = 0.0 if halting else "keep"
+        if self.lr is None:
+            self.lr = 1e-2 if halting else 3e-4
+        if self.halt_readout not in ("keep", "first", "mean", "confidence"):
+            raise ValueError(f"halt_readout must be keep, first, mean or confidence, got {self.halt_readout!r}")
+        if self.halt_bias != "keep" and not isinstance(self.halt_bias, (int, float)):
+            raise ValueError(f"halt_bias must be a number or 'keep', got {self.halt_bias!r}")
 
 
 class AnswerAndHalt(torch.distributions.Distribution):
@@ -247,6 +262,10 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False) -> dict:
     model, task, init_method = build_model(cfg)
     if cfg.init:  # one held-out set: the init run's, which its network never trained on
         init_config = load_checkpoint(cfg.init)["train_config"]
+        if cfg.mode == "halting" and init_config.get("method") == "dis" and not init_config.get("anytime_weight"):
+            warnings.warn(f"{cfg.init} is a plain DIS run: its early answers are partial by design (each step's "
+                          "target reveals only part of the solution), so stopping it early cannot be right; learn "
+                          "to halt an anytime DIS run (train --method dis --anytime-weight 0.5)", stacklevel=2)
         cfg = replace(cfg, eval_seed=init_config.get("eval_seed", cfg.eval_seed),
                       eval_n=min(cfg.eval_n, init_config.get("eval_n", cfg.eval_n)))
     held_out = puzzle_keys(evaluation_set(task, {"eval_seed": cfg.eval_seed}, cfg.eval_n)[0])
@@ -259,9 +278,9 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False) -> dict:
         raise ValueError("every training puzzle is also a held-out puzzle")
     dataset = pool[np.flatnonzero(keep)]
     mcfg = model.cfg
-    if cfg.halt_readout is not None:
+    if cfg.halt_readout != "keep":
         model.set_halt_readout(cfg.halt_readout)  # saved with the run, so evaluation halts the same way
-    if cfg.halt_bias is not None:
+    if cfg.halt_bias != "keep":
         with torch.no_grad():
             model.halt_head.bias.fill_(cfg.halt_bias)
     env_fn = partial(make_env, task, dataset, device=cfg.device, latent_dim=mcfg.hidden, latent_len=mcfg.latent_len,
