@@ -164,9 +164,10 @@ def cmd_train_ppo(args) -> int:
         raise ValueError("PPO runs cannot be resumed yet: start a new run (a PPO run of --steps N more iterations "
                          "from a TRM/DIS run is --init RUN)")
 
-    kw = {"mode": args.mode, "init": args.init, "task": args.task, "task_kwargs": _task_kwargs(args),
-          "lam": args.lam, "reward_mode": args.reward_mode, "seed": args.seed, "device": str(torch_device(args.device)),
-          "out": args.out, "iterations": args.steps, "minutes": args.minutes, "dataset": args.dataset}
+    kw = {"mode": args.mode or "halting", "init": args.init, "task": args.task, "task_kwargs": _task_kwargs(args),
+          "lam": 0.01 if args.lam is None else args.lam, "reward_mode": args.reward_mode or "label",
+          "seed": args.seed, "device": str(torch_device(args.device)), "out": args.out, "iterations": args.steps,
+          "minutes": args.minutes, "dataset": args.dataset}
     for name, value in (("hidden", args.hidden), ("T", args.T), ("n", args.n), ("N_sup", args.n_sup),
                         ("lr", args.lr), ("num_envs", args.num_envs), ("halt_bias", args.halt_bias),
                         ("entropy_coeff", args.entropy_coeff), ("halt_readout", args.halt_readout),
@@ -269,6 +270,8 @@ def cmd_bench(args) -> int:
     if args.report_only:
         from .bench import rewrite_report
 
+        if not (Path(cfg.out) / "results.json").is_file():
+            raise ValueError(f"--report-only: no results.json in {cfg.out} (run the benchmark there first)")
         report = rewrite_report(cfg.out)
     else:
         report = run(cfg)
@@ -298,11 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a TRM: deep supervision (trm) or policy improvement (dis)")
     tr.add_argument("--method", choices=["trm", "dis", "ppo"], default="trm")
-    tr.add_argument("--mode", choices=["halting", "full"], default="halting",
+    tr.add_argument("--mode", choices=["halting", "full"], default=None,
                     help="ppo: train only the halting decision (network frozen) or the whole TRM")
     tr.add_argument("--init", default=None, help="ppo: start from this TRM/DIS run (default: a fresh network)")
-    tr.add_argument("--lam", type=float, default=0.01, help="ppo: reward cost per forward pass")
-    tr.add_argument("--reward-mode", choices=["label", "verifier"], default="label", help="ppo: label or label-free")
+    tr.add_argument("--lam", type=float, default=None, help="ppo: reward cost per forward pass (default 0.01)")
+    tr.add_argument("--reward-mode", choices=["label", "verifier"], default=None,
+                    help="ppo: label (default) or label-free")
     tr.add_argument("--num-envs", type=int, default=None, help="ppo: environments per batch")
     tr.add_argument("--entropy-coeff", type=float, default=None,
                     help="ppo: entropy bonus (default 0.01 halting, 0 full)")
@@ -437,10 +441,52 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_arguments(args)
         return args.func(args)
     except ValueError as e:
         print(f"recursion-env: error: {e}", file=sys.stderr)
         return 2
+    except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
+        # the user's file system said no (an unwritable --out or --json, a file where a folder should be)
+        print(f"recursion-env: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
+
+
+#: train options that only one method (or only the supervised ones) reads: any other method refuses them
+METHOD_OPTIONS = {
+    "dis": ("targets", "recipe", "autoregressive", "anytime_weight"),
+    "ppo": ("mode", "init", "lam", "reward_mode", "num_envs", "entropy_coeff", "collector", "workers", "gae_lambda",
+            "halt_readout", "halt_bias"),
+    "supervised": ("layers", "mixer", "heads", "expansion", "pos", "puzzle_emb_len", "puzzle_emb_ndim", "optimizer",
+                   "weight_decay_scope", "grad_clip", "ema_warmup", "puzzle_emb_lr", "puzzle_emb_weight_decay",
+                   "batch_size", "weight_decay", "warmup_steps", "ema_decay", "n_train", "eval_every"),
+}
+
+
+def check_arguments(args) -> None:
+    """Flags that make no sense: another method's options, non-positive counts, negative budgets."""
+    if args.command == "train":
+        method = args.method
+        for owner, names in METHOD_OPTIONS.items():
+            if owner == method or (owner == "supervised" and method in ("trm", "dis")):
+                continue
+            for name in names:
+                if getattr(args, name, None) not in (None, False):
+                    what = "a trm/dis option" if owner == "supervised" else f"a {owner} option"
+                    raise ValueError(f"--{name.replace('_', '-')} is {what}; --method {method} does not use it")
+        for flag in ("no_augment", "compile"):
+            if method == "ppo" and getattr(args, flag):
+                raise ValueError(f"--{flag.replace('_', '-')} is a trm/dis option; --method ppo does not use it")
+        if method == "ppo" and args.preset != "cpu":
+            raise ValueError("--preset is a trm/dis option; --method ppo does not use it")
+    for flag in ("steps", "minutes"):
+        value = getattr(args, flag, None)
+        if value is not None and not value >= 0:
+            raise ValueError(f"--{flag} must be >= 0, got {value}")
+    for flag in ("n", "eval_n", "count"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
 
 
 if __name__ == "__main__":

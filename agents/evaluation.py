@@ -75,6 +75,17 @@ def evaluate_run(run, n: int = 1000, puzzles=None, halting: bool = False, guidan
 
 
 def torch_device(name: str | None) -> torch.device:
+    """``--device``: cpu, cuda (cuda:N), or auto (cuda when present); anything else, or cuda without CUDA, is a
+    ``ValueError`` saying so."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: not a device (use cpu, cuda, cuda:N or auto)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: only cpu, cuda and auto are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu "
+                         "or auto")
+    return device

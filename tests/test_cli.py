@@ -1,6 +1,9 @@
 """The command line: data build / show and the demo, run in-process."""
 
+import pytest
+
 from agents.cli import main
+from agents.cli import main as cli
 from recursion_env.tasks import load_dataset
 
 
@@ -37,3 +40,35 @@ def test_demo_trains_evaluates_and_shows_a_puzzle(tmp_path, capsys):
     assert "after step 6 (NFE 18)" in text and "[" in text
     assert (tmp_path / "checkpoint.pt").exists()
     assert (tmp_path / "plots" / "accuracy_vs_nfe.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--method", "trm", "--targets", "solver", "--steps", "1"], "--targets is a dis option"),
+    (["train", "--method", "dis", "--lam", "5", "--steps", "1"], "--lam is a ppo option"),
+    (["train", "--method", "ppo", "--optimizer", "adamw", "--steps", "1"], "--optimizer is a trm/dis option"),
+    (["train", "--method", "ppo", "--preset", "paper", "--steps", "1"], "--preset is a trm/dis option"),
+    (["train", "--method", "trm", "--steps", "-3"], "--steps must be >= 0"),
+    (["train", "--method", "trm", "--minutes", "-1"], "--minutes must be >= 0"),
+    (["train", "--method", "trm", "--steps", "1", "--device", "gpu"], "--device 'gpu'"),
+    (["eval", "RUN", "--n", "0"], "--n must be >= 1"),
+    (["bench", "nfe-vs-accuracy", "--report-only", "--out", "OUT"], "no results.json"),
+])
+def test_nonsense_flags_get_one_clear_line(tmp_path, capsys, args, message):
+    args = [a.replace("RUN", str(tmp_path)).replace("OUT", str(tmp_path / "nothing")) for a in args]
+    assert cli([*args, *([] if args[0] != "train" else ["--out", str(tmp_path / "run")])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recursion-env: error:") and message in err and "Traceback" not in err
+
+
+def test_cuda_without_cuda_and_unwritable_outputs_are_clear(tmp_path, capsys):
+    import torch
+
+    if not torch.cuda.is_available():
+        assert cli(["train", "--steps", "1", "--device", "cuda", "--out", str(tmp_path / "r")]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where --out wants a folder
+    assert cli(["train", "--size", "4", "--hidden", "16", "--T", "1", "--n", "1", "--n-sup", "2", "--steps", "1",
+                "--eval-n", "8", "--no-final-eval", "--out", str(blocker / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recursion-env: error:") and str(blocker) in err
