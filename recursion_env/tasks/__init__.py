@@ -8,6 +8,8 @@ Every task has ``name``, ``seq_len``, ``vocab_size`` and ``generate(n, seed)``, 
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -62,26 +64,62 @@ def save_dataset(path, task: Task, batch: PuzzleBatch, seed=None) -> Path:
     return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
-def load_dataset(path) -> tuple[Task, PuzzleBatch, dict]:
-    """Read a dataset written by :func:`save_dataset`: returns (task, batch, header). Never unpickles."""
-    path = Path(path)
+#: what a damaged or foreign .npz raises inside NumPy's reader (truncated, bit-flipped, not a zip, pickled data)
+_UNREADABLE = (OSError, ValueError, EOFError, KeyError, NotImplementedError, zipfile.BadZipFile, zlib.error)
+
+
+def _read_npz(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(header, arrays) of a dataset file; ``ValueError`` naming the file for anything unreadable."""
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not a dataset file")
     try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable .npz dataset ({e})") from None
-    with data:
-        if "header" not in data or "inputs" not in data or "labels" not in data:
-            raise ValueError(f"{path}: missing 'header', 'inputs' or 'labels'; found {sorted(data.files)}")
-        header = json.loads(str(data["header"]))
-        if header.get("version") != DATASET_VERSION:
-            raise ValueError(f"{path}: dataset version {header.get('version')} is not {DATASET_VERSION}")
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except _UNREADABLE as e:
+        raise ValueError(f"{path}: not a readable .npz dataset ({type(e).__name__}: {e})") from None
+    missing = [k for k in ("header", "inputs", "labels") if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: missing {', '.join(repr(k) for k in missing)}; found {sorted(arrays)}")
+    try:
+        header = json.loads(str(arrays.pop("header")))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: header must be a JSON object, got {type(header).__name__}")
+    return header, arrays
+
+
+def load_dataset(path) -> tuple[Task, PuzzleBatch, dict]:
+    """Read a dataset written by :func:`save_dataset`: returns (task, batch, header). Never unpickles. Every
+    problem (an unreadable file, a header without a task, tokens that are not integers of the task's vocabulary,
+    labels that do not solve their puzzle) is a ``ValueError`` naming the file and the field."""
+    path = Path(path)
+    header, arrays = _read_npz(path)
+    if header.get("version") != DATASET_VERSION:
+        raise ValueError(f"{path}: dataset version {header.get('version')!r} is not {DATASET_VERSION}")
+    if not isinstance(header.get("task"), str) or not isinstance(header.get("kwargs"), dict):
+        raise ValueError(f"{path}: header needs 'task' (a name) and 'kwargs' (an object), got {header!r}"[:300])
+    try:
         task = make_task(header["task"], **header["kwargs"])
-        meta = {k[5:]: data[k] for k in data.files if k.startswith("meta_")}
-        batch = PuzzleBatch(task.name, data["inputs"], data["labels"], meta)
+    except TypeError as e:
+        raise ValueError(f"{path}: header kwargs do not fit task {header['task']!r} ({e})") from None
+    for field in ("inputs", "labels"):
+        a = arrays[field]
+        if a.dtype.kind not in "iu" or a.ndim != 2:
+            raise ValueError(f"{path}: {field} must be a 2-D integer array, got {a.dtype} {a.shape}")
+    meta = {k[5:]: v for k, v in arrays.items() if k.startswith("meta_")}
+    batch = PuzzleBatch(task.name, arrays["inputs"], arrays["labels"], meta)
     if batch.inputs.shape[1] != task.seq_len:
         raise ValueError(f"{path}: rows have {batch.inputs.shape[1]} cells, task {task!r} needs {task.seq_len}")
     task.check_tokens(batch.inputs, f"{path}: inputs")
     task.check_tokens(batch.labels, f"{path}: labels")
+    labelled = batch.labels.any(1)  # an all-zero row is a puzzle without a label (N-Queens from text)
+    if labelled.any():
+        bad = np.flatnonzero(~task.verify(batch.inputs[labelled], batch.labels[labelled]))
+        if len(bad):
+            rows = np.flatnonzero(labelled)[bad]
+            raise ValueError(f"{path}: {len(rows)} label(s) do not solve their puzzle or break its givens, e.g. "
+                             f"row {int(rows[0])}")
     return task, batch, header
 
 
@@ -92,6 +130,8 @@ def load_puzzles(path, task: Task | None = None) -> tuple[Task, PuzzleBatch]:
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: no such file")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not a file of puzzles")
     if path.suffix == ".npz":
         loaded_task, batch, _ = load_dataset(path)
         if task is not None and (task.name, task.seq_len) != (loaded_task.name, loaded_task.seq_len):

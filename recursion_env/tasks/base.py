@@ -169,9 +169,17 @@ class Task:
         raise NotImplementedError
 
     def read_lines(self, path) -> np.ndarray:
-        """Read a text file of puzzles, one a line in :meth:`to_line` form; ``#`` starts a comment line."""
-        with open(path, encoding="utf-8") as f:
-            return self.parse_many(f)
+        """Read a text file of puzzles, one a line in :meth:`to_line` form; ``#`` starts a comment line. UTF-8,
+        with or without a byte-order mark."""
+        try:
+            with open(path, encoding="utf-8-sig") as f:
+                return self.parse_many(f)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
