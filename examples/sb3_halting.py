@@ -60,7 +60,10 @@ if __name__ == "__main__":
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     a = p.parse_args()
-    out = main(a.run, a.timesteps, a.lam, a.eval_n, a.seed)
+    try:
+        out = main(a.run, a.timesteps, a.lam, a.eval_n, a.seed)
+    except ValueError as e:  # a missing or unreadable run, too many puzzles asked for: one line, not a traceback
+        raise SystemExit(f"sb3_halting.py: error: {e}") from None
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=2)

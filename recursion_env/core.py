@@ -43,6 +43,10 @@ INFO_KEYS = ("nfe", "cell_accuracy", "solved", "score")
 ACTION_KEYS = ("latent", "answer", "halt")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 @dataclass(frozen=True)
 class RecursionConfig:
     """Options of the recursion MDP (the environment arguments of every adapter); fixed for a core's life."""
@@ -61,13 +65,18 @@ class RecursionConfig:
     def __post_init__(self) -> None:
         if self.reward_mode not in REWARD_MODES:
             raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {self.reward_mode!r}")
-        for name in ("latent_dim", "max_steps", "nfe_per_step"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.latent_len is not None and int(self.latent_len) < 1:
-            raise ValueError(f"latent_len must be >= 1, got {self.latent_len}")
-        if not np.isfinite(self.lam) or not np.isfinite(self.solve_bonus):
-            raise ValueError("lam and solve_bonus must be finite")
+        for name in ("latent_dim", "max_steps", "nfe_per_step", "latent_len"):
+            value = getattr(self, name)
+            if value is None and name == "latent_len":
+                continue
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("lam", "solve_bonus"):
+            value = getattr(self, name)
+            if not (_is_int(value) or isinstance(value, (float, np.floating))) or not np.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if not isinstance(self.terminate_on_solve, (bool, np.bool_)):
+            raise ValueError(f"terminate_on_solve must be True or False, got {self.terminate_on_solve!r}")
 
     @classmethod
     def split(cls, kwargs: dict) -> tuple[RecursionConfig, dict]:
@@ -132,8 +141,8 @@ def _as_tensor(value, name: str, device: torch.device, copy: bool = True, unbatc
         arr = np.asarray(value)
     except Exception as e:  # noqa: BLE001 - anything unconvertible is a bad field
         raise ValueError(f"action field {name!r} is not an array: {e}") from None
-    if arr.dtype.hasobject:
-        raise ValueError(f"action field {name!r} is not a numeric array (dtype object)")
+    if arr.dtype.kind not in "biufc":
+        raise ValueError(f"action field {name!r} is not a numeric array (dtype {arr.dtype})")
     if arr.shape == unbatched:
         arr = arr[None]  # (on the NumPy side: cheaper than a tensor view)
     on_cpu = device == _CPU

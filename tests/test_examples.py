@@ -39,3 +39,12 @@ def test_sb3_halting_example(tmp_path):
     result = load("sb3_halting.py")["main"](str(run), timesteps=256, eval_n=8)
     assert 0 <= result["sb3_controller"]["mean_nfe"] <= 3 * 2
     assert result["fixed_budget"]["mean_nfe"] == 3 * 2
+
+
+def test_sb3_halting_example_with_a_missing_run_says_so(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(EXAMPLES / "sb3_halting.py"), str(tmp_path / "nowhere")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "no checkpoint" in done.stderr and "Traceback" not in done.stderr

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from recursion_env import RecursionCore
 from recursion_env.tasks import load_dataset, load_puzzles, make_task, save_dataset
 
 SUDOKU4 = make_task("sudoku", size=4)
@@ -124,3 +125,25 @@ def test_fuzzed_files_give_a_value_error_or_puzzles(tmp_path, data, suffix):
     except ValueError:
         return
     assert batch.inputs.shape[1] == task.seq_len
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: make_task("sudoku", size=4.0), "size must be an integer"),
+    (lambda: make_task("maze", size="9"), "size must be an integer"),
+    (lambda: make_task("nqueens", board=8, min_given=1.5), "min_given must be an integer"),
+    (lambda: RecursionCore(SUDOKU4, 1, latent_dim="8"), "latent_dim must be an integer"),
+    (lambda: RecursionCore(SUDOKU4, 1, lam=None), "lam must be a finite number"),
+    (lambda: RecursionCore(SUDOKU4, 1, max_steps=float("inf")), "max_steps must be an integer"),
+    (lambda: RecursionCore(SUDOKU4, 1, terminate_on_solve="no"), "terminate_on_solve must be True"),
+])
+def test_option_types_are_checked(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_a_string_halt_is_refused():
+    core = RecursionCore(SUDOKU4, 1, latent_dim=4)
+    core.reset(seed=0)
+    action = {"latent": core.latent[0].numpy(), "answer": core.answer[0].numpy(), "halt": "1"}
+    with pytest.raises(ValueError, match="'halt' is not a numeric array"):
+        core.step(action)

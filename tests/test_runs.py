@@ -128,3 +128,22 @@ def test_with_a_dataset_the_held_out_puzzles_are_the_evaluated_ones(tmp_path):
     assert task.kwargs == file_task.kwargs
     evaluated, _ = evaluation_set(task, train_config, 16)
     assert np.array_equal(evaluated, held_out.inputs)
+
+
+def test_a_checkpoint_with_wrong_keys_or_shapes_is_one_clear_error(tmp_path, capsys):
+    from agents.evaluation import load_trained
+
+    run = tmp_path / "run"
+    train(tiny(run, steps=1))
+    state = load_checkpoint(run)
+    bad = dict(state, ema={**state["ema"], "extra.weight": torch.zeros(2)})
+    save_checkpoint(tmp_path / "keys" / "checkpoint.pt", bad)
+    with pytest.raises(ValueError, match="does not fit its own config"):
+        load_trained(tmp_path / "keys")
+    shapes = dict(state, ema={**state["ema"], "output_head.weight": torch.zeros(3, 3)})
+    save_checkpoint(tmp_path / "shapes" / "checkpoint.pt", shapes)
+    assert cli(["eval", str(tmp_path / "shapes"), "--n", "4"]) == 2
+    assert "does not fit its own config" in capsys.readouterr().err
+    save_checkpoint(tmp_path / "foreign" / "checkpoint.pt", {"weights": torch.zeros(1)})
+    assert cli(["eval", str(tmp_path / "foreign"), "--n", "4"]) == 2
+    assert "not a recursion-env run" in capsys.readouterr().err

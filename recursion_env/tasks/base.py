@@ -186,6 +186,15 @@ class Task:
         return f"make_task({self.name!r}, {args})"
 
 
+def integer_option(task: str, name: str, value, optional: bool = False):
+    """A task option that must be an integer (``size=4.0`` or ``"9"`` is a ``ValueError`` saying so)."""
+    if optional and value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{task}: {name} must be an integer, got {value!r}")
+    return int(value)
+
+
 def rule_fraction(satisfied: torch.Tensor, total) -> torch.Tensor:
     """``satisfied / total`` as float32, exactly 1 when every rule holds, on every device. CUDA divides by a Python
     number as a multiplication by its reciprocal (243 * (1/243) = 0.99999994 in float32, so a solved Sudoku would

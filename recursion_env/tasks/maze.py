@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import PuzzleBatch, Task, square_symmetries
+from .base import PuzzleBatch, Task, integer_option, square_symmetries
 
 OPEN, WALL, START, GOAL, PATH = 0, 1, 2, 3, 4
 _CHARS = ".#SGo"
@@ -30,6 +30,10 @@ class MazeTask(Task):
     vocab_size = 5
 
     def __init__(self, size: int = 9, loop_fraction: float = 0.0, min_path: int | None = None):
+        size = integer_option("maze", "size", size)
+        min_path = integer_option("maze", "min_path", min_path, optional=True)
+        if isinstance(loop_fraction, (bool, str)) or loop_fraction is None:
+            raise ValueError(f"maze: loop_fraction must be a number in [0, 1], got {loop_fraction!r}")
         if not 3 <= size <= 64:
             raise ValueError(f"maze: size must be in [3, 64], got {size}")
         if not 0.0 <= loop_fraction <= 1.0:

@@ -12,7 +12,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from .base import PuzzleBatch, Task, square_symmetries
+from .base import PuzzleBatch, Task, integer_option, square_symmetries
 
 UNDECIDED, EMPTY, QUEEN = 0, 1, 2
 _CHARS = ".xQ"
@@ -23,6 +23,9 @@ class NQueensTask(Task):
     vocab_size = 3
 
     def __init__(self, board: int = 8, min_given: int = 1, max_given: int | None = None):
+        board = integer_option("nqueens", "board", board)
+        min_given = integer_option("nqueens", "min_given", min_given)
+        max_given = integer_option("nqueens", "max_given", max_given, optional=True)
         if not 4 <= board <= 32:
             raise ValueError(f"nqueens: board must be in [4, 32], got {board}")
         max_given = board - 1 if max_given is None else max_given

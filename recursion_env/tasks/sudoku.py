@@ -16,7 +16,7 @@ import csv
 import numpy as np
 import torch
 
-from .base import PuzzleBatch, Task
+from .base import PuzzleBatch, Task, integer_option
 
 _DIGITS = "123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _DEFAULT_BOX = {4: (2, 2), 6: (2, 3), 8: (2, 4), 9: (3, 3), 12: (3, 4), 16: (4, 4)}
@@ -33,6 +33,11 @@ class SudokuTask(Task):
 
     def __init__(self, size: int = 9, box: tuple[int, int] | None = None, min_givens: int | None = None,
                  max_givens: int | None = None):
+        size = integer_option("sudoku", "size", size)
+        min_givens = integer_option("sudoku", "min_givens", min_givens, optional=True)
+        max_givens = integer_option("sudoku", "max_givens", max_givens, optional=True)
+        if box is not None:
+            box = tuple(integer_option("sudoku", "box", v) for v in box)
         if box is None:
             if size not in _DEFAULT_BOX:
                 raise ValueError(f"sudoku: no default box shape for size {size}; pass box=(rows, cols)")
