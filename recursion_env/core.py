@@ -377,7 +377,8 @@ class RecursionCore:
         if halt.dtype != torch.bool:
             if any(int(v) not in (0, 1) for v in torch.aminmax(halt)):
                 raise ValueError("action 'halt': values must be 0 or 1")
-            halt = halt.to(torch.bool)
+        # always a fresh tensor: ``terminated`` is made from it and must never alias the caller's array
+        halt = halt.to(torch.bool, copy=True)
         return latent, answer, halt
 
     def step(self, action: Mapping, mask=None) -> StepResult:

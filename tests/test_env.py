@@ -590,3 +590,17 @@ def test_rendering_text_and_image_agree_and_sudoku_boxes_are_drawn():
     # box borders (between columns 1 and 2) are thicker than cell borders (between columns 0 and 1)
     dark = (image.sum(-1) < 60)
     assert dark[:, 39:42].all(0).sum() > dark[:, 19:22].all(0).sum()
+
+
+def test_make_vec_without_copies_never_aliases_the_callers_arrays():
+    env = gym.make_vec("TRMRecursion-Sudoku-v0", num_envs=3, size=4, latent_dim=4, copy=False,
+                       terminate_on_solve=False)
+    obs, _ = env.reset(seed=0)
+    latent = np.array(obs["latent"])
+    halt = np.array([True, False, False])
+    obs, _, terminated, _, _ = env.step({"latent": latent, "answer": np.array(obs["answer"]), "halt": halt})
+    assert not np.shares_memory(terminated, halt)
+    kept = env.unwrapped.core.latent.clone()
+    latent += 100.0  # the caller reuses its buffer
+    halt[:] = False
+    assert torch.equal(env.unwrapped.core.latent, kept) and terminated.tolist() == [True, False, False]
