@@ -326,7 +326,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             o.step()
             sched.step()
         ema.update(model)
-        last_loss = float(loss)
+        last_loss = loss.item()
 
         halt = method.halt(out_step, runner, halt_rng)
         res = runner.commit(out_step, halt)

@@ -29,7 +29,7 @@ class DeepSupervision:
         lm_loss = token_loss(self.cfg, out.logits, labels).mean()
         correct = (out.logits.detach().argmax(-1) == labels).all(-1)
         halt_loss = F.binary_cross_entropy_with_logits(out.halt_logit.float(), correct.float())
-        metrics = {"lm_loss": float(lm_loss), "halt_loss": float(halt_loss),
+        metrics = {"lm_loss": lm_loss.item(), "halt_loss": halt_loss.item(),
                    "train_exact": float(correct.float().mean()),
                    "halt_head_says_stop": float((out.halt_logit > 0).float().mean())}
         return lm_loss + self.cfg.halt_loss_weight * halt_loss, metrics
