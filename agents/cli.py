@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 
@@ -118,6 +119,14 @@ def cmd_train(args) -> int:
     from .trainers import PAPER_PRESET, TrainConfig, train
     from .trainers.policy_improvement import DIS_DEFAULTS
 
+    if args.resume and args.method != "ppo":  # a PPO run resumes as PPO whatever --method says
+        from .checkpoint import load_newest_valid
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the resume itself warns about a fallback, once
+            state, _ = load_newest_valid(Path(args.out) / "checkpoint.pt")
+        if state.get("train_config", {}).get("method") == "ppo":
+            args.method = "ppo"
     if args.method == "ppo":
         return cmd_train_ppo(args)
     if args.resume:
@@ -160,9 +169,8 @@ def cmd_train_ppo(args) -> int:
     from .evaluation import torch_device
     from .trainers.ppo import PPOConfig, train_ppo
 
-    if args.resume:
-        raise ValueError("PPO runs cannot be resumed yet: start a new run (a PPO run of --steps N more iterations "
-                         "from a TRM/DIS run is --init RUN)")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it: choose one")
 
     kw = {"mode": args.mode or "halting", "init": args.init, "task": args.task, "task_kwargs": _task_kwargs(args),
           "lam": 0.01 if args.lam is None else args.lam, "reward_mode": args.reward_mode or "label",
@@ -176,7 +184,7 @@ def cmd_train_ppo(args) -> int:
             kw[name] = value
     if kw["iterations"] is None and kw["minutes"] is None:
         raise ValueError("train needs a budget: --steps N (PPO iterations) and/or --minutes M")
-    result = train_ppo(PPOConfig(**kw), overwrite=args.overwrite)
+    result = train_ppo(PPOConfig(**kw), overwrite=args.overwrite, resume=args.resume)
     if result["history"]:
         last = result["history"][-1]
         keys = ("iteration", "return", "mean_nfe", "exact_accuracy", "halting_rate")

@@ -125,3 +125,21 @@ def test_halting_defaults_are_the_working_recipe_and_a_plain_dis_init_is_warned_
                       eval_n=8, out=str(run), progress=False, final_eval=False))
     with pytest.warns(UserWarning, match="plain DIS run.*anytime-weight"):
         train_ppo(tiny(mode="halting", init=str(run), iterations=1, out=str(tmp_path / "ppo")))
+
+
+def test_ppo_resumes_exactly(tmp_path, capsys):
+    from agents.checkpoint import load_checkpoint
+
+    kw = dict(mode="full", task_kwargs={"size": 4, "min_givens": 10, "max_givens": 12}, num_envs=8, rollout_len=4,
+              checkpoint_every=2)
+    straight = train_ppo(tiny(iterations=4, out=str(tmp_path / "a"), **kw))
+    train_ppo(tiny(iterations=2, out=str(tmp_path / "b"), **kw))
+    resumed = train_ppo(tiny(iterations=2, out=str(tmp_path / "b"), **kw), resume=True)  # 2 more
+    assert [h.get("return") for h in resumed["history"]] == [h.get("return") for h in straight["history"]]
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    assert b["step"] == 4 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # the CLI resumes a PPO run whatever --method says, and needs a budget
+    assert cli(["train", "--resume", "--out", str(tmp_path / "b"), "--steps", "1"]) == 0
+    assert load_checkpoint(tmp_path / "b")["step"] == 5
+    assert cli(["train", "--method", "ppo", "--resume", "--out", str(tmp_path / "b")]) == 2
+    assert "needs a budget" in capsys.readouterr().err

@@ -237,8 +237,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     if resume:
         state, _ = load_newest_valid(ckpt_path)
         if state.get("train_config", {}).get("method") not in ("trm", "dis"):
-            raise ValueError(f"{out} is a {state.get('train_config', {}).get('method')!r} run; only trm and dis runs "
-                             "resume (PPO runs cannot be resumed yet)")
+            raise ValueError(f"{out} is a {state.get('train_config', {}).get('method')!r} run, not a trm/dis one "
+                             "(resume PPO runs with train_ppo(resume=True) or the CLI's train --resume)")
         steps, minutes = resume_budget(cfg, state)
         cfg = TrainConfig.from_dict({**state["train_config"], "steps": steps, "minutes": minutes,
                                      **{k: getattr(cfg, k) for k in ("progress", "device")}})

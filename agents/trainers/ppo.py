@@ -39,7 +39,7 @@ import inspect
 import json
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 
@@ -55,6 +55,7 @@ from torch import nn
 from tqdm import tqdm
 
 from recursion_env import RecursionTorchRLEnv
+from recursion_env.atomic import remove_stale_temporaries
 from recursion_env.tasks import load_puzzles, make_task
 
 from ..checkpoint import load_checkpoint, save_checkpoint
@@ -110,6 +111,7 @@ class PPOConfig:
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "cpu"
+    checkpoint_every: int = 10  # iterations; the run resumes exactly from its newest valid checkpoint
     out: str = "runs/ppo"
     progress: bool = True
 
@@ -247,15 +249,45 @@ def make_collector(cfg: PPOConfig, env_fn, policy, frames: int):
     return cls(create, policy, frames_per_batch=frames, total_frames=-1, **quiet)
 
 
-def train_ppo(cfg: PPOConfig, overwrite: bool = False) -> dict:
-    """Train with PPO into ``cfg.out``, which must not hold a run (``overwrite`` replaces one)."""
+def ppo_resume_config(cfg: PPOConfig, state: dict) -> PPOConfig:
+    """The run's own config, with ``cfg.iterations`` / ``cfg.minutes`` as *more* iterations / minutes."""
+    if cfg.iterations is None and cfg.minutes is None:
+        raise ValueError("train --resume needs a budget: --steps N (more PPO iterations) and/or --minutes M")
+    method = state.get("train_config", {}).get("method")
+    if method != "ppo":
+        raise ValueError(f"{cfg.out} is a {method!r} run, not a PPO one: resume it without --method ppo")
+    ps = state.get("ppo_state")
+    if ps is None:
+        raise ValueError("this PPO run has no resumable state (written by an older recursion-env)")
+    names = {f.name for f in fields(PPOConfig)}
+    saved = {k: v for k, v in state["train_config"].items() if k in names}
+    if saved.get("collector") != "sync":
+        raise ValueError("only PPO runs with the one-process collector (--collector sync) resume")
+    return PPOConfig(**{**saved, "iterations": None if cfg.iterations is None else ps["iteration"] + cfg.iterations,
+                        "minutes": None if cfg.minutes is None else ps["elapsed"] / 60 + cfg.minutes,
+                        "progress": cfg.progress, "device": cfg.device})
+
+
+def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> dict:
+    """Train with PPO into ``cfg.out``, which must not hold a run (``overwrite`` replaces one); ``resume``
+    continues the run there exactly (model, optimizer, environments, the collector's carried step, RNG) for
+    ``cfg.iterations`` more iterations and/or ``cfg.minutes`` more minutes."""
+    from tensordict import TensorDict
     from torch.utils.tensorboard import SummaryWriter
     from torchrl.objectives import ClipPPOLoss
     from torchrl.objectives.value import GAE
 
+    from ..checkpoint import load_newest_valid
     from .common import prepare_run_folder
 
-    prepare_run_folder(Path(cfg.out), overwrite)
+    ps = None
+    if resume:
+        state, _ = load_newest_valid(Path(cfg.out) / "checkpoint.pt")
+        cfg = ppo_resume_config(cfg, state)
+        ps = state["ppo_state"]
+    else:
+        prepare_run_folder(Path(cfg.out), overwrite)
+    remove_stale_temporaries(Path(cfg.out) / "checkpoint.pt")
 
     # -- set up: model, env, actor, critic, loss ---------------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -312,13 +344,39 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(str(out / "tb"))
-    history = []
-    t0 = time.perf_counter()
+    history, done_iterations, elapsed = [], 0, 0.0
+    base_env = None  # the one-process collector's env: its state is saved for an exact resume
+    if cfg.collector == "sync":
+        base_env = collector.env.base_env if hasattr(collector.env, "base_env") else collector.env
+    if ps is not None:  # continue exactly where the run stopped
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(ps["optimizer"])
+        base_env.core.load_state_dict(ps["core"])
+        base_env._terminated, base_env._truncated = ps["terminated"], ps["truncated"]
+        collector._carrier = TensorDict.from_dict(ps["carrier"], batch_size=[cfg.num_envs])  # torchrl 0.14.x
+        torch.set_rng_state(ps["torch_rng"])
+        history, done_iterations, elapsed = list(ps["history"]), ps["iteration"], ps["elapsed"]
+    t0 = time.perf_counter() - elapsed
+
+    saved = [done_iterations]  # the iteration last written
+
+    def checkpoint(iterations: int) -> None:
+        saved[0] = iterations
+        weights = copy.deepcopy(model.state_dict())
+        ppo_state = {"iteration": iterations, "elapsed": time.perf_counter() - t0, "history": history,
+                     "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+        if cfg.collector == "sync":  # the environments and the collector's carried step: an exact resume
+            ppo_state |= {"core": base_env.core.state_dict(), "terminated": base_env._terminated.clone(),
+                          "truncated": base_env._truncated.clone(), "carrier": collector._carrier.to_dict()}
+        save_checkpoint(out / "checkpoint.pt", keep=3, state={
+            "train_config": {**asdict(cfg), "method": "ppo", "init_method": init_method},
+            "model_config": mcfg.to_dict(), "model": weights, "ema": weights, "task": task.name,
+            "task_kwargs": task.kwargs, "step": iterations, "ppo_state": ppo_state})
     bar = tqdm(total=cfg.iterations, disable=not cfg.progress, desc=f"ppo {cfg.mode}", unit="iter")
 
     # -- the loop: collect, estimate advantages, several epochs of clipped updates ---------------------------------
     batches = iter(collector) if cfg.iterations != 0 else iter(())  # 0 iterations: save the initial weights
-    for it, batch in enumerate(batches):
+    for it, batch in enumerate(batches, start=done_iterations):
         done = batch["next", "done"].squeeze(-1)
         stats = {"episodes": int(done.sum())}
         if done.any():
@@ -349,18 +407,19 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False) -> dict:
         bar.update(1)
         bar.set_postfix({k: f"{stats[k]:.3f}" for k in ("return", "mean_nfe", "exact_accuracy") if k in stats})
         collector.update_policy_weights_()
-        if (cfg.iterations is not None and it + 1 >= cfg.iterations) or (
-                cfg.minutes is not None and stats["elapsed_s"] >= 60 * cfg.minutes):
+        finished = (cfg.iterations is not None and it + 1 >= cfg.iterations) or (
+            cfg.minutes is not None and stats["elapsed_s"] >= 60 * cfg.minutes)
+        if finished or (it + 1) % cfg.checkpoint_every == 0:
+            checkpoint(it + 1)
+        if finished:
             break
     bar.close()
+    if not history or history[-1]["iteration"] != saved[0]:  # not saved at this iteration yet (e.g. 0 iterations)
+        checkpoint(len(history))
     collector.shutdown()
     writer.close()
 
     # -- save as a run that `recursion-env eval` reads ------------------------------------------------------------
-    weights = copy.deepcopy(model.state_dict())
-    save_checkpoint(out / "checkpoint.pt", {
-        "train_config": {**asdict(cfg), "method": "ppo", "init_method": init_method}, "model_config": mcfg.to_dict(),
-        "model": weights, "ema": weights, "task": task.name, "task_kwargs": task.kwargs, "step": len(history)})
     result = {"method": "ppo", "mode": cfg.mode, "init": cfg.init, "lam": cfg.lam, "reward_mode": cfg.reward_mode,
               "iterations": len(history), "frames": len(history) * frames,
               "wall_clock_s": time.perf_counter() - t0, "history": history}
