@@ -62,6 +62,15 @@ def save_checkpoint(path, state: dict, keep: int = 1) -> Path:
     return atomic_write(path, lambda f: torch.save(wrapped, f))
 
 
+def read_torch(source, path, map_location="cpu", what: str = "checkpoint"):
+    """``torch.load(source, weights_only=True)``; anything torch cannot read becomes one ``ValueError`` naming
+    ``path`` (``source`` is the file or, for a checkpoint's payload, its bytes)."""
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise ValueError(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from None
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
     """The state saved by :func:`save_checkpoint` (a run folder or a file); a file whose checksum does not match,
     or that torch cannot read, is a ``ValueError`` naming it. Files without a checksum (written by older versions,
@@ -73,10 +82,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise ValueError(f"no checkpoint at {path}")
     if not path.is_file():
         raise ValueError(f"{path}: not a file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    state = read_torch(path, path)
     if isinstance(state, dict) and {"format", "sha256", "payload"} & set(state):
         if state.get("format") != FORMAT:
             raise ValueError(f"{path}: corrupted checkpoint (format {state.get('format')!r}, expected {FORMAT!r})")
@@ -86,12 +92,9 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         data = payload.numpy().tobytes()
         if hashlib.sha256(data).hexdigest() != state.get("sha256"):
             raise ValueError(f"{path}: corrupted checkpoint (its SHA-256 does not match the one stored with it)")
-        try:
-            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    elif map_location != "cpu":
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = read_torch(io.BytesIO(data), path, map_location)
+    elif map_location != "cpu":  # a file without a checksum (older, or not ours): read again onto the device
+        state = read_torch(path, path, map_location)
     if not isinstance(state, dict):
         raise ValueError(f"{path}: not a recursion-env checkpoint (expected a dict, got {type(state).__name__})")
     return state

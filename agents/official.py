@@ -19,7 +19,7 @@ import torch
 
 from recursion_env.tasks import Task, make_task
 
-from .checkpoint import save_checkpoint
+from .checkpoint import read_torch, save_checkpoint
 from .trm import TRM, TRMConfig
 
 #: for each task: official token id of each of our tokens (index = our token)
@@ -47,9 +47,9 @@ def read_official_state(path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointMismatch(f"{path}: no such checkpoint file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise CheckpointMismatch(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+        state = read_torch(path, path, what="torch checkpoint")
+    except ValueError as e:
+        raise CheckpointMismatch(str(e)) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointMismatch(f"{path}: expected a state dict of tensors (what the official pretrain.py saves)")
     inner, outside = {}, []
