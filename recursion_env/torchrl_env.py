@@ -155,5 +155,16 @@ class RecursionTorchRLEnv(EnvBase):
         out["done"] = self.core.done.unsqueeze(-1)  # terminated | truncated, as the core keeps it
         return _tensordict(out, batch_size=self.batch_size, device=self.device)
 
+    def env_state(self) -> dict:
+        """What continues this env exactly: the core's state and the last transition's terminated / truncated
+        flags (reported again for envs a partial step leaves alone)."""
+        return {"core": self.core.state_dict(), "terminated": self._terminated.clone(),
+                "truncated": self._truncated.clone()}
+
+    def load_env_state(self, state: dict) -> None:
+        self.core.load_state_dict(state["core"])
+        self._terminated = torch.as_tensor(state["terminated"], device=self.device).clone()
+        self._truncated = torch.as_tensor(state["truncated"], device=self.device).clone()
+
     def _set_seed(self, seed: int | None) -> None:
         self.core.seed(seed)

@@ -58,7 +58,7 @@ from recursion_env import RecursionTorchRLEnv
 from recursion_env.atomic import remove_stale_temporaries
 from recursion_env.tasks import load_puzzles, make_task
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import save_checkpoint
 from ..data import outside, puzzle_keys
 from ..evaluation import evaluation_set, load_trained
 from ..trm import TRM, TRMConfig
@@ -213,14 +213,15 @@ def _split(sample):
 
 
 def build_model(cfg: PPOConfig):
+    """(model, task, the init run's train config, or {} for a fresh network)."""
     if cfg.init:
         model, task, train_config = load_trained(cfg.init, cfg.device)
-        return model.train(), task, train_config.get("method", "trm")
+        return model.train(), task, train_config
     task = make_task(cfg.task, **cfg.task_kwargs)
     torch.manual_seed(cfg.seed)
     model = TRM(TRMConfig(seq_len=task.seq_len, vocab_size=task.vocab_size, hidden=cfg.hidden, T=cfg.T, n=cfg.n,
                           N_sup=cfg.N_sup, step_embedding=cfg.N_sup)).to(cfg.device)
-    return model, task, "scratch"
+    return model, task, {}
 
 
 def make_env(task, dataset, num_envs: int, seed: int, device: str, **config):
@@ -291,9 +292,9 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
 
     # -- set up: model, env, actor, critic, loss ---------------------------------------------------------------
     torch.manual_seed(cfg.seed)
-    model, task, init_method = build_model(cfg)
+    model, task, init_config = build_model(cfg)
+    init_method = init_config.get("method", "trm") if cfg.init else "scratch"
     if cfg.init:  # one held-out set: the init run's, which its network never trained on
-        init_config = load_checkpoint(cfg.init)["train_config"]
         if cfg.mode == "halting" and init_config.get("method") == "dis" and not init_config.get("anytime_weight"):
             warnings.warn(f"{cfg.init} is a plain DIS run: its early answers are partial by design (each step's "
                           "target reveals only part of the solution), so stopping it early cannot be right; learn "
@@ -351,8 +352,7 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
     if ps is not None:  # continue exactly where the run stopped
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(ps["optimizer"])
-        base_env.core.load_state_dict(ps["core"])
-        base_env._terminated, base_env._truncated = ps["terminated"], ps["truncated"]
+        base_env.load_env_state(ps["env"])
         collector._carrier = TensorDict.from_dict(ps["carrier"], batch_size=[cfg.num_envs])  # torchrl 0.14.x
         torch.set_rng_state(ps["torch_rng"])
         history, done_iterations, elapsed = list(ps["history"]), ps["iteration"], ps["elapsed"]
@@ -366,8 +366,7 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
         ppo_state = {"iteration": iterations, "elapsed": time.perf_counter() - t0, "history": history,
                      "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
         if cfg.collector == "sync":  # the environments and the collector's carried step: an exact resume
-            ppo_state |= {"core": base_env.core.state_dict(), "terminated": base_env._terminated.clone(),
-                          "truncated": base_env._truncated.clone(), "carrier": collector._carrier.to_dict()}
+            ppo_state |= {"env": base_env.env_state(), "carrier": collector._carrier.to_dict()}
         save_checkpoint(out / "checkpoint.pt", keep=3, state={
             "train_config": {**asdict(cfg), "method": "ppo", "init_method": init_method},
             "model_config": mcfg.to_dict(), "model": weights, "ema": weights, "task": task.name,
