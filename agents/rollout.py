@@ -55,7 +55,7 @@ class RecursionRunner:
                                   device=self.device)
         with torch.no_grad():
             latent = self.model.initial_latent(puzzles)
-        self.core.reset(mask, puzzles=puzzles, labels=labels, latent=latent)
+        self.core.reset(mask, puzzles=puzzles, labels=labels, latent=latent, owned=True)  # a fresh stack
 
     def forward(self) -> SupervisionOutput:
         core = self.core
@@ -68,7 +68,8 @@ class RecursionRunner:
             halt = torch.zeros(self.core.batch_size, dtype=torch.bool, device=self.device)
         latent = torch.stack([out.y.detach(), out.z.detach()], 1).float()
         answer = guided_logits(out, w).detach().argmax(-1)
-        return self.core.step({"latent": latent, "answer": answer, "halt": halt}, mask=mask)
+        # the stack above is fresh and nobody else holds it: the core may keep it without a copy
+        return self.core.step({"latent": latent, "answer": answer, "halt": halt}, mask=mask, owned=True)
 
 
 @torch.no_grad()

@@ -159,6 +159,10 @@ def _as_tensor(value, name: str, device: torch.device, copy: bool = True, unbatc
     return torch.tensor(arr, device=device)
 
 
+def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 class RecursionCore:
     """B puzzles stepped together; see the module docstring for the rules.
 
@@ -259,10 +263,12 @@ class RecursionCore:
             raise RuntimeError(f"{what} on a finished episode (env {finished.nonzero().reshape(-1).tolist()}); "
                                "call reset() first")
 
-    def reset(self, mask=None, *, seed: int | None = None, puzzles=None, labels=None, latent=None):
+    def reset(self, mask=None, *, seed: int | None = None, puzzles=None, labels=None, latent=None,
+              owned: bool = False):
         """Start new episodes for the envs in ``mask`` (all by default) and return the observation of the whole
         batch. Puzzles are drawn from the source unless given (``puzzles``/``labels`` ``[n, L]``, ``n`` the
-        number of envs reset); ``latent`` ``[n, 2, latent_len, D]`` replaces the zero initial state."""
+        number of envs reset); ``latent`` ``[n, 2, latent_len, D]`` replaces the zero initial state.
+        ``owned=True``: the caller hands its latent over and never writes into it again (see :meth:`step`)."""
         if seed is not None:
             self.seed(seed)
         active = self._mask(mask)
@@ -276,7 +282,9 @@ class RecursionCore:
             x, y = self.source.draw(n, self.rng)
             puzzles, labels = torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
         else:
-            puzzles = _as_tensor(puzzles, "puzzles", self.device).to(torch.int64).reshape(n, self.seq_len)
+            # kept as state: never the caller's tensor itself (a NumPy array is copied by _as_tensor)
+            copy = isinstance(puzzles, torch.Tensor)
+            puzzles = _as_tensor(puzzles, "puzzles", self.device).to(torch.int64, copy=copy).reshape(n, self.seq_len)
             self.task.check_tokens(puzzles, "reset puzzles")
             if labels is None:
                 labels = self._derive_labels(puzzles)
@@ -285,7 +293,7 @@ class RecursionCore:
         if latent is None:
             latent = torch.zeros(n, *self.latent_shape, device=self.device)
         else:
-            latent = self._check_latent(latent, n, "reset latent")
+            latent = self._kept(self._check_latent(latent, n, "reset latent"), latent, owned)
         labels = torch.where(puzzles != 0, puzzles, labels)
         scored_label, n_scored = self._scored_cells(puzzles, labels)
         context = self.task.rule_context(puzzles)
@@ -339,6 +347,15 @@ class RecursionCore:
             raise ValueError(f"{name}: contains NaN or inf")
         return latent
 
+    def _kept(self, latent: torch.Tensor, given, owned: bool) -> torch.Tensor:
+        """The latent as the core may keep it for its state: never the caller's memory, since a caller reusing its
+        buffer must not move the state. No copy where it is already apart: a NumPy array (copied on the way in),
+        a converted tensor, the core's own latent handed back, or a tensor the caller hands over (``owned``)."""
+        if (owned or not isinstance(given, torch.Tensor) or not _shares_storage(latent, given)
+                or _shares_storage(given, self.latent)):
+            return latent
+        return latent.clone()
+
     def check_action(self, action: Mapping) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Validate an action ``{latent [B,2,latent_len,D] float, answer [B,L] int, halt [B] int/bool}``;
         raises ``ValueError`` naming the field. Never modifies the given arrays."""
@@ -381,9 +398,13 @@ class RecursionCore:
         halt = halt.to(torch.bool, copy=True)
         return latent, answer, halt
 
-    def step(self, action: Mapping, mask=None) -> StepResult:
+    def step(self, action: Mapping, mask=None, *, owned: bool = False) -> StepResult:
         """One transition for the envs in ``mask`` (all by default); the others keep their state and get
-        reward 0. Raises ``RuntimeError`` if a stepped env has finished (reset it first)."""
+        reward 0. Raises ``RuntimeError`` if a stepped env has finished (reset it first).
+
+        The core keeps the action's latent as its state, so a caller's tensor is copied unless the caller says
+        ``owned=True``: it hands over a fresh tensor it never writes into again (a network's output, as the
+        runner's). That saves one copy of the largest field per step."""
         latent, answer, halt = self.check_action(action)
         active = None if mask is None else self._mask(mask)
         self._refuse_finished(active, "step()")
@@ -398,6 +419,7 @@ class RecursionCore:
         terminated = (halt | solved) if cfg.terminate_on_solve else halt
         truncated = (step_count >= const["max_steps"]) > terminated  # on bools a > b is a & ~b, one op fewer
         if active is None:
+            latent = self._kept(latent, action["latent"], owned)  # (the masked branch below makes a new one)
             self.answer, self.latent, self.score, self.cell_accuracy, self.solved, self.potential = (
                 answer, latent, score, cell_acc, solved, potential)
             # nfe = step x nfe_per_step always: at one forward pass a step they are the same numbers

@@ -604,3 +604,26 @@ def test_make_vec_without_copies_never_aliases_the_callers_arrays():
     latent += 100.0  # the caller reuses its buffer
     halt[:] = False
     assert torch.equal(env.unwrapped.core.latent, kept) and terminated.tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_core_never_keeps_a_callers_tensors(masked):
+    """Torch tensors as well as NumPy arrays: a caller writing into its buffers after reset/step (the TorchRL
+    env hands over its tensordict's tensors) leaves the core's state unchanged."""
+    core = RecursionCore(SUDOKU4, batch_size=2, latent_dim=D, seed=0)
+    batch = SUDOKU4.generate(2, seed=1)
+    puzzles, init = torch.from_numpy(batch.inputs.copy()), torch.randn(2, *core.latent_shape)
+    core.reset(puzzles=puzzles, labels=batch.labels, latent=init)
+    kept_puzzle, kept_latent = core.puzzle.clone(), core.latent.clone()
+    puzzles.zero_()
+    init.add_(5.0)
+    assert torch.equal(core.puzzle, kept_puzzle) and torch.equal(core.latent, kept_latent)
+    latent, halt = torch.ones(2, *core.latent_shape), torch.zeros(2, dtype=torch.bool)
+    mask = torch.tensor([True, True]) if masked else None
+    core.step({"latent": latent, "answer": core.answer.clone(), "halt": halt}, mask=mask)
+    latent.fill_(7.0)
+    assert (core.latent == 1.0).all()
+    # the trusted path (the runner hands over a fresh network output) keeps it without a copy
+    owned = torch.full((2, *core.latent_shape), 2.0)
+    core.step({"latent": owned, "answer": core.answer.clone(), "halt": halt}, owned=True)
+    assert core.latent.data_ptr() == owned.data_ptr()
