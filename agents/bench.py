@@ -1,12 +1,19 @@
-"""The headline benchmark: accuracy against forward passes, TRM (336 NFE) vs DIS (18 NFE), same data, same
-wall-clock budget, same network width. Run as ``recursion-env bench nfe-vs-accuracy`` or
-``python benchmarks/nfe_vs_accuracy.py``.
+"""The headline benchmark: accuracy against forward passes. TRM (21 ... 336 NFE, and its halting head), DIS at
+18 NFE in both recipes and with each target generator, and a learned halting policy (PPO) on the TRM and on an
+anytime DIS, all on the same data, the same held-out puzzles, the same width and the same wall-clock. Run as
+``recursion-env bench nfe-vs-accuracy`` or ``python benchmarks/nfe_vs_accuracy.py``.
 
-Each method trains in its own process (``recursion-env train``) on one shared pre-generated pool of training
-puzzles (with the task's augmentations, so a base puzzle seen twice is almost surely a different puzzle), from
-which the held-out evaluation puzzles are excluded. Methods train concurrently by default, one thread each, so
-they share the machine equally for the same wall-clock time. Then every method is evaluated on the same held-out
-puzzles, with dead-compute diagnostics and, for DIS, a guidance sweep.
+How it is fair: every method trains in its own process (``recursion-env train``) on one pre-generated training
+set (with the task's augmentations), from which the held-out puzzles are excluded. The trained methods run at the
+same time, one thread each (``parallel``), so each gets an equal share of the machine for the same wall-clock,
+and anything else running on the machine slows them all alike; ``--sequential`` trains them one after another
+with every thread instead. The PPO runs follow, as a pair, from their finished inits. Then every run is
+evaluated on the same held-out puzzles. Training forward passes and examples seen are reported beside accuracy
+(the equal-compute view), and each run's held-out accuracy is sampled every ``eval_every_minutes`` of training
+(the clock stops while it looks) for the time to reach the TRM's best accuracy.
+
+The benchmark resumes: run the same command again on the same ``--out`` and finished runs are kept, stopped runs
+continue from their last checkpoint, and the rest start. ``--overwrite`` starts over.
 """
 
 from __future__ import annotations
@@ -14,10 +21,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,95 +34,237 @@ import torch
 from recursion_env.tasks import build_dataset, make_task, save_dataset
 
 TRM_PREFIXES = (1, 2, 4, 8, 16)
+DEPTH_POINTS = 0.05  # a task needs depth when TRM@336 >= TRM@21 + 5 points
+WITHIN = 0.01  # "matches": within 1 point
+METRICS = {"exact_accuracy": "any valid completion (rule verifier)",
+           "label_match": "exact match to the stored solution (the paper's metric)"}
+#: the bench's task settings when only --task is given. N-Queens is the paper's: 8x8, 1-7 queens given,
+#: a fixed training set of 7,200 puzzles and 200 test puzzles.
+TASK_DEFAULTS = {
+    "sudoku": ({"size": 9, "min_givens": 28, "max_givens": 34}, {"pool": 20000, "eval_n": 1000}),
+    "nqueens": ({"board": 8, "min_given": 1, "max_given": 7}, {"pool": 7200, "eval_n": 200}),
+    "maze": ({"size": 9}, {"pool": 10000, "eval_n": 500}),
+}
 
 
 @dataclass
 class BenchConfig:
     out: str = "runs/bench/nfe_vs_accuracy"
-    size: int = 9
-    min_givens: int = 28
-    max_givens: int = 34
-    minutes: float = 20.0
+    task: str = "sudoku"
+    task_kwargs: dict = field(default_factory=lambda: dict(TASK_DEFAULTS["sudoku"][0]))
+    minutes: float = 20.0  # training wall-clock per method
     hidden: int = 64
     batch_size: int = 64
-    pool: int = 20000
-    eval_n: int = 1000
+    pool: int = 20000  # the fixed training set (augmented by the task's symmetries)
+    eval_n: int = 1000  # held-out puzzles, excluded from training
     seed: int = 0
-    targets: list = field(default_factory=lambda: ["diffusion"])
+    recipes: list = field(default_factory=lambda: ["official-code", "paper"])
+    targets: list | None = None  # DIS target generators; None = diffusion, plus the solver trace where one exists
+    anytime_weight: float = 0.5  # the anytime DIS run that PPO learns to halt; 0 = no such run
+    ppo_minutes: float = 3.0  # each PPO halting run (on the TRM and on the anytime DIS); 0 = none
+    ppo_lam: float = 0.01  # PPO's cost per forward pass
     guidance: list = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
+    eval_every_minutes: float | None = None  # held-out looks during training; None = every tenth of the budget
     parallel: bool = True
     device: str = "cpu"
+    preset: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.task not in TASK_DEFAULTS:
+            raise ValueError(f"--task {self.task!r}: the bench knows {', '.join(TASK_DEFAULTS)}")
+        if self.targets is None:
+            self.targets = ["diffusion", "solver"] if self.task == "sudoku" else ["diffusion"]
+        if "solver" in self.targets and self.task != "sudoku":
+            raise ValueError("--targets solver: solver traces exist for Sudoku only")
+        for name in ("minutes", "ppo_minutes"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def for_task(cls, task: str = "sudoku", preset: str = "cpu", **kw) -> BenchConfig:
+        """A preset for a task; ``kw`` overrides any field (``task_kwargs`` merges into the task's defaults).
+
+        * ``cpu``: 20 minutes per method, width 64: the comparison in about half an hour.
+        * ``long``: the long CPU mode: 90 minutes per method, PPO 8 minutes: about 1 h 50 min in all on 2 cores.
+        * ``quick``: a smoke run of a few minutes at width 32 (on Sudoku an easy 6x6): not evidence about depth.
+        * ``gpu``: 9x9 Sudoku with 28-34 givens on one GPU (bf16 autocast, width 256, batch 512): about 8
+          minutes end to end on an H100, the runs sharing the card.
+        """
+        if task not in TASK_DEFAULTS:
+            raise ValueError(f"--task {task!r}: the bench knows {', '.join(TASK_DEFAULTS)}")
+        task_kwargs, sizes = TASK_DEFAULTS[task]
+        values = {"task": task, "task_kwargs": dict(task_kwargs), **sizes, "preset": preset}
+        if preset == "long":
+            values |= {"minutes": 90.0, "ppo_minutes": 8.0}
+        elif preset == "quick":
+            values |= {"minutes": 2.0, "hidden": 32, "ppo_minutes": 0.5, "guidance": [0.0, 1.0, 2.0],
+                       "pool": min(values["pool"], 3000), "eval_n": min(values["eval_n"], 300)}
+            if task == "sudoku":
+                values["task_kwargs"] = {"size": 6, "min_givens": 14, "max_givens": 18}
+        elif preset == "gpu":
+            values |= {"minutes": 4.0, "ppo_minutes": 0.75, "hidden": 256, "batch_size": 512, "pool": 10000,
+                       "device": "cuda", "guidance": [0.0, 1.0, 2.0]}
+        elif preset != "cpu":
+            raise ValueError(f"--preset {preset!r}: choose cpu, long, quick or gpu")
+        values["task_kwargs"] |= kw.pop("task_kwargs", {})
+        return cls(**(values | kw))
 
     @classmethod
     def quick(cls, **kw) -> BenchConfig:
-        """A few minutes on an easy task: a smoke run, not evidence about depth."""
-        return cls(**{"size": 6, "min_givens": 14, "max_givens": 18, "minutes": 2.0, "hidden": 32, "pool": 3000,
-                      "eval_n": 300, "guidance": [0.0, 1.0, 2.0], **kw})
+        return cls.for_task(kw.pop("task", "sudoku"), "quick", **kw)
 
 
-def _runs(cfg: BenchConfig) -> list[tuple[str, list[str]]]:
-    common = ["--task", "sudoku", "--size", str(cfg.size), "--min-givens", str(cfg.min_givens), "--max-givens",
-              str(cfg.max_givens), "--minutes", str(cfg.minutes), "--hidden", str(cfg.hidden), "--batch-size",
-              str(cfg.batch_size), "--seed", str(cfg.seed), "--eval-n", str(cfg.eval_n), "--device", cfg.device,
-              "--no-final-eval"]
-    runs = [("trm", ["--method", "trm", "--T", "3", "--n", "6", "--n-sup", "16", *common])]
-    for t in cfg.targets:
-        runs.append((f"dis-{t}", ["--method", "dis", "--targets", t, "--T", "1", "--n", "2", "--n-sup", "6",
-                                  *common]))
+# -- the runs -----------------------------------------------------------------------------------------------------
+def _task_flags(cfg: BenchConfig) -> list[str]:
+    return ["--task", cfg.task, *[a for k, v in cfg.task_kwargs.items() for a in (f"--{k.replace('_', '-')}", str(v))]]
+
+
+def training_runs(cfg: BenchConfig) -> dict[str, list[str]]:
+    """name -> the ``train`` flags of each trained method (the PPO runs come after, from these)."""
+    common = [*_task_flags(cfg), "--hidden", str(cfg.hidden), "--batch-size", str(cfg.batch_size), "--seed",
+              str(cfg.seed), "--eval-n", str(cfg.eval_n), "--device", cfg.device, "--no-final-eval",
+              "--eval-every-minutes", str(cfg.eval_every_minutes or max(cfg.minutes / 10, 0.01))]
+    runs = {"trm": ["--method", "trm", "--T", "3", "--n", "6", "--n-sup", "16", *common]}
+    dis = ["--method", "dis", "--T", "1", "--n", "2", "--n-sup", "6", *common]
+    for recipe in cfg.recipes:
+        for t in cfg.targets:
+            runs[f"dis-{recipe}-{t}"] = [*dis, "--recipe", recipe, "--targets", t]
+    if cfg.anytime_weight:
+        runs["dis-anytime"] = [*dis, "--recipe", cfg.recipes[0], "--targets", "diffusion", "--anytime-weight",
+                               str(cfg.anytime_weight)]
     return runs
 
 
-def run(cfg: BenchConfig, progress=print) -> dict:
+def ppo_runs(cfg: BenchConfig) -> dict[str, tuple[str, list[str]]]:
+    """name -> (init run, ``train`` flags) of the learned-halting runs."""
+    if not cfg.ppo_minutes:
+        return {}
+    flags = ["--method", "ppo", "--mode", "halting", "--lam", str(cfg.ppo_lam), "--seed", str(cfg.seed),
+             "--device", cfg.device]
+    if cfg.task == "nqueens":  # many valid completions: reward any of them, not only the stored one
+        flags += ["--reward-mode", "verifier"]
+    inits = ["trm"] + (["dis-anytime"] if cfg.anytime_weight else [])
+    return {f"ppo-{init}": (init, flags) for init in inits}
+
+
+def run_elapsed_s(run: Path) -> float | None:
+    """Training seconds a run folder holds already (None: no checkpoint there)."""
+    if not (run / "checkpoint.pt").exists():
+        return None
+    from .checkpoint import load_newest_valid
+
+    state, _ = load_newest_valid(run / "checkpoint.pt")
+    return float(state["ppo_state"]["elapsed"] if "ppo_state" in state else state["elapsed"])
+
+
+def train_command(run: Path, flags: list[str], minutes: float) -> list[str] | None:
+    """The command that brings ``run`` to ``minutes`` of training: fresh, resumed, or None when it is done."""
+    base = [sys.executable, "-m", "agents.cli", "train"]
+    done_s = run_elapsed_s(run)
+    if done_s is None:
+        return [*base, *flags, "--minutes", str(minutes), "--out", str(run), "--overwrite"]  # no checkpoint yet
+    left = minutes - done_s / 60
+    if left <= 0.01 and (run / ("ppo_metrics.json" if "ppo" in flags else "train_metrics.json")).exists():
+        return None
+    return [*base, "--resume", "--out", str(run), "--minutes", f"{max(left, 0.001):.4f}"]
+
+
+def run_jobs(jobs: list[tuple[str, list[str] | None]], out: Path, parallel: bool, progress=print) -> None:
+    """Run ``train`` commands, all at once with one thread each or one by one with every thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1" if parallel else str(os.cpu_count()), "PYTHONUNBUFFERED": "1"}
+    procs = []
+    for name, cmd in jobs:
+        if cmd is None:
+            progress(f"{name}: trained already")
+            continue
+        log = open(out / f"{name}.log", "a")  # noqa: SIM115 - closed below
+        progress(f"{name}: {' '.join(cmd[2:])}")
+        procs.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+        if not parallel:
+            procs[-1][1].wait()
+    for name, p, log in procs:
+        code = p.wait()
+        log.close()
+        if code != 0:
+            raise RuntimeError(f"training {name} failed (exit {code}); see {out / (name + '.log')}")
+
+
+def _check_folder(cfg: BenchConfig, out: Path, overwrite: bool) -> None:
+    """A rerun on the same folder resumes the same comparison; another config there is refused, not mixed in."""
+    saved = out / "bench_config.json"
+    mine = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "guidance", "preset")}
+    if saved.exists() and not overwrite:
+        theirs = json.loads(saved.read_text())
+        theirs = {k: v for k, v in theirs.items() if k in mine}
+        if theirs != mine:
+            diff = sorted(k for k in mine if theirs.get(k) != mine[k])
+            raise ValueError(f"{out} holds a benchmark with another configuration ({', '.join(diff)} differ): give "
+                             "another --out, the same options to resume it, or --overwrite to start over")
+    elif overwrite and out.exists():
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(asdict(cfg), indent=2))
+
+
+def run(cfg: BenchConfig, progress=print, overwrite: bool = False) -> dict:
     from .diagnostics import diagnose, save_plots
     from .evaluation import evaluate_run
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    task = make_task("sudoku", size=cfg.size, min_givens=cfg.min_givens, max_givens=cfg.max_givens)
+    _check_folder(cfg, out, overwrite)
+    task = make_task(cfg.task, **cfg.task_kwargs)
     pool_path = out / "train_pool.npz"
     if not pool_path.exists():
-        progress(f"generating a training pool of {cfg.pool} puzzles ({task!r})")
+        progress(f"generating a training set of {cfg.pool} puzzles ({task!r})")
         save_dataset(pool_path, task, build_dataset(task, cfg.pool, cfg.seed, progress=True), seed=cfg.seed)
+    data = ["--dataset", str(pool_path)]
 
-    runs = _runs(cfg)
-    env = {**os.environ, "OMP_NUM_THREADS": "1" if cfg.parallel else str(os.cpu_count()), "PYTHONUNBUFFERED": "1"}
-    procs = []
-    for name, args in runs:
-        cmd = [sys.executable, "-m", "agents.cli", "train", *args, "--dataset", str(pool_path), "--out",
-               str(out / name), "--overwrite"]  # the benchmark's own folder, rewritten by every run of it
-        log = open(out / f"{name}.log", "w")  # noqa: SIM115 - closed below
-        progress(f"training {name} for {cfg.minutes} min: {' '.join(cmd[2:])}")
-        procs.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
-        if not cfg.parallel:
-            procs[-1][1].wait()
-    for name, p, log in procs:
-        if p.wait() != 0:
-            raise RuntimeError(f"training {name} failed; see {out / (name + '.log')}")
-        log.close()
+    t0 = time.time()
+    trained = training_runs(cfg)
+    run_jobs([(n, train_command(out / n, [*f, *data], cfg.minutes)) for n, f in trained.items()], out, cfg.parallel,
+             progress)
+    ppo = ppo_runs(cfg)
+    run_jobs([(n, train_command(out / n, [*f, "--init", str(out / init)], cfg.ppo_minutes))
+              for n, (init, f) in ppo.items()], out, cfg.parallel, progress)
+    wall_s = time.time() - t0
 
     results = {}
-    for name, _ in runs:
+    for name in trained:
         progress(f"evaluating {name} on {cfg.eval_n} held-out puzzles")
         train_metrics = json.loads((out / name / "train_metrics.json").read_text())
-        diag = diagnose(out / name, n=cfg.eval_n, device=cfg.device)  # accuracy, halting and margins in one pass
+        guidance = cfg.guidance if name.startswith("dis") else None
+        ev = evaluate_run(out / name, n=cfg.eval_n, halting=True, guidance=guidance, device=cfg.device)
+        diag = diagnose(out / name, n=cfg.eval_n, device=cfg.device)
         save_plots(diag, out / name / "plots")
-        keys = ("supervision_step", "nfe", "exact_accuracy", "cell_accuracy")
-        rows = [{k: r[k] for k in keys} for r in diag["steps"]
-                if name != "trm" or r["supervision_step"] in TRM_PREFIXES]
-        guidance = None
-        if name.startswith("dis") and cfg.guidance:
-            guidance = evaluate_run(out / name, n=cfg.eval_n, guidance=cfg.guidance, device=cfg.device)["guidance"]
-            for g in guidance:
-                g.pop("by_step")
-        results[name] = {"by_step": rows, "halting": diag["halting"] if name == "trm" else None, "guidance": guidance,
+        rows = [r for r in ev["by_step"] if name != "trm" or r["supervision_step"] in TRM_PREFIXES]
+        for g in ev.get("guidance") or []:
+            g.pop("by_step")
+        results[name] = {"by_step": rows, "halting": ev["halting"] if name == "trm" else None,
+                         "guidance": ev.get("guidance"),
                          "optimizer_steps": train_metrics["optimizer_steps"],
                          "train_forward_passes": train_metrics["train_forward_passes"],
                          "wall_clock_s": train_metrics["wall_clock_s"], "examples_seen": train_metrics["examples_seen"],
-                         "diagnostics": diag["steps"], "dead_steps": diag["dead_steps"]}
-    report = _verdict(cfg, results)
-    report |= {"date": time.strftime("%Y-%m-%d %H:%M"), "config": cfg.__dict__, "task": task.kwargs,
+                         "held_out_dropped_from_training": train_metrics["held_out_dropped_from_training"],
+                         "history": [{"elapsed_s": h["elapsed_s"], "optimizer_step": h["step"],
+                                      "best_exact_accuracy": max(r["exact_accuracy"] for r in h["by_step"])}
+                                     for h in train_metrics["history"]],
+                         "dead_steps": diag["dead_steps"]}
+    for name, (init, _) in ppo.items():
+        progress(f"evaluating {name} (learned halting on {init}) on {cfg.eval_n} held-out puzzles")
+        metrics = json.loads((out / name / "ppo_metrics.json").read_text())
+        ev = evaluate_run(out / name, n=cfg.eval_n, halting=True, device=cfg.device)
+        results[name] = {"init": init, "halting": ev["halting"], "halting_sampled": ev["halting_sampled"],
+                         "iterations": metrics["iterations"], "frames": metrics["frames"],
+                         "wall_clock_s": metrics["wall_clock_s"]}
+    report = verdict(results)
+    report |= {"date": time.strftime("%Y-%m-%d %H:%M"), "config": asdict(cfg), "task_name": cfg.task,
+               "task": task.kwargs, "wall_clock_training_s": wall_s,
+               "machine_sharing": ("concurrent, one thread per run: equal shares of the machine for the same "
+                                   "wall-clock" if cfg.parallel else "sequential, every thread per run"),
                "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-                           "torch": torch.__version__, "numpy": np.__version__},
+                           "torch": torch.__version__, "numpy": np.__version__,
+                           "gpu": torch.cuda.get_device_name() if cfg.device.startswith("cuda") else None},
                "command": " ".join(sys.argv), "methods": results}
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "results.md").write_text(markdown(report))
@@ -122,42 +272,73 @@ def run(cfg: BenchConfig, progress=print) -> dict:
     return report
 
 
-def _verdict(cfg: BenchConfig, results: dict) -> dict:
+# -- the verdict ----------------------------------------------------------------------------------------------
+def _at(rows: list[dict], nfe: int, metric: str) -> float | None:
+    return next((r[metric] for r in rows if r["nfe"] == nfe and metric in r), None)
+
+
+def verdict(results: dict) -> dict:
+    """Per metric: **reproduced** (the task needs depth: TRM@336 >= TRM@21 + 5 points, and the best DIS@18 is
+    within 1 point of TRM@336), **not reproduced**, or **inconclusive** (with the reason), plus the halting claims
+    and the time each method took to reach the TRM's best held-out accuracy."""
     trm = results["trm"]["by_step"]
-    first, best = trm[0]["exact_accuracy"], max(r["exact_accuracy"] for r in trm)
-    trm_full = next(r for r in trm if r["supervision_step"] == 16)["exact_accuracy"]
-    dis = {k: v["by_step"][-1]["exact_accuracy"] for k, v in results.items() if k.startswith("dis")}
-    best_dis = max(dis.values()) if dis else 0.0
-    if max(best, best_dis) < 0.10:
-        depth = f"TOO HARD for this budget: both methods stay below 10% exact (TRM best {best:.3f}, DIS {best_dis:.3f})"
-    elif best < 0.10:
-        depth = (f"INCONCLUSIVE: the TRM baseline did not learn within this budget (best {best:.3f} exact), so the "
-                 f"depth check cannot be read; DIS reached {best_dis:.3f} at 18 NFE in the same wall-clock")
-    elif best - first <= 0.02:
-        depth = (f"TOO EASY for this budget: TRM is already at {first:.3f} after its first supervision step and "
-                 f"at best {best:.3f}; this task does not show what depth buys")
-    else:
-        depth = f"depth matters: TRM goes from {first:.3f} after 1 step to {best:.3f} at best"
-    claims = {
-        "dis_18_within_1pt_of_trm_336": {k: v >= trm_full - 0.01 for k, v in dis.items()},
-        "trm_336_exact": trm_full, "dis_18_exact": dis,
-    }
-    halting = results["trm"].get("halting") or {}
-    if halting:
-        best_fixed = max(best, best_dis)
-        claims["trm_halting_head"] = {"mean_nfe": halting["mean_nfe"], "exact": halting["exact_accuracy"],
-                                      "le_9_nfe_within_1pt_of_best_fixed": bool(
-                                          halting["mean_nfe"] <= 9 and halting["exact_accuracy"] >= best_fixed - 0.01)}
-    return {"depth_check": {"trm_first_step_exact": first, "trm_best_exact": best, "verdict": depth},
-            "claims": claims}
+    dis = {k: v["by_step"][-1] for k, v in results.items() if k.startswith("dis")}
+    verdicts, depth = {}, {}
+    for metric in METRICS:
+        first, full = _at(trm, 21, metric), _at(trm, 336, metric)
+        if first is None:
+            continue
+        best_trm = max(r[metric] for r in trm)
+        dis18 = {k: r[metric] for k, r in dis.items()}
+        best_name = max(dis18, key=dis18.get) if dis18 else None
+        best_dis = dis18[best_name] if best_name else 0.0
+        needs_depth = full - first >= DEPTH_POINTS
+        depth[metric] = {"trm_21": first, "trm_336": full, "gain": full - first, "needs_depth": needs_depth}
+        numbers = (f"TRM {first:.3f} @21 NFE, {full:.3f} @336; best DIS @18 {best_dis:.3f}"
+                   + (f" ({best_name})" if best_name else ""))
+        if max(best_trm, best_dis) < 0.10:
+            v, why = "inconclusive", "too hard for this budget: every method stays below 10% exact"
+        elif best_trm < 0.10:
+            v, why = "inconclusive", "the TRM baseline did not learn within this budget"
+        elif not needs_depth:
+            v, why = "inconclusive", (f"the task does not need depth at this budget: TRM gains {full - first:+.3f} "
+                                      f"from 21 to 336 NFE (< {DEPTH_POINTS:.2f})")
+        elif best_dis >= full - WITHIN:
+            v, why = "reproduced", f"DIS@18 is within {WITHIN:.2f} of TRM@336 on a task that needs depth"
+        else:
+            v, why = "not reproduced", f"DIS@18 is {full - best_dis:.3f} below TRM@336 on a task that needs depth"
+        verdicts[metric] = {"verdict": v, "reason": why, "numbers": numbers, "dis_18": dis18,
+                            "dis_18_within_1pt_of_trm_336": {k: x >= full - WITHIN for k, x in dis18.items()}}
+    metric = "exact_accuracy"
+    trm_full = _at(trm, 336, metric)
+    halting = {}
+    for name, r in results.items():
+        h = r.get("halting")
+        if not h or not name.startswith(("trm", "ppo")):
+            continue
+        halting[name] = {"mean_nfe": h["mean_nfe"], "exact_accuracy": h["exact_accuracy"],
+                         "label_match": h.get("label_match"), "times_fewer_than_336": 336 / max(h["mean_nfe"], 1e-9),
+                         "at_trm_336_accuracy": h["exact_accuracy"] >= trm_full - WITHIN}
+    target = max((e["best_exact_accuracy"] for e in results["trm"].get("history", [])), default=None)
+    if target is not None and target < 0.10:
+        target = None  # a TRM that never learned sets no mark worth racing to
+    time_to = {}
+    for name, r in results.items():
+        hist = r.get("history")
+        if hist is None or target is None:
+            continue
+        hit = next((e for e in hist if e["best_exact_accuracy"] >= target - WITHIN), None)
+        time_to[name] = None if hit is None else hit["elapsed_s"]
+    return {"verdict": verdicts.get(metric, {}).get("verdict", "inconclusive"), "verdicts": verdicts,
+            "depth_check": depth, "halting": halting,
+            "time_to_trm_best": {"trm_best_exact_during_training": target, "seconds": time_to}}
 
 
 def rewrite_report(out) -> dict:
     """Re-derive the verdict, results.md and the plot from a finished run's results.json (no training)."""
     out = Path(out)
     report = json.loads((out / "results.json").read_text())
-    cfg = BenchConfig(**report["config"])
-    report |= _verdict(cfg, report["methods"])
+    report |= verdict(report["methods"])
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "results.md").write_text(markdown(report))
     _plot(report, out / "accuracy_vs_nfe.png")
@@ -165,29 +346,54 @@ def rewrite_report(out) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# NFE vs accuracy ({report['date']})", "", f"Task: sudoku {report['task']}; "
-             f"{report['config']['minutes']} min per method on {report['machine']['cores']} cores "
-             f"({report['machine']['cpu']}), width {report['config']['hidden']}.", "",
-             f"**Depth check:** {report['depth_check']['verdict']}.", "",
-             "| method | supervision steps | NFE | exact | blank-cell |", "| --- | --- | --- | --- | --- |"]
-    for name, r in report["methods"].items():
-        for row in r["by_step"]:
-            lines.append(f"| {name} | {row['supervision_step']} | {row['nfe']} | {row['exact_accuracy']:.3f} | "
-                         f"{row['cell_accuracy']:.3f} |")
-        if r.get("halting"):
-            h = r["halting"]
-            lines.append(f"| {name} + halting head | {h['mean_steps']:.2f} (mean) | {h['mean_nfe']:.1f} (mean) | "
-                         f"{h['exact_accuracy']:.3f} | {h['cell_accuracy']:.3f} |")
-    lines += ["", "| method | optimizer steps | training forward passes | examples seen | wall-clock s | dead steps |",
+    cfg = report["config"]
+    task = f"{report.get('task_name', 'sudoku')} {report['task']}"
+    gpu = report["machine"].get("gpu")
+    lines = [f"# NFE vs accuracy: {task} ({report['date']})", "",
+             f"{cfg['minutes']} min of training per method, width {cfg['hidden']}, batch {cfg['batch_size']}, "
+             f"{cfg['pool']} training puzzles, {cfg['eval_n']} held-out; "
+             f"{gpu or str(report['machine']['cores']) + ' cores (' + report['machine']['cpu'] + ')'}; "
+             f"{report.get('machine_sharing', '')}.", "",
+             f"**Verdict: {report['verdict']}.**", ""]
+    for metric, v in report["verdicts"].items():
+        lines.append(f"- {METRICS[metric]}: **{v['verdict']}**: {v['reason']} ({v['numbers']}).")
+    lines += ["", "| method | supervision steps | NFE | exact (any valid) | stored-solution match | blank-cell |",
               "| --- | --- | --- | --- | --- | --- |"]
+
+    def fmt(x):
+        return "-" if x is None else f"{x:.3f}"
+
     for name, r in report["methods"].items():
+        for row in r.get("by_step") or []:
+            lines.append(f"| {name} | {row['supervision_step']} | {row['nfe']} | {fmt(row['exact_accuracy'])} | "
+                         f"{fmt(row.get('label_match'))} | {fmt(row.get('cell_accuracy'))} |")
+        h = r.get("halting")
+        if h:
+            what = "halting head" if name == "trm" else f"learned halting (PPO on {r.get('init')})"
+            lines.append(f"| {name} + {what} | {h['mean_steps']:.2f} (mean) | "
+                         f"{h['mean_nfe']:.1f} (mean) | {fmt(h['exact_accuracy'])} | {fmt(h.get('label_match'))} | "
+                         f"{fmt(h.get('cell_accuracy'))} |")
+    lines += ["", "| method | optimizer steps / PPO iterations | training forward passes | examples seen | "
+              "wall-clock s | time to TRM's best (s) | dead steps |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    seconds = report.get("time_to_trm_best", {}).get("seconds", {})
+    for name, r in report["methods"].items():
+        if "init" in r:
+            lines.append(f"| {name} | {r['iterations']} | - | {r['frames']:,} frames | {r['wall_clock_s']:.0f} | "
+                         "- | - |")
+            continue
+        t = seconds.get(name)
         lines.append(f"| {name} | {r['optimizer_steps']} | {r['train_forward_passes']:,} | {r['examples_seen']:,} | "
-                     f"{r['wall_clock_s']:.0f} | {r['dead_steps'] or 'none'} |")
+                     f"{r['wall_clock_s']:.0f} | {'not reached' if t is None else f'{t:.0f}'} | "
+                     f"{r['dead_steps'] or 'none'} |")
+    if report.get("halting"):
+        lines += ["", "Halting: " + "; ".join(
+            f"{k}: {h['mean_nfe']:.1f} NFE mean ({h['times_fewer_than_336']:.1f}x fewer than 336) at "
+            f"{h['exact_accuracy']:.3f} exact{' (matches TRM@336)' if h['at_trm_336_accuracy'] else ''}"
+            for k, h in report["halting"].items())]
     for name, r in report["methods"].items():
         if r.get("guidance"):
             lines += ["", f"Guidance sweep, {name} (all steps): " + ", ".join(
                 f"w={g['w']}: {g['exact_accuracy']:.3f}" for g in r["guidance"])]
-    lines += ["", "Claims: " + json.dumps(report["claims"])]
     return "\n".join(lines) + "\n"
 
 
@@ -197,21 +403,22 @@ def _plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, r in report["methods"].items():
-        ax.plot([x["nfe"] for x in r["by_step"]], [x["exact_accuracy"] for x in r["by_step"]], "o-", label=name)
+        if r.get("by_step"):
+            ax.plot([x["nfe"] for x in r["by_step"]], [x["exact_accuracy"] for x in r["by_step"]], "o-", label=name)
         if r.get("halting"):
             ax.plot([r["halting"]["mean_nfe"]], [r["halting"]["exact_accuracy"]], "*", ms=12,
-                    label=f"{name} + halting head")
+                    label=f"{name} + halting head" if name == "trm" else name)
     ax.set(xscale="log", xlabel="forward passes per puzzle (NFE)", ylabel="exact accuracy (held-out)",
-           ylim=(0, 1.02), title="accuracy vs NFE")
+           ylim=(0, 1.02), title=f"accuracy vs NFE: {report.get('task_name', 'sudoku')}")
     ticks = []
-    for t in sorted({x["nfe"] for r in report["methods"].values() for x in r["by_step"]}):
+    for t in sorted({x["nfe"] for r in report["methods"].values() for x in r.get("by_step") or []}):
         if not ticks or t >= 1.3 * ticks[-1]:  # labels closer than that overlap on a log axis
             ticks.append(t)
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -141,6 +141,7 @@ def cmd_train(args) -> int:
         flags = {"hidden": args.hidden, "mixer": args.mixer, "T": args.T, "n": args.n, "N_sup": args.n_sup,
                  "batch_size": args.batch_size, "lr": args.lr, "L_layers": args.layers, "dataset": args.dataset,
                  "n_train": args.n_train, "eval_n": args.eval_n, "eval_every": args.eval_every,
+                 "eval_every_minutes": args.eval_every_minutes,
                  "ema_decay": args.ema_decay, "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay,
                  "targets": args.targets, "anytime_weight": args.anytime_weight, "recipe": args.recipe,
                  "heads": args.heads, "expansion": args.expansion, "pos": args.pos,
@@ -247,34 +248,63 @@ def cmd_diagnose(args) -> int:
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="a few minutes on easy 6x6 puzzles: a smoke run")
-    p.add_argument("--hard", action="store_true", help="9x9 with 22-27 givens instead of 28-34")
+    add_task_arguments(p)
+    p.add_argument("--preset", choices=["cpu", "long", "quick", "gpu"], default=None,
+                   help="cpu (20 min per method, the default), long (the long CPU mode: about 1 h 50 min in all), "
+                        "quick (a smoke run of a few minutes) or gpu (9x9 Sudoku on one GPU, about 8 min)")
+    p.add_argument("--quick", action="store_true", help="the same as --preset quick")
+    p.add_argument("--hard", action="store_true", help="sudoku: 9x9 with 22-27 givens instead of 28-34")
     p.add_argument("--out", default="runs/bench/nfe_vs_accuracy")
-    p.add_argument("--minutes", type=float, default=None, help="training budget per method (default 20)")
-    p.add_argument("--targets", default=None, help="DIS target generators, comma-separated (default diffusion)")
+    p.add_argument("--minutes", type=float, default=None, help="training wall-clock per method")
+    p.add_argument("--ppo-minutes", type=float, default=None, help="each learned-halting (PPO) run; 0 = none")
+    p.add_argument("--recipes", default=None, help="DIS recipes, comma-separated (default official-code,paper)")
+    p.add_argument("--targets", default=None,
+                   help="DIS target generators, comma-separated (default diffusion, and solver for Sudoku)")
+    p.add_argument("--anytime-weight", type=float, default=None,
+                   help="the anytime DIS run that PPO learns to halt (default 0.5; 0 = none)")
     p.add_argument("--hidden", type=int, default=None)
-    p.add_argument("--pool", type=int, default=None, help="training puzzles to pre-generate")
-    p.add_argument("--eval-n", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--pool", type=int, default=None, help="size of the fixed training set")
+    p.add_argument("--eval-n", type=int, default=None, help="held-out puzzles (excluded from training)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sequential", action="store_true", help="train methods one after another, all cores each")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda (the gpu preset's)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in --out (by default a rerun continues the benchmark there)")
     p.add_argument("--report-only", action="store_true",
                    help="re-derive results.md, the verdict and the plot from --out's results.json, no training")
+
+
+#: the task options each task takes (the bench passes on only those given)
+BENCH_TASK_OPTIONS = {"sudoku": ("size", "min_givens", "max_givens"), "maze": ("size", "loop_fraction"),
+                      "nqueens": ("board", "min_given", "max_given")}
 
 
 def cmd_bench(args) -> int:
     from .bench import BenchConfig, run
 
-    kw = {"out": args.out, "seed": args.seed, "parallel": not args.sequential, "device": args.device}
-    for name, value in (("minutes", args.minutes), ("hidden", args.hidden), ("pool", args.pool),
-                        ("eval_n", args.eval_n)):
-        if value is not None:
-            kw[name] = value
-    if args.targets:
-        kw["targets"] = args.targets.split(",")
+    preset = "quick" if args.quick else (args.preset or "cpu")
+    if args.quick and args.preset not in (None, "quick"):
+        raise ValueError(f"--quick and --preset {args.preset}: choose one")
+    kw = {"out": args.out, "seed": args.seed, "parallel": not args.sequential}
+    for name in ("minutes", "ppo_minutes", "hidden", "batch_size", "pool", "eval_n", "device", "anytime_weight"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    for name in ("targets", "recipes"):
+        if getattr(args, name):
+            kw[name] = getattr(args, name).split(",")
+    task_kwargs = {k: getattr(args, k) for k in BENCH_TASK_OPTIONS[args.task] if getattr(args, k) is not None}
+    if args.task == "nqueens" and task_kwargs.get("board") == 8:
+        task_kwargs.pop("board")  # (--board defaults to 8)
     if args.hard:
-        kw |= {"min_givens": 22, "max_givens": 27}
-    cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
+        if args.task != "sudoku":
+            raise ValueError("--hard is a sudoku option")
+        task_kwargs |= {"min_givens": 22, "max_givens": 27}
+    cfg = BenchConfig.for_task(args.task, preset, task_kwargs=task_kwargs, **kw)
+    if cfg.device.startswith("cuda"):
+        from .evaluation import torch_device
+
+        torch_device(cfg.device)  # a clear error where there is no CUDA
     if args.report_only:
         from .bench import rewrite_report
 
@@ -282,9 +312,9 @@ def cmd_bench(args) -> int:
             raise ValueError(f"--report-only: no results.json in {cfg.out} (run the benchmark there first)")
         report = rewrite_report(cfg.out)
     else:
-        report = run(cfg)
+        report = run(cfg, overwrite=args.overwrite)
     print((Path(cfg.out) / "results.md").read_text())
-    print(f"depth check: {report['depth_check']['verdict']}")
+    print(f"verdict: {report['verdict']}")
     print(f"wrote results.json, results.md and accuracy_vs_nfe.png to {cfg.out}")
     return 0
 
@@ -385,7 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-augment", action="store_true")
     tr.add_argument("--no-final-eval", action="store_true", help="skip the held-out evaluation at the end")
     tr.add_argument("--eval-n", type=int, default=None)
-    tr.add_argument("--eval-every", type=int, default=None)
+    tr.add_argument("--eval-every", type=int, default=None, help="evaluate 256 held-out puzzles every N steps")
+    tr.add_argument("--eval-every-minutes", type=float, default=None,
+                    help="... and/or every M training minutes (the clock stops while it evaluates)")
     tr.add_argument("--preset", choices=["cpu", "paper"], default="cpu",
                     help="cpu (small sizes, clipping and EMA warm-up) or paper (the official Sudoku recipe, "
                          "for a GPU); flags given override the preset")
@@ -467,7 +499,8 @@ METHOD_OPTIONS = {
             "halt_readout", "halt_bias"),
     "supervised": ("layers", "mixer", "heads", "expansion", "pos", "puzzle_emb_len", "puzzle_emb_ndim", "optimizer",
                    "weight_decay_scope", "grad_clip", "ema_warmup", "puzzle_emb_lr", "puzzle_emb_weight_decay",
-                   "batch_size", "weight_decay", "warmup_steps", "ema_decay", "n_train", "eval_every"),
+                   "batch_size", "weight_decay", "warmup_steps", "ema_decay", "n_train", "eval_every",
+                   "eval_every_minutes"),
 }
 
 

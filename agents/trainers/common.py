@@ -29,6 +29,9 @@ from ..evaluation import evaluation_set
 from ..rollout import RecursionRunner, rollout_metrics, summarize
 from ..trm import TRM, TRMConfig
 
+#: a run checkpoints at least this often (training minutes), whatever its step rate, so a stopped run loses little
+CHECKPOINT_MINUTES = 5.0
+
 
 @dataclass
 class TrainConfig:
@@ -90,7 +93,10 @@ class TrainConfig:
     device: str = "cpu"
     compile: bool = False
     eval_every: int = 0  # 0 = only at the end
-    checkpoint_every: int = 200
+    #: also evaluate every this many training minutes (0 = off): equal looks for methods of unequal step costs.
+    #: The training clock stops while it evaluates, so the look costs no budget.
+    eval_every_minutes: float = 0.0
+    checkpoint_every: int = 200  # steps; and at least every CHECKPOINT_MINUTES of training
     keep: int = 3  # checkpoints kept (checkpoint.pt, .1, ...): --resume falls back to the newest valid one
     log_every: int = 10
     out: str = "runs/trm"
@@ -293,14 +299,17 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         torch.set_rng_state(state["torch_rng"])
         step, elapsed, train_nfe = state["step"], state["elapsed"], state["train_nfe"]
 
+    saved_at = [elapsed]  # training seconds at the last checkpoint
+
     def checkpoint() -> None:
+        saved_at[0] = elapsed
         save_checkpoint(ckpt_path, keep=cfg.keep, state={
             "train_config": asdict(cfg), "model_config": model_cfg.to_dict(), "model": model.state_dict(),
             "ema": ema.weights(model), "ema_updates": ema.updates, "optimizer": [o.state_dict() for o in optimizers],
             "schedule": [o.state_dict() for o in schedules], "stream": stream.state_dict(),
             "core": runner.core.state_dict(),
             "method": method.state_dict(), "halt_rng": halt_rng.get_state(), "torch_rng": torch.get_rng_state(),
-            "step": step, "elapsed": elapsed, "train_nfe": train_nfe, "task": task.name,
+            "step": step, "elapsed": elapsed, "train_nfe": train_nfe, "history": history, "task": task.name,
             "task_kwargs": task.kwargs})
 
     (out / "config.json").write_text(json.dumps({"train": asdict(cfg), "model": model_cfg.to_dict()}, indent=2))
@@ -308,7 +317,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     budget_s = None if cfg.minutes is None else 60 * cfg.minutes
     bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, desc=f"train {cfg.method}", unit="step")
-    history = []
+    history = [] if state is None else list(state.get("history", []))
+    next_eval_s = 60 * cfg.eval_every_minutes * (1 + int(elapsed // (60 * cfg.eval_every_minutes))) \
+        if cfg.eval_every_minutes else None
     last_loss = None
 
     # -- the loop: one supervision step of the carried batch per optimizer step --------------------------------
@@ -348,14 +359,19 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                 writer.add_scalar(f"train/{k}", v, step)
             bar.set_postfix(loss=f"{last_loss:.3f}", **({"exact": f"{metrics['episode_exact']:.2f}"}
                                                       if "episode_exact" in metrics else {}))
-        if cfg.eval_every and step % cfg.eval_every == 0:
+        if (cfg.eval_every and step % cfg.eval_every == 0) or (
+                cfg.eval_every_minutes and elapsed >= next_eval_s):
             k = min(cfg.eval_n, 256)  # a quick look during training; the final evaluation uses all
+            t_eval = time.perf_counter()
             summary = evaluate_model(ema.copy_to(copy.deepcopy(model)), task, eval_x[:k], eval_y[:k], device)
-            history.append({"step": step, "elapsed_s": elapsed, **summary})
+            t_start += time.perf_counter() - t_eval  # the look is not training time
+            history.append({"step": step, "elapsed_s": elapsed, "train_forward_passes": train_nfe, **summary})
             best = max(r["exact_accuracy"] for r in summary["by_step"])
             writer.add_scalar("eval/best_exact_accuracy", best, step)
             writer.add_scalar("eval/halting_exact_accuracy", summary["halting"]["exact_accuracy"], step)
-        if step % cfg.checkpoint_every == 0:
+            while cfg.eval_every_minutes and next_eval_s <= elapsed:
+                next_eval_s += 60 * cfg.eval_every_minutes
+        if step % cfg.checkpoint_every == 0 or elapsed - saved_at[0] >= 60 * CHECKPOINT_MINUTES:
             checkpoint()
     bar.close()
     if step == 0 or step % cfg.checkpoint_every:  # not saved at this step yet
