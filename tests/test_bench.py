@@ -65,7 +65,7 @@ def test_each_metric_gets_its_own_verdict_and_the_halting_claims_are_counted():
 def test_markdown_lists_every_method_with_both_metrics():
     runs = methods(0.6, 0.8, 0.79, match_scale=0.5)
     runs["dis-official-code-diffusion"]["by_step"][0]["label_match"] = 0.2  # valid, but other completions
-    for name, r in runs.items():
+    for r in runs.values():
         if "by_step" in r:
             r |= {"optimizer_steps": 1, "train_forward_passes": 2, "examples_seen": 3, "wall_clock_s": 4.0,
                   "dead_steps": []}
