@@ -217,7 +217,8 @@ def run(cfg: BenchConfig, progress=print, overwrite: bool = False) -> dict:
     pool_path = out / "train_pool.npz"
     if not pool_path.exists():
         progress(f"generating a training set of {cfg.pool} puzzles ({task!r})")
-        save_dataset(pool_path, task, build_dataset(task, cfg.pool, cfg.seed, progress=True), seed=cfg.seed)
+        save_dataset(pool_path, task, build_dataset(task, cfg.pool, cfg.seed, progress=True,
+                                                         workers=os.cpu_count() or 1), seed=cfg.seed)
     data = ["--dataset", str(pool_path)]
 
     t0 = time.time()

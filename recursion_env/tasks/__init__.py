@@ -36,19 +36,38 @@ def make_task(name: str, **kwargs) -> Task:
     return cls(**kwargs)
 
 
-def build_dataset(task: Task, n: int, seed: int, chunk: int = 500, progress: bool = False) -> PuzzleBatch:
+def build_dataset(task: Task, n: int, seed: int, chunk: int = 500, progress: bool = False,
+                  workers: int = 1) -> PuzzleBatch:
     """``n`` puzzles in chunks of ``chunk``; chunk ``k`` is ``task.generate(chunk, seed=[seed, k])``, so a
-    dataset is reproducible from (task, n, seed, chunk) and shows a progress bar while it builds."""
+    dataset is reproducible from (task, n, seed, chunk), whatever ``workers`` (processes generating chunks at
+    once), and shows a progress bar while it builds."""
     from tqdm import tqdm
 
-    parts = []
-    with tqdm(total=n, desc=f"generating {task.name}", unit="puzzle", disable=not progress) as bar:
-        for k, start in enumerate(range(0, n, chunk)):
-            parts.append(task.generate(min(chunk, n - start), seed=[seed, k]))
-            bar.update(len(parts[-1]))
-    if not parts:
+    if n <= 0:
         raise ValueError(f"build_dataset: n must be positive, got {n}")
+    chunks = [(k, min(chunk, n - start)) for k, start in enumerate(range(0, n, chunk))]
+    with tqdm(total=n, desc=f"generating {task.name}", unit="puzzle", disable=not progress) as bar:
+        if workers > 1 and len(chunks) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawned, not forked: a parent that ran torch may hold thread-pool locks a fork would copy
+            with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=multiprocessing.get_context("spawn")) as ex:
+                futures = [ex.submit(_generate_chunk, task.name, task.kwargs, m, [seed, k]) for k, m in chunks]
+                parts = []
+                for f in futures:
+                    parts.append(f.result())
+                    bar.update(len(parts[-1]))
+        else:
+            parts = []
+            for k, m in chunks:
+                parts.append(task.generate(m, seed=[seed, k]))
+                bar.update(len(parts[-1]))
     return PuzzleBatch.concat(parts)
+
+
+def _generate_chunk(name: str, kwargs: dict, m: int, seed: list[int]) -> PuzzleBatch:
+    return make_task(name, **kwargs).generate(m, seed=seed)
 
 
 def save_dataset(path, task: Task, batch: PuzzleBatch, seed=None) -> Path:
