@@ -15,7 +15,6 @@ from .common import TrainConfig, token_loss
 
 
 class DeepSupervision:
-    name = "trm"
     step_embedding = 0
 
     def __init__(self, cfg: TrainConfig):

@@ -26,7 +26,6 @@ DIS_DEFAULTS = {"T": 1, "n": 2, "N_sup": 6}
 
 
 class PolicyImprovement:
-    name = "dis"
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg

@@ -2,8 +2,7 @@
 
 Token convention shared by all tasks: token 0 in ``inputs`` marks a cell the answer must decide (a Sudoku
 blank, an open maze cell, an undecided N-Queens square). Every other input token is a *given* that the answer
-must keep. ``blank_mask(inputs) == (inputs == 0)`` for every task, so the MDP core can keep givens without
-knowing the puzzle.
+must keep. So the MDP core keeps givens (``inputs != 0``) without knowing the puzzle.
 """
 
 from __future__ import annotations
@@ -123,9 +122,6 @@ class Task:
         return None
 
     # -- shared machinery -------------------------------------------------------------------------------
-    def blank_mask(self, inputs):
-        return inputs == 0
-
     def verify(self, inputs, answers) -> np.ndarray:
         """``bool[n]``: does each answer solve its puzzle and keep its givens? Rule-based, label-free."""
         inputs_t = torch.as_tensor(np.asarray(inputs), dtype=torch.int64)
