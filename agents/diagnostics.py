@@ -49,15 +49,6 @@ def advantage_margin(reference: torch.Tensor, conditional: torch.Tensor, target:
     return delta.gather(-1, target.unsqueeze(-1)).squeeze(-1) - (pi * delta).sum(-1)
 
 
-def margin_variance(reference: torch.Tensor, conditional: torch.Tensor, w: float = 1.0):
-    """Var_{π_w}[Δl], per cell (= d²/dw² of the guided cross-entropy)."""
-    reference, conditional = reference.double(), conditional.double()
-    delta = conditional - reference
-    pi = torch.softmax(reference + w * delta, -1)
-    mean = (pi * delta).sum(-1, keepdim=True)
-    return (pi * (delta - mean) ** 2).sum(-1)
-
-
 def step_diagnostics(out: SupervisionOutput, puzzle: torch.Tensor, label: torch.Tensor, w: float = 1.0):
     """(sum of margins at ``w``, number of changed predictions, number of blank cells, sum of improvements
     CE(0) - CE(1)) of one step over a batch."""

@@ -146,10 +146,19 @@ from agents.diagnostics import (  # noqa: E402
     advantage_margin,
     diagnose_model,
     guided_cross_entropy,
-    margin_variance,
     summary_text,
     write_report,
 )
+
+
+def margin_variance(reference: torch.Tensor, conditional: torch.Tensor, w: float = 1.0):
+    """Var_{pi_w}[delta l] per cell: what the second derivative of the guided cross-entropy must equal (so the
+    cross-entropy is convex in w, which is why the margin at w = 1 alone can call a helpful step dead)."""
+    reference, conditional = reference.double(), conditional.double()
+    delta = conditional - reference
+    pi = torch.softmax(reference + w * delta, -1)
+    mean = (pi * delta).sum(-1, keepdim=True)
+    return (pi * (delta - mean) ** 2).sum(-1)
 
 
 @settings(max_examples=20, deadline=None)
