@@ -1,0 +1,113 @@
+"""The README stays true: its Python snippets run, every command in it parses (flags, methods, files), and its
+training commands run end to end with small budgets, in order, as a reader would type them."""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agents.cli import build_parser, check_arguments, main
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README, re.S)
+
+
+def commands() -> list[list[str]]:
+    """Every ``.venv/bin/...`` command of the README's bash blocks, continuation lines joined, comments dropped."""
+    out = []
+    for block in blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in line.split(" && "):
+                part = part.strip()
+                if part.startswith(".venv/bin/"):
+                    out.append(shlex.split(part, comments=True))
+    return out
+
+
+CLI = [c for c in commands() if c[0] == ".venv/bin/recursion-env"]
+SCRIPTS = [c for c in commands() if c[0] == ".venv/bin/python" and c[1].endswith(".py")]
+
+
+def test_the_readme_has_what_these_tests_read():
+    assert len(blocks("python")) >= 2 and len(CLI) >= 15 and len(SCRIPTS) >= 6
+    assert CLI[0] == [".venv/bin/recursion-env", "demo"]  # the main job, in the first command
+
+
+@pytest.mark.parametrize("i", range(len(blocks("python"))))
+def test_python_snippets_run(i, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks("python")[i], f"README.md python block {i}", "exec"), {})
+
+
+@pytest.mark.parametrize("cmd", CLI, ids=lambda c: " ".join(c[1:4]))
+def test_every_recursion_env_command_parses(cmd):
+    try:
+        args = build_parser().parse_args(cmd[1:])
+    except SystemExit:
+        pytest.fail(f"README command does not parse: {' '.join(cmd)}")
+    check_arguments(args)  # another method's flag, a negative budget: the errors main() would give
+
+
+@pytest.mark.parametrize("cmd", SCRIPTS, ids=lambda c: c[1])
+def test_every_script_exists_and_takes_its_flags(cmd):
+    script = ROOT / cmd[1]
+    assert script.is_file(), cmd[1]
+    flags = [a.split("=")[0] for a in cmd[2:] if a.startswith("--")]
+    if flags:
+        text = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=ROOT,
+                              timeout=120).stdout
+        for flag in flags:
+            assert flag in text, f"{cmd[1]} does not take {flag}"
+
+
+#: the README's budgets, made small: (flag, value) replacements for the commands that train or evaluate
+SMALL = {"--minutes": None, "--steps": "2", "--n": "16", "--count": "1"}
+
+
+def small(cmd: list[str]) -> list[str]:
+    """A README command with a small budget: minutes become 2 steps, evaluation 16 puzzles, fresh runs tiny."""
+    args, out = cmd[1:], []
+    it = iter(range(len(args)))
+    for i in it:
+        if args[i] in SMALL and i + 1 < len(args):
+            next(it)
+            if SMALL[args[i]] is not None:
+                out += [args[i], SMALL[args[i]]]
+            elif "--steps" not in args:
+                out += ["--steps", "2"]
+        else:
+            out.append(args[i])
+    if out[0] == "train" and "--resume" not in out:
+        out += ["--hidden", "16", "--num-envs", "8"] if "ppo" in out else ["--hidden", "16", "--eval-n", "16",
+                                                                              "--batch-size", "16"]
+    if out[0] in ("eval", "diagnose") and "--n" not in out:
+        out += ["--n", "16"]
+    if out[:2] == ["data", "build"]:
+        out[out.index("--n") + 1] = "50"
+    return out
+
+
+@pytest.mark.slow
+def test_the_readme_training_commands_run_in_order(tmp_path, monkeypatch):
+    """data, train (TRM, DIS, anytime DIS, PPO halting and full), eval, diagnose and resume, as written but for the
+    budgets, in the README's order (later commands read the runs earlier ones wrote)."""
+    monkeypatch.chdir(tmp_path)
+    ran, trained = [], set()
+    for cmd in CLI:
+        if cmd[1] in ("data", "train", "eval", "diagnose"):
+            if cmd[1] in ("eval", "diagnose") and cmd[2] not in trained:
+                continue  # a run the README gets elsewhere (import-official needs an official checkpoint)
+            if cmd[1] == "train":
+                trained.add(cmd[cmd.index("--out") + 1])
+            argv = small(cmd)
+            assert main(argv) == 0, f"README command failed: {' '.join(cmd)} (run as {' '.join(argv)})"
+            ran.append(argv[0])
+    assert ran.count("train") >= 6 and "eval" in ran and "diagnose" in ran
+    assert (tmp_path / "runs" / "ppo" / "checkpoint.pt").is_file()
