@@ -62,7 +62,7 @@ class BenchConfig:
     targets: list | None = None  # DIS target generators; None = diffusion, plus the solver trace where one exists
     anytime_weight: float = 0.5  # the anytime DIS run that PPO learns to halt; 0 = no such run
     ppo_minutes: float = 3.0  # each PPO halting run (on the TRM and on the anytime DIS); 0 = none
-    ppo_lam: float = 0.01  # PPO's cost per forward pass
+    ppo_nfe_cost: float = 0.01  # PPO's reward cost per forward pass
     guidance: list = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
     eval_every_minutes: float | None = None  # held-out looks during training; None = every tenth of the budget
     parallel: bool = True
@@ -139,7 +139,7 @@ def ppo_runs(cfg: BenchConfig) -> dict[str, tuple[str, list[str]]]:
     """name -> (init run, ``train`` flags) of the learned-halting runs."""
     if not cfg.ppo_minutes:
         return {}
-    flags = ["--method", "ppo", "--mode", "halting", "--lam", str(cfg.ppo_lam), "--seed", str(cfg.seed),
+    flags = ["--method", "ppo", "--mode", "halting", "--nfe-cost", str(cfg.ppo_nfe_cost), "--seed", str(cfg.seed),
              "--device", cfg.device]
     if cfg.task == "nqueens":  # many valid completions: reward any of them, not only the stored one
         flags += ["--reward-mode", "verifier"]

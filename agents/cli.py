@@ -174,7 +174,7 @@ def cmd_train_ppo(args) -> int:
         raise ValueError("--resume continues the run in --out and --overwrite replaces it: choose one")
 
     kw = {"mode": args.mode or "halting", "init": args.init, "task": args.task, "task_kwargs": _task_kwargs(args),
-          "lam": 0.01 if args.lam is None else args.lam, "reward_mode": args.reward_mode or "label",
+          "nfe_cost": 0.01 if args.nfe_cost is None else args.nfe_cost, "reward_mode": args.reward_mode or "label",
           "seed": args.seed, "device": str(torch_device(args.device)), "out": args.out, "iterations": args.steps,
           "minutes": args.minutes, "dataset": args.dataset}
     for name, value in (("hidden", args.hidden), ("T", args.T), ("n", args.n), ("N_sup", args.n_sup),
@@ -342,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--mode", choices=["halting", "full"], default=None,
                     help="ppo: train only the halting decision (network frozen) or the whole TRM")
     tr.add_argument("--init", default=None, help="ppo: start from this TRM/DIS run (default: a fresh network)")
-    tr.add_argument("--lam", type=float, default=None, help="ppo: reward cost per forward pass (default 0.01)")
+    tr.add_argument("--nfe-cost", "--lam", dest="nfe_cost", type=float, default=None,
+                    help="ppo: reward cost per forward pass (default 0.01; --lam is its deprecated name)")
     tr.add_argument("--reward-mode", choices=["label", "verifier"], default=None,
                     help="ppo: label (default) or label-free")
     tr.add_argument("--num-envs", type=int, default=None, help="ppo: environments per batch")
@@ -495,8 +496,8 @@ def main(argv=None) -> int:
 #: train options that only one method (or only the supervised ones) reads: any other method refuses them
 METHOD_OPTIONS = {
     "dis": ("targets", "recipe", "autoregressive", "anytime_weight"),
-    "ppo": ("mode", "init", "lam", "reward_mode", "num_envs", "entropy_coeff", "collector", "workers", "gae_lambda",
-            "halt_readout", "halt_bias"),
+    "ppo": ("mode", "init", "nfe_cost", "reward_mode", "num_envs", "entropy_coeff", "collector", "workers",
+            "gae_lambda", "halt_readout", "halt_bias"),
     "supervised": ("layers", "mixer", "heads", "expansion", "pos", "puzzle_emb_len", "puzzle_emb_ndim", "optimizer",
                    "weight_decay_scope", "grad_clip", "ema_warmup", "puzzle_emb_lr", "puzzle_emb_weight_decay",
                    "batch_size", "weight_decay", "warmup_steps", "ema_decay", "n_train", "eval_every",

@@ -10,7 +10,7 @@ import recursion_env  # noqa: F401  (registers TRMRecursion-*-v0)
 
 
 def main(size: int = 4, latent_dim: int = 16, seed: int = 0) -> float:
-    env = gym.make("TRMRecursion-Sudoku-v0", size=size, latent_dim=latent_dim, lam=0.01, max_steps=8,
+    env = gym.make("TRMRecursion-Sudoku-v0", size=size, latent_dim=latent_dim, nfe_cost=0.01, max_steps=8,
                    render_mode="ansi")
     obs, info = env.reset(seed=seed)
     print(env.render())
@@ -24,7 +24,7 @@ def main(size: int = 4, latent_dim: int = 16, seed: int = 0) -> float:
         done = terminated or truncated
     print(f"random agent: return {total:+.3f}, {info}")
 
-    # the solution, submitted with halt=1: reward = S gain + solve bonus - lam * nfe_per_step
+    # the solution, submitted with halt=1: reward = S gain + solve bonus - nfe_cost * nfe_per_step
     obs, info = env.reset(seed=seed)
     label = env.unwrapped.core.label[0].numpy()
     obs, reward, terminated, truncated, info = env.step(

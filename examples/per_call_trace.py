@@ -4,9 +4,9 @@
     python examples/per_call_trace.py --run runs/trm6  # or traces a run you trained (a Sudoku run)
 
 Each transition is one forward pass (``nfe_per_step=1``): within a supervision step z is updated n times
-(z = f(z, x + y)) and then y once (y = f(y, z)), T times over; the answer is decoded after the step's last y update.
-So the compute cost ``lam`` is charged at every call, and the score gain arrives at the calls that decode an answer:
-the trace shows where the forward passes pay off and where they are dead compute.
+(z = f(z, x + y)) and then y once (y = f(y, z)), T times over; the answer is decoded after the step's last y
+update. So the compute cost ``nfe_cost`` is charged at every call, and the score gain arrives at the calls that
+decode an answer: the trace shows where the forward passes pay off and where they are dead compute.
 """
 
 import argparse
@@ -21,7 +21,7 @@ from agents.rollout import TRMPolicy
 from agents.trainers import TrainConfig, train
 
 
-def main(run: str | None = None, out: str = "runs/per_call", seed: int = 0, lam: float = 0.001,
+def main(run: str | None = None, out: str = "runs/per_call", seed: int = 0, nfe_cost: float = 0.001,
          steps: int = 200) -> list[dict]:
     if run is None:  # the example's own folder, replaced on every run of it
         train(TrainConfig(task_kwargs={"size": 4}, hidden=32, T=2, n=2, N_sup=3, batch_size=64, steps=steps,
@@ -34,7 +34,7 @@ def main(run: str | None = None, out: str = "runs/per_call", seed: int = 0, lam:
     per_sup = cfg.nfe_per_supervision_step
     policy = TRMPolicy(model, granularity="call", use_halting=False)
     env = gym.make("TRMRecursion-Sudoku-v0", **task.kwargs, latent_dim=cfg.hidden, latent_len=cfg.latent_len,
-                   nfe_per_step=1, max_steps=cfg.N_sup * per_sup, lam=lam, render_mode="ansi")
+                   nfe_per_step=1, max_steps=cfg.N_sup * per_sup, nfe_cost=nfe_cost, render_mode="ansi")
     obs, info = env.reset(seed=seed)
     # the network's own initial (y, z) instead of the env's zero latent
     obs, info = env.reset(seed=seed, options={"puzzle": obs["puzzle"], "label": env.unwrapped.core.label[0].numpy(),
@@ -57,7 +57,7 @@ def main(run: str | None = None, out: str = "runs/per_call", seed: int = 0, lam:
         mark = f"{update} + read" if decoded else update
         print(f"{info['nfe']:>4}  {mark:<9} {reward:>+8.4f}  {info['cell_accuracy']:>8.3f}  {info['solved']}")
     print(env.render())
-    gains = [t["reward"] + lam for t in trace]
+    gains = [t["reward"] + nfe_cost for t in trace]
     print(f"{len(trace)} calls, return {sum(t['reward'] for t in trace):+.3f}; the score moved at "
           f"{int(np.count_nonzero(np.abs(gains) > 1e-9))} of them (every one a decoding call)")
     return trace
@@ -66,7 +66,7 @@ def main(run: str | None = None, out: str = "runs/per_call", seed: int = 0, lam:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default=None, help="a trained Sudoku run (default: train a small one first)")
-    p.add_argument("--lam", type=float, default=0.001, help="compute cost per forward pass")
+    p.add_argument("--nfe-cost", type=float, default=0.001, help="compute cost per forward pass")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    main(a.run, lam=a.lam, seed=a.seed)
+    main(a.run, nfe_cost=a.nfe_cost, seed=a.seed)

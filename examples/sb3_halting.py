@@ -1,10 +1,10 @@
 """A Stable-Baselines3 halting controller for a trained TRM or DIS run, against the fixed budget and the
 run's own halting head, on the run's held-out puzzles.
 
-    python examples/sb3_halting.py runs/trm6 --timesteps 4000 --lam 0.01 --eval-n 1000
+    python examples/sb3_halting.py runs/trm6 --timesteps 4000 --nfe-cost 0.01 --eval-n 1000
 
 The controller sees the halting env's 5 features (step fraction, answer entropy, changed fraction, max-prob
-gain, halting logit) and chooses continue/halt; the reward is the core's: score gain - lam * NFE + solve bonus.
+gain, halting logit) and chooses continue/halt; the reward is the core's: score gain - nfe_cost * NFE + solve bonus.
 """
 
 import argparse
@@ -33,17 +33,18 @@ def evaluate_controller(env, controller, puzzles, labels) -> dict:
     return {"mean_nfe": float(np.mean(nfe)), "exact_accuracy": float(np.mean(solved))}
 
 
-def main(run: str, timesteps: int = 4000, lam: float = 0.01, eval_n: int = 1000, seed: int = 0) -> dict:
+def main(run: str, timesteps: int = 4000, nfe_cost: float = 0.01, eval_n: int = 1000, seed: int = 0) -> dict:
     model, task, train_config = load_trained(run)
     size = task.kwargs["size"]
-    env = gym.make("TRMHalting-Sudoku-v0", size=size, policy=TRMPolicy(model), max_steps=model.cfg.N_sup, lam=lam)
+    env = gym.make("TRMHalting-Sudoku-v0", size=size, policy=TRMPolicy(model), max_steps=model.cfg.N_sup,
+                   nfe_cost=nfe_cost)
     controller = sb3.PPO("MlpPolicy", env, n_steps=256, batch_size=64, seed=seed, verbose=0)
     controller.learn(total_timesteps=timesteps)
     puzzles, labels = evaluation_set(task, train_config, eval_n)
     learned = evaluate_controller(env.unwrapped, controller, puzzles, labels)
     reference = evaluate_run(run, n=eval_n, halting=True)
     fixed = reference["by_step"][-1]
-    result = {"run": run, "lam": lam, "timesteps": timesteps, "n_puzzles": eval_n,
+    result = {"run": run, "nfe_cost": nfe_cost, "timesteps": timesteps, "n_puzzles": eval_n,
               "sb3_controller": learned,
               "fixed_budget": {"mean_nfe": fixed["nfe"], "exact_accuracy": fixed["exact_accuracy"]},
               "halting_head": {k: reference["halting"][k] for k in ("mean_nfe", "exact_accuracy")}}
@@ -55,13 +56,13 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run")
     p.add_argument("--timesteps", type=int, default=4000)
-    p.add_argument("--lam", type=float, default=0.01)
+    p.add_argument("--nfe-cost", type=float, default=0.01)
     p.add_argument("--eval-n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     a = p.parse_args()
     try:
-        out = main(a.run, a.timesteps, a.lam, a.eval_n, a.seed)
+        out = main(a.run, a.timesteps, a.nfe_cost, a.eval_n, a.seed)
     except ValueError as e:  # a missing or unreadable run, too many puzzles asked for: one line, not a traceback
         raise SystemExit(f"sb3_halting.py: error: {e}") from None
     if a.json:

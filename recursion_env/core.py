@@ -8,10 +8,10 @@ One transition is one latent refinement: the agent hands in the next latent, its
 flag; the core keeps the givens (it writes them back into ``answer``), charges ``nfe_per_step`` forward
 passes, and pays
 
-    r_t = S(answer_{t+1}) - S(answer_t) - lam * nfe_per_step + solve_bonus * (solved_{t+1} - solved_t)
+    r_t = S(answer_{t+1}) - S(answer_t) - nfe_cost * nfe_per_step + solve_bonus * (solved_{t+1} - solved_t)
 
 i.e. the change of the potential S + solve_bonus * [solved] minus the compute charged, so a return telescopes:
-sum r = S(final) - S(initial) + solve_bonus * [final solved] - lam * NFE (the initial answer, givens and
+sum r = S(final) - S(initial) + solve_bonus * [final solved] - nfe_cost * NFE (the initial answer, givens and
 blanks, is unsolved whenever the puzzle has a blank). ``S`` is the fraction of blank cells
 equal to the label (``reward_mode="label"``) or the fraction of the task's rules satisfied
 (``reward_mode="verifier"``, label-free). ``solved`` is always the rule verifier, so a different valid
@@ -27,9 +27,10 @@ The Gymnasium and TorchRL environments are thin adapters over this class; neithe
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import InitVar, asdict, dataclass, fields
 from typing import NamedTuple
 
 import numpy as np
@@ -54,15 +55,20 @@ class RecursionConfig:
     latent_dim: int = 64
     #: positions of the latent; ``None`` means the puzzle length L (agents with extra slots ask for more)
     latent_len: int | None = None
-    lam: float = 0.0
+    #: the reward's cost per forward pass (``lam`` is its deprecated alias: in RL code lambda means GAE's)
+    nfe_cost: float = 0.0
     reward_mode: str = "label"
     #: TRM's budget: 16 supervision steps x 3 recursions x 7 calls
     max_steps: int = 336
     nfe_per_step: int = 1
     solve_bonus: float = 1.0
     terminate_on_solve: bool = False
+    lam: InitVar[float | None] = None  # deprecated: nfe_cost
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, lam: float | None = None) -> None:
+        if lam is not None:
+            warnings.warn("lam is deprecated: call it nfe_cost", DeprecationWarning, stacklevel=3)
+            object.__setattr__(self, "nfe_cost", lam)
         if self.reward_mode not in REWARD_MODES:
             raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {self.reward_mode!r}")
         for name in ("latent_dim", "max_steps", "nfe_per_step", "latent_len"):
@@ -71,7 +77,7 @@ class RecursionConfig:
                 continue
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("lam", "solve_bonus"):
+        for name in ("nfe_cost", "solve_bonus"):
             value = getattr(self, name)
             if not (_is_int(value) or isinstance(value, (float, np.floating))) or not np.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
@@ -81,7 +87,7 @@ class RecursionConfig:
     @classmethod
     def split(cls, kwargs: dict) -> tuple[RecursionConfig, dict]:
         """Separate config options from the rest (task options) in one keyword dict."""
-        names = {f.name for f in fields(cls)}
+        names = {f.name for f in fields(cls)} | {"lam"}  # (the deprecated alias)
         return cls(**{k: v for k, v in kwargs.items() if k in names}), {
             k: v for k, v in kwargs.items() if k not in names}
 
@@ -224,7 +230,7 @@ class RecursionCore:
         self._label_score = config.reward_mode == "label"
         self._constants = {name: torch.tensor(value, device=dev) for name, value in (
             ("one_step", 1), ("nfe_per_step", config.nfe_per_step), ("max_steps", config.max_steps),
-            ("compute_cost", float(config.lam * config.nfe_per_step)))}
+            ("compute_cost", float(config.nfe_cost * config.nfe_per_step)))}
 
     # -- scoring ----------------------------------------------------------------------------------------
     def _evaluate(self, puzzle, answer, context, scored_label, n_scored):
@@ -413,7 +419,7 @@ class RecursionCore:
         score, cell_acc, solved = self._evaluate(self.puzzle, answer, self.context, self.scored_label, self.n_scored)
         potential = torch.add(score, solved, alpha=cfg.solve_bonus)  # S + solve_bonus * [solved]
         reward = potential - self.potential
-        if cfg.lam:
+        if cfg.nfe_cost:
             reward = reward - const["compute_cost"]
         step_count = self.step_count + const["one_step"]
         terminated = (halt | solved) if cfg.terminate_on_solve else halt
@@ -488,7 +494,7 @@ class RecursionCore:
 
     def reward_bounds(self) -> tuple[float, float]:
         """Analytic bounds of one transition's reward: S moves by at most 1 either way, ``solved`` flips once."""
-        cost = self.config.lam * self.config.nfe_per_step
+        cost = self.config.nfe_cost * self.config.nfe_per_step
         return -1.0 - self.config.solve_bonus - cost, 1.0 + self.config.solve_bonus - cost
 
 

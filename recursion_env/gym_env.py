@@ -88,11 +88,11 @@ class RecursionGymEnv(gym.Env):
         action       Dict(latent: Box(float32, (2, P, D)), answer: MultiDiscrete([V]*L), halt: Discrete(2))
 
     Each step is one latent refinement charged ``nfe_per_step`` forward passes; the reward is the score gain
-    minus ``lam`` per forward pass, plus/minus ``solve_bonus`` when the answer becomes solved/broken (see
+    minus ``nfe_cost`` per forward pass, plus/minus ``solve_bonus`` when the answer becomes solved/broken (see
     :mod:`recursion_env.core`). ``info`` carries ``nfe``, ``cell_accuracy``, ``solved``, ``score``.
 
     Keyword args: ``task`` (name), task options (``size``, ``board``, ``min_givens``, ...), the
-    :class:`~recursion_env.core.RecursionConfig` fields (``latent_dim``, ``latent_len``, ``lam``,
+    :class:`~recursion_env.core.RecursionConfig` fields (``latent_dim``, ``latent_len``, ``nfe_cost``,
     ``reward_mode``, ``max_steps``, ``nfe_per_step``, ``solve_bonus``, ``terminate_on_solve``), ``dataset`` (a
     saved ``.npz``, a Sudoku-Extreme ``.csv`` or a text file of puzzles), ``device``, ``render_mode``
     (``"ansi"`` or ``"rgb_array"``). ``reset(options={"puzzle": ..., "label": ..., "latent": ...})`` starts

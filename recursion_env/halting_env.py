@@ -88,13 +88,13 @@ class RecursionHaltingEnv(gym.Env):
 
     Continuing runs one policy step through the recursion core (charged the policy's ``nfe_per_step``);
     halting ends the episode without compute (:meth:`RecursionCore.stop`). Rewards are the core's:
-    score gain - lam * NFE + solve bonus. The episode is truncated after ``max_steps`` policy steps.
+    score gain - nfe_cost * NFE + solve bonus. The episode is truncated after ``max_steps`` policy steps.
     ``info`` carries ``nfe``, ``cell_accuracy``, ``solved``, ``score``.
 
     ``reset(options={"puzzle": ..., "label": ...})`` starts from a given puzzle (e.g. a held-out set).
 
     Keyword args: ``task``, task options, ``policy`` (a :class:`RecursionPolicy`; default an untrained
-    :class:`TinyRecursionPolicy`), ``max_steps`` (default 16), ``lam``, ``reward_mode``, ``solve_bonus``,
+    :class:`TinyRecursionPolicy`), ``max_steps`` (default 16), ``nfe_cost``, ``reward_mode``, ``solve_bonus``,
     ``dataset``, ``device``, ``render_mode`` (``"ansi"``/``"rgb_array"``).
 
     Sample rollout::

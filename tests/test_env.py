@@ -41,11 +41,11 @@ def snapshot(core: RecursionCore):
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), mode=st.sampled_from(["label", "verifier"]),
-       lam=st.floats(0, 0.1), bonus=st.floats(0, 2), nfe_per_step=st.integers(1, 21),
+       nfe_cost=st.floats(0, 0.1), bonus=st.floats(0, 2), nfe_per_step=st.integers(1, 21),
        task=st.sampled_from([("sudoku", {"size": 4}), ("maze", {"size": 5}), ("nqueens", {"board": 5})]))
-def test_return_telescopes(seed, mode, lam, bonus, nfe_per_step, task):
-    """1: sum r = S(final) - S(initial) + bonus * ([solved final] - [solved initial]) - lam * NFE."""
-    core = RecursionCore(make_task(task[0], **task[1]), batch_size=4, latent_dim=D, reward_mode=mode, lam=lam,
+def test_return_telescopes(seed, mode, nfe_cost, bonus, nfe_per_step, task):
+    """1: sum r = S(final) - S(initial) + bonus * ([solved final] - [solved initial]) - nfe_cost * NFE."""
+    core = RecursionCore(make_task(task[0], **task[1]), batch_size=4, latent_dim=D, reward_mode=mode, nfe_cost=nfe_cost,
                          solve_bonus=bonus, nfe_per_step=nfe_per_step, max_steps=12, seed=seed)
     rng = np.random.default_rng(seed)
     core.reset()
@@ -56,7 +56,8 @@ def test_return_telescopes(seed, mode, lam, bonus, nfe_per_step, task):
         res = core.step(random_action(core, rng), mask=alive)
         total += res.reward.double()
         alive &= ~(res.terminated | res.truncated)
-    expected = (core.score - s0).double() + bonus * (core.solved.float() - solved0).double() - lam * core.nfe.double()
+    expected = ((core.score - s0).double() + bonus * (core.solved.float() - solved0).double()
+                - nfe_cost * core.nfe.double())
     assert torch.allclose(total, expected, atol=1e-4)
     assert (core.nfe == core.step_count * nfe_per_step).all()  # 4
     assert (core.step_count <= 12).all()
@@ -79,11 +80,11 @@ def test_nfe_accounting_and_truncation_exactly_at_max_steps(seed, max_steps, k):
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), mode=st.sampled_from(["label", "verifier"]), lam=st.floats(0, 1),
+@given(seed=st.integers(0, 2**31 - 1), mode=st.sampled_from(["label", "verifier"]), nfe_cost=st.floats(0, 1),
        bonus=st.floats(0, 5), k=st.integers(1, 10))
-def test_reward_within_analytic_bounds(seed, mode, lam, bonus, k):
+def test_reward_within_analytic_bounds(seed, mode, nfe_cost, bonus, k):
     """5."""
-    core = RecursionCore(SUDOKU4, batch_size=8, latent_dim=D, reward_mode=mode, lam=lam, solve_bonus=bonus,
+    core = RecursionCore(SUDOKU4, batch_size=8, latent_dim=D, reward_mode=mode, nfe_cost=nfe_cost, solve_bonus=bonus,
                          nfe_per_step=k, seed=seed)
     core.reset()
     low, high = core.reward_bounds()
@@ -111,9 +112,9 @@ def test_batched_core_equals_single_envs():
     """7: B puzzles in one core == B cores of one, stepped with the same actions."""
     B = 6
     batch = SUDOKU4.generate(B, 3)
-    big = RecursionCore(SUDOKU4, batch_size=B, latent_dim=D, lam=0.01, max_steps=5)
+    big = RecursionCore(SUDOKU4, batch_size=B, latent_dim=D, nfe_cost=0.01, max_steps=5)
     big.reset(puzzles=batch.inputs, labels=batch.labels)
-    singles = [RecursionCore(SUDOKU4, batch_size=1, latent_dim=D, lam=0.01, max_steps=5) for _ in range(B)]
+    singles = [RecursionCore(SUDOKU4, batch_size=1, latent_dim=D, nfe_cost=0.01, max_steps=5) for _ in range(B)]
     for i, c in enumerate(singles):
         c.reset(puzzles=batch.inputs[i:i + 1], labels=batch.labels[i:i + 1])
     rng = np.random.default_rng(0)
@@ -164,7 +165,7 @@ def test_core_keeps_copies_of_numpy_actions_and_puzzles():
 
 
 def test_reset_with_given_latent_and_stop():
-    core = RecursionCore(SUDOKU4, batch_size=2, latent_dim=D, seed=0, lam=0.5)
+    core = RecursionCore(SUDOKU4, batch_size=2, latent_dim=D, seed=0, nfe_cost=0.5)
     init = torch.randn(2, *core.latent_shape)
     obs = core.reset(latent=init)
     assert torch.equal(obs["latent"], init)
@@ -217,7 +218,7 @@ def test_missing_action_field_and_bad_reset_input():
     with pytest.raises(ValueError, match="reward_mode must be one of"):
         RecursionCore(SUDOKU4, reward_mode="magic")
     with pytest.raises(dataclasses.FrozenInstanceError):  # the core's cached constants rely on it
-        core.config.lam = 1.0
+        core.config.nfe_cost = 1.0
 
 
 def test_one_env_takes_unbatched_actions_as_arrays_lists_and_tensors():
@@ -416,7 +417,7 @@ def test_halting_env_checkers_and_accounting():
     from gymnasium.utils.env_checker import check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-    env = gym.make("TRMHalting-Sudoku-v0", size=4, lam=0.01)
+    env = gym.make("TRMHalting-Sudoku-v0", size=4, nfe_cost=0.01)
     check_env(env.unwrapped)
     sb3_check_env(env.unwrapped)
     obs, info = env.reset(seed=0)
@@ -432,7 +433,7 @@ def test_halting_env_checkers_and_accounting():
 
 
 def test_halting_env_truncates_and_rewards_telescope():
-    env = gym.make("TRMHalting-Sudoku-v0", size=4, lam=0.05, max_steps=5)
+    env = gym.make("TRMHalting-Sudoku-v0", size=4, nfe_cost=0.05, max_steps=5)
     obs, info = env.reset(seed=3)
     total, s0 = 0.0, info["score"]
     for _ in range(5):
@@ -627,3 +628,20 @@ def test_core_never_keeps_a_callers_tensors(masked):
     owned = torch.full((2, *core.latent_shape), 2.0)
     core.step({"latent": owned, "answer": core.answer.clone(), "halt": halt}, owned=True)
     assert core.latent.data_ptr() == owned.data_ptr()
+
+
+def test_lam_is_a_deprecated_alias_of_nfe_cost():
+    """``lam`` means GAE's lambda in most RL code; ours is the cost per forward pass, now ``nfe_cost``. The old
+    name still works everywhere for a while, with a DeprecationWarning."""
+    from agents.cli import build_parser
+    from agents.trainers.ppo import PPOConfig
+
+    with pytest.warns(DeprecationWarning, match="nfe_cost"):
+        core = RecursionCore(SUDOKU4, batch_size=1, latent_dim=D, lam=0.25)
+    assert core.config.nfe_cost == 0.25 and core.reward_bounds()[1] == pytest.approx(2.0 - 0.25)
+    with pytest.warns(DeprecationWarning):
+        env = gym.make("TRMRecursion-Sudoku-v0", size=4, latent_dim=D, lam=0.5)
+    assert env.unwrapped.core.config.nfe_cost == 0.5
+    with pytest.warns(DeprecationWarning):
+        assert PPOConfig(lam=0.2).nfe_cost == 0.2
+    assert build_parser().parse_args(["train", "--method", "ppo", "--lam", "0.3", "--out", "x"]).nfe_cost == 0.3

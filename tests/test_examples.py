@@ -55,7 +55,7 @@ def test_sb3_halting_example_with_a_missing_run_says_so(tmp_path):
 def test_per_call_trace_example(tmp_path):
     """One call of f per env.step: 3 supervision steps x T=2 x (n=2 + 1) = 18 transitions; every call pays the
     compute cost, and only the calls that decode an answer can move the score."""
-    trace = load("per_call_trace.py")["main"](out=str(tmp_path / "trm"), steps=20, lam=0.001)
+    trace = load("per_call_trace.py")["main"](out=str(tmp_path / "trm"), steps=20, nfe_cost=0.001)
     assert [t["nfe"] for t in trace] == list(range(1, 19))
     assert [t["decoded"] for t in trace] == [(i + 1) % 6 == 0 for i in range(18)]
     assert [t["update"] for t in trace[:6]] == ["z", "z", "y", "z", "z", "y"]

@@ -60,7 +60,7 @@ def test_halting_mode_trains_only_the_halting_and_value_heads(tmp_path, readout)
     train(TrainConfig(task_kwargs={"size": 4}, hidden=16, T=1, n=1, N_sup=4, batch_size=16, steps=5, eval_n=8,
                       out=str(tmp_path / "trm"), progress=False, final_eval=False))
     before = load_checkpoint(tmp_path / "trm")["ema"]
-    train_ppo(tiny(mode="halting", init=str(tmp_path / "trm"), out=str(tmp_path / "ppo"), lam=0.05,
+    train_ppo(tiny(mode="halting", init=str(tmp_path / "trm"), out=str(tmp_path / "ppo"), nfe_cost=0.05,
                    halt_readout=readout))
     after = load_checkpoint(tmp_path / "ppo")["model"]
     heads = ("halt_head.", "value_head.")
@@ -75,9 +75,9 @@ def test_halting_mode_trains_only_the_halting_and_value_heads(tmp_path, readout)
 
 @pytest.mark.slow
 def test_ppo_return_rises_when_compute_is_expensive(tmp_path):
-    """Toy setting: an untrained network cannot improve the answer and every step costs lam * 2 NFE, so the best
+    """Toy setting: an untrained network cannot improve the answer and every step costs nfe_cost * 2 NFE, so the best
     policy halts at once. Starting from p(halt) = 0.2 per step, PPO must raise the mean return."""
-    result = train_ppo(tiny(mode="halting", lam=0.1, solve_bonus=0.0, iterations=12, num_envs=32, rollout_len=4,
+    result = train_ppo(tiny(mode="halting", nfe_cost=0.1, solve_bonus=0.0, iterations=12, num_envs=32, rollout_len=4,
                             lr=3e-3, halt_bias=-1.4, halt_readout="first", out=str(tmp_path)))
     returns = [h["return"] for h in result["history"] if "return" in h]
     assert sum(returns[-3:]) / 3 > sum(returns[:3]) / 3 + 0.1, returns
@@ -89,7 +89,7 @@ def test_full_mode_learns_the_answer_from_scratch_on_one_blank(tmp_path):
     correctness gain (GAE lambda 0, the full-mode default), so the mean return must rise within 80 iterations (the
     official network's init, 16 puzzle slots: 0.49 -> 0.95 at seed 0; 50 iterations gave +0.19 to +0.33 on seeds
     0-2)."""
-    result = train_ppo(tiny(mode="full", task_kwargs={"size": 4, "min_givens": 15, "max_givens": 15}, lam=0.0,
+    result = train_ppo(tiny(mode="full", task_kwargs={"size": 4, "min_givens": 15, "max_givens": 15}, nfe_cost=0.0,
                             num_envs=32, iterations=80, minibatch_size=64, lr=3e-3, out=str(tmp_path)))
     returns = [h["return"] for h in result["history"] if "return" in h]
     assert sum(returns[-10:]) / 10 > sum(returns[:10]) / 10 + 0.2, returns

@@ -132,7 +132,7 @@ def test_fuzzed_files_give_a_value_error_or_puzzles(tmp_path, data, suffix):
     (lambda: make_task("maze", size="9"), "size must be an integer"),
     (lambda: make_task("nqueens", board=8, min_given=1.5), "min_given must be an integer"),
     (lambda: RecursionCore(SUDOKU4, 1, latent_dim="8"), "latent_dim must be an integer"),
-    (lambda: RecursionCore(SUDOKU4, 1, lam=None), "lam must be a finite number"),
+    (lambda: RecursionCore(SUDOKU4, 1, nfe_cost=None), "nfe_cost must be a finite number"),
     (lambda: RecursionCore(SUDOKU4, 1, max_steps=float("inf")), "max_steps must be an integer"),
     (lambda: RecursionCore(SUDOKU4, 1, terminate_on_solve="no"), "terminate_on_solve must be True"),
 ])

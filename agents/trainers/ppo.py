@@ -1,4 +1,4 @@
-"""PPO over the recursion MDP (TorchRL): the TRM is the agent; reward = correctness gain - lam * NFE.
+"""PPO over the recursion MDP (TorchRL): the TRM is the agent; reward = correctness gain - nfe_cost * NFE.
 
 One transition is one supervision step of the TRM (the env's ``nfe_per_step`` is T (n + 1): 3 for DIS, 21 for
 the TRM baseline). Per transition the actor computes the next latent (deterministic), and samples
@@ -39,7 +39,7 @@ import inspect
 import json
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import InitVar, asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 
@@ -74,7 +74,7 @@ class PPOConfig:
     T: int = 1
     n: int = 2
     N_sup: int = 6
-    lam: float = 0.01
+    nfe_cost: float = 0.01  # the reward's cost per forward pass (``lam``: deprecated alias)
     #: reset the halting head's bias before training ("keep" = keep). Its init of -5 (p(halt) ~ 0.7%) leaves PPO
     #: almost no halting to learn from; DIS checkpoints never trained it. 0 starts at p(halt) = 1/2.
     #: None = 0 for halting, keep for full.
@@ -114,8 +114,12 @@ class PPOConfig:
     checkpoint_every: int = 10  # iterations; the run resumes exactly from its newest valid checkpoint
     out: str = "runs/ppo"
     progress: bool = True
+    lam: InitVar[float | None] = None  # deprecated: nfe_cost
 
-    def __post_init__(self):
+    def __post_init__(self, lam: float | None = None):
+        if lam is not None:
+            warnings.warn("lam is deprecated: call it nfe_cost", DeprecationWarning, stacklevel=3)
+            self.nfe_cost = lam
         if self.mode not in ("halting", "full"):
             raise ValueError(f"mode must be 'halting' or 'full', got {self.mode!r}")
         if self.collector not in ("sync", "multisync"):
@@ -262,6 +266,8 @@ def ppo_resume_config(cfg: PPOConfig, state: dict) -> PPOConfig:
         raise ValueError("this PPO run has no resumable state (written by an older recursion-env)")
     names = {f.name for f in fields(PPOConfig)}
     saved = {k: v for k, v in state["train_config"].items() if k in names}
+    if "lam" in state["train_config"] and "nfe_cost" not in saved:  # a run saved before the rename
+        saved["nfe_cost"] = state["train_config"]["lam"]
     if saved.get("collector") != "sync":
         raise ValueError("only PPO runs with the one-process collector (--collector sync) resume")
     return PPOConfig(**{**saved, "iterations": None if cfg.iterations is None else ps["iteration"] + cfg.iterations,
@@ -317,7 +323,7 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
         with torch.no_grad():
             model.halt_head.bias.fill_(cfg.halt_bias)
     env_fn = partial(make_env, task, dataset, device=cfg.device, latent_dim=mcfg.hidden, latent_len=mcfg.latent_len,
-                     nfe_per_step=mcfg.nfe_per_supervision_step, max_steps=mcfg.N_sup, lam=cfg.lam,
+                     nfe_per_step=mcfg.nfe_per_supervision_step, max_steps=mcfg.N_sup, nfe_cost=cfg.nfe_cost,
                      reward_mode=cfg.reward_mode, solve_bonus=cfg.solve_bonus)
     if cfg.mode == "halting":
         for p in model.parameters():
@@ -419,8 +425,8 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
     writer.close()
 
     # -- save as a run that `recursion-env eval` reads ------------------------------------------------------------
-    result = {"method": "ppo", "mode": cfg.mode, "init": cfg.init, "lam": cfg.lam, "reward_mode": cfg.reward_mode,
-              "iterations": len(history), "frames": len(history) * frames,
+    result = {"method": "ppo", "mode": cfg.mode, "init": cfg.init, "nfe_cost": cfg.nfe_cost,
+              "reward_mode": cfg.reward_mode, "iterations": len(history), "frames": len(history) * frames,
               "wall_clock_s": time.perf_counter() - t0, "history": history}
     (out / "ppo_metrics.json").write_text(json.dumps(result, indent=2))
     return result
