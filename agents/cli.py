@@ -112,6 +112,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def ppo_iterations(args) -> int | None:
+    """``--iterations``; ``--steps`` is its deprecated name for PPO (steps mean optimizer steps for trm/dis)."""
+    if args.steps is None:
+        return args.iterations
+    if args.iterations is not None:
+        raise ValueError("--steps and --iterations: PPO counts iterations, give --iterations alone")
+    warnings.warn("--steps for PPO is deprecated: give --iterations", DeprecationWarning, stacklevel=2)
+    print("recursion-env: warning: --steps for PPO is deprecated: give --iterations", file=sys.stderr)
+    return args.steps
+
+
 def cmd_train(args) -> int:
     from dataclasses import fields
 
@@ -129,6 +140,8 @@ def cmd_train(args) -> int:
             args.method = "ppo"
     if args.method == "ppo":
         return cmd_train_ppo(args)
+    if args.iterations is not None:  # (a resume is checked here, once the run's method is known)
+        raise ValueError(f"--iterations is a ppo option; {args.out} is a {args.method} run: give --steps")
     if args.resume:
         if args.overwrite:
             raise ValueError("--resume continues the run in --out and --overwrite replaces it: choose one")
@@ -175,7 +188,8 @@ def cmd_train_ppo(args) -> int:
 
     kw = {"mode": args.mode or "halting", "init": args.init, "task": args.task, "task_kwargs": _task_kwargs(args),
           "nfe_cost": 0.01 if args.nfe_cost is None else args.nfe_cost, "reward_mode": args.reward_mode or "label",
-          "seed": args.seed, "device": str(torch_device(args.device)), "out": args.out, "iterations": args.steps,
+          "seed": args.seed, "device": str(torch_device(args.device)), "out": args.out,
+          "iterations": ppo_iterations(args),
           "minutes": args.minutes, "dataset": args.dataset}
     for name, value in (("hidden", args.hidden), ("T", args.T), ("n", args.n), ("N_sup", args.n_sup),
                         ("lr", args.lr), ("num_envs", args.num_envs), ("halt_bias", args.halt_bias),
@@ -184,7 +198,7 @@ def cmd_train_ppo(args) -> int:
         if value is not None:
             kw[name] = value
     if kw["iterations"] is None and kw["minutes"] is None:
-        raise ValueError("train needs a budget: --steps N (PPO iterations) and/or --minutes M")
+        raise ValueError("train needs a budget: --iterations N and/or --minutes M")
     result = train_ppo(PPOConfig(**kw), overwrite=args.overwrite, resume=args.resume)
     if result["history"]:
         last = result["history"][-1]
@@ -374,8 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_task_arguments(tr)
     tr.add_argument("--out", required=True)
     tr.add_argument("--minutes", type=float, default=None, help="training time (with --resume: more minutes)")
-    tr.add_argument("--steps", type=int, default=None,
-                    help="optimizer steps, or PPO iterations (with --resume: more steps)")
+    tr.add_argument("--steps", type=int, default=None, help="trm/dis: optimizer steps (with --resume: more steps)")
+    tr.add_argument("--iterations", type=int, default=None,
+                    help="ppo: iterations of collect + update (with --resume: more iterations)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
     tr.add_argument("--hidden", type=int, default=None)
@@ -496,8 +511,8 @@ def main(argv=None) -> int:
 #: train options that only one method (or only the supervised ones) reads: any other method refuses them
 METHOD_OPTIONS = {
     "dis": ("targets", "recipe", "autoregressive", "anytime_weight"),
-    "ppo": ("mode", "init", "nfe_cost", "reward_mode", "num_envs", "entropy_coeff", "collector", "workers",
-            "gae_lambda", "halt_readout", "halt_bias"),
+    "ppo": ("iterations", "mode", "init", "nfe_cost", "reward_mode", "num_envs", "entropy_coeff", "collector",
+            "workers", "gae_lambda", "halt_readout", "halt_bias"),
     "supervised": ("layers", "mixer", "heads", "expansion", "pos", "puzzle_emb_len", "puzzle_emb_ndim", "optimizer",
                    "weight_decay_scope", "grad_clip", "ema_warmup", "puzzle_emb_lr", "puzzle_emb_weight_decay",
                    "batch_size", "weight_decay", "warmup_steps", "ema_decay", "n_train", "eval_every",
@@ -513,6 +528,8 @@ def check_arguments(args) -> None:
             if owner == method or (owner == "supervised" and method in ("trm", "dis")):
                 continue
             for name in names:
+                if name == "iterations" and args.resume:
+                    continue  # a resumed run's own method decides (cmd_train)
                 if getattr(args, name, None) not in (None, False):
                     what = "a trm/dis option" if owner == "supervised" else f"a {owner} option"
                     raise ValueError(f"--{name.replace('_', '-')} is {what}; --method {method} does not use it")
@@ -521,7 +538,7 @@ def check_arguments(args) -> None:
                 raise ValueError(f"--{flag.replace('_', '-')} is a trm/dis option; --method ppo does not use it")
         if method == "ppo" and args.preset != "cpu":
             raise ValueError("--preset is a trm/dis option; --method ppo does not use it")
-    for flag in ("steps", "minutes"):
+    for flag in ("steps", "iterations", "minutes"):
         value = getattr(args, flag, None)
         if value is not None and not value >= 0:
             raise ValueError(f"--{flag} must be >= 0, got {value}")

@@ -141,3 +141,11 @@ def test_gpu_headline_script_runs_on_cpu_and_resumes(tmp_path):
     other = subprocess.run(["bash", script, str(out), *tiny[:-1], "diffusion"], capture_output=True, text=True,
                            env=env, timeout=100)
     assert other.returncode == 2 and "another configuration" in other.stderr
+
+
+def test_a_win_over_a_baseline_still_learning_is_said_to_be_one():
+    runs = methods(0.30, 0.45, 0.80)  # TRM's looks during training: 0.15, 0.30, 0.45 (still rising)
+    report = verdict(runs)
+    v = report["verdicts"]["exact_accuracy"]
+    assert v["verdict"] == "reproduced" and report["trm_still_improving"]
+    assert "0.350 above TRM@336" in v["reason"] and "still improving" in v["reason"]

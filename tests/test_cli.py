@@ -45,8 +45,8 @@ def test_demo_trains_evaluates_and_shows_a_puzzle(tmp_path, capsys):
 @pytest.mark.parametrize("args,message", [
     (["train", "--method", "trm", "--targets", "solver", "--steps", "1"], "--targets is a dis option"),
     (["train", "--method", "dis", "--nfe-cost", "5", "--steps", "1"], "--nfe-cost is a ppo option"),
-    (["train", "--method", "ppo", "--optimizer", "adamw", "--steps", "1"], "--optimizer is a trm/dis option"),
-    (["train", "--method", "ppo", "--preset", "paper", "--steps", "1"], "--preset is a trm/dis option"),
+    (["train", "--method", "ppo", "--optimizer", "adamw", "--iterations", "1"], "--optimizer is a trm/dis option"),
+    (["train", "--method", "ppo", "--preset", "paper", "--iterations", "1"], "--preset is a trm/dis option"),
     (["train", "--method", "trm", "--steps", "-3"], "--steps must be >= 0"),
     (["train", "--method", "trm", "--minutes", "-1"], "--minutes must be >= 0"),
     (["train", "--method", "trm", "--steps", "1", "--device", "gpu"], "--device 'gpu'"),

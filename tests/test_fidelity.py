@@ -299,8 +299,8 @@ def test_ppo_starts_from_an_imported_official_run(tmp_path):
     sd = official_state(arch, seq_len=16, vocab=6)
     run = import_official(write_official(tmp_path / "official", arch, sd), tmp_path / "run", task="sudoku",
                           task_kwargs={"size": 4})
-    assert cli(["train", "--method", "ppo", "--mode", "halting", "--init", str(run), "--steps", "1", "--num-envs", "8",
-                "--out", str(tmp_path / "ppo")]) == 0
+    assert cli(["train", "--method", "ppo", "--mode", "halting", "--init", str(run), "--iterations", "1",
+                "--num-envs", "8", "--out", str(tmp_path / "ppo")]) == 0
     before, after = load_checkpoint(run)["model"], load_checkpoint(tmp_path / "ppo")["model"]
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(("halt_head.", "value_head.")) for k in changed), changed

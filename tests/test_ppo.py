@@ -104,7 +104,7 @@ def test_full_mode_defaults_credit_each_step_and_skip_the_entropy_bonus():
 
 def test_cli_trains_ppo_and_eval_reads_it(tmp_path):
     run = tmp_path / "ppo"
-    args = ["train", "--method", "ppo", "--mode", "full", "--task", "sudoku", "--size", "4", "--steps", "1",
+    args = ["train", "--method", "ppo", "--mode", "full", "--task", "sudoku", "--size", "4", "--iterations", "1",
             "--hidden", "16", "--T", "1", "--n", "1", "--n-sup", "3", "--num-envs", "8", "--out", str(run)]
     assert cli(args) == 0
     assert cli(["eval", str(run), "--n", "10", "--halting", "--json", str(tmp_path / "e.json")]) == 0
@@ -139,7 +139,11 @@ def test_ppo_resumes_exactly(tmp_path, capsys):
     a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
     assert b["step"] == 4 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     # the CLI resumes a PPO run whatever --method says, and needs a budget
-    assert cli(["train", "--resume", "--out", str(tmp_path / "b"), "--steps", "1"]) == 0
+    assert cli(["train", "--resume", "--out", str(tmp_path / "b"), "--iterations", "1"]) == 0
     assert load_checkpoint(tmp_path / "b")["step"] == 5
+    # --steps is PPO's deprecated name for --iterations: it still works, with a warning
+    with pytest.warns(DeprecationWarning, match="--iterations"):
+        assert cli(["train", "--resume", "--out", str(tmp_path / "b"), "--steps", "1"]) == 0
+    assert load_checkpoint(tmp_path / "b")["step"] == 6
     assert cli(["train", "--method", "ppo", "--resume", "--out", str(tmp_path / "b")]) == 2
     assert "needs a budget" in capsys.readouterr().err

@@ -68,7 +68,7 @@ def test_every_script_exists_and_takes_its_flags(cmd):
 
 
 #: the README's budgets, made small: (flag, value) replacements for the commands that train or evaluate
-SMALL = {"--minutes": None, "--steps": "2", "--n": "16", "--count": "1"}
+SMALL = {"--minutes": None, "--steps": "2", "--iterations": "1", "--n": "16", "--count": "1"}
 
 
 def small(cmd: list[str]) -> list[str]:
@@ -80,7 +80,7 @@ def small(cmd: list[str]) -> list[str]:
             next(it)
             if SMALL[args[i]] is not None:
                 out += [args[i], SMALL[args[i]]]
-            elif "--steps" not in args:
+            elif "--steps" not in args and "--iterations" not in args:
                 out += ["--steps", "2"]
         else:
             out.append(args[i])

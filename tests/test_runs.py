@@ -92,8 +92,10 @@ def test_a_fresh_run_refuses_an_occupied_folder_unless_overwrite(tmp_path, capsy
     assert len(list((run / "tb").iterdir())) == 1  # the old TensorBoard events are gone, not mixed in
     assert cli([*args, "--overwrite", "--resume"]) == 2
     assert "choose one" in capsys.readouterr().err
-    assert cli(["train", "--method", "ppo", "--resume", "--out", str(run), "--steps", "1"]) == 2  # a trm run
+    assert cli(["train", "--method", "ppo", "--resume", "--out", str(run), "--iterations", "1"]) == 2  # a trm run
     assert "not a PPO one" in capsys.readouterr().err
+    assert cli(["train", "--resume", "--out", str(run), "--iterations", "1"]) == 2  # steps, for a trm run
+    assert "--iterations is a ppo option" in capsys.readouterr().err
 
 
 def test_stale_temporaries_are_cleaned_and_files_honour_the_umask(tmp_path):

@@ -257,7 +257,7 @@ def make_collector(cfg: PPOConfig, env_fn, policy, frames: int):
 def ppo_resume_config(cfg: PPOConfig, state: dict) -> PPOConfig:
     """The run's own config, with ``cfg.iterations`` / ``cfg.minutes`` as *more* iterations / minutes."""
     if cfg.iterations is None and cfg.minutes is None:
-        raise ValueError("train --resume needs a budget: --steps N (more PPO iterations) and/or --minutes M")
+        raise ValueError("train --resume needs a budget: --iterations N (more PPO iterations) and/or --minutes M")
     method = state.get("train_config", {}).get("method")
     if method != "ppo":
         raise ValueError(f"{cfg.out} is a {method!r} run, not a PPO one: resume it without --method ppo")
