@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from agents.bench import train_command  # fresh, resumed, or done: the bench's own rule
+
 #: name -> task flags; the candidates of the headline issue (6x6 with the fewest givens that keep one solution,
 #: 9x9 with 36-45 givens) and two between them
 SETTINGS = {
@@ -28,27 +30,6 @@ SETTINGS = {
     "sudoku9-g45-50": ["--task", "sudoku", "--size", "9", "--min-givens", "45", "--max-givens", "50"],
 }
 DEPTH_POINTS = 0.05
-
-
-def _run_state(run: Path) -> float | None:
-    """Training seconds a run folder already holds (None: no run there)."""
-    if not (run / "checkpoint.pt").exists():
-        return None
-    from agents.checkpoint import load_checkpoint
-
-    return float(load_checkpoint(run, map_location="cpu")["elapsed"])
-
-
-def train_command(run: Path, flags: list[str], minutes: float, common: list[str]) -> list[str] | None:
-    """The command that brings ``run`` to ``minutes`` of training: fresh, resumed, or None when it is done."""
-    done_s = _run_state(run)
-    base = [sys.executable, "-m", "agents.cli", "train"]
-    if done_s is None:
-        return [*base, *flags, *common, "--minutes", str(minutes), "--out", str(run), "--overwrite"]
-    left = minutes - done_s / 60
-    if left <= 0.05:  # (the loop stops at the first step past its budget)
-        return None
-    return [*base, "--resume", "--out", str(run), "--minutes", f"{left:.3f}"]
 
 
 def main(argv=None) -> dict:
@@ -71,7 +52,7 @@ def main(argv=None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     common = ["--method", "trm", "--hidden", str(args.hidden), "--batch-size", str(args.batch_size), "--seed",
               str(args.seed), "--eval-n", str(args.eval_n), "--no-final-eval"]
-    pending = [(n, train_command(out / n, SETTINGS[n], args.minutes, common)) for n in names]
+    pending = [(n, train_command(out / n, [*SETTINGS[n], *common], args.minutes)) for n in names]
     running: list = []
     start = time.time()
     while pending or running:
