@@ -9,8 +9,9 @@ same time, one thread each (``parallel``), so each gets an equal share of the ma
 and anything else running on the machine slows them all alike; ``--sequential`` trains them one after another
 with every thread instead. The PPO runs follow, as a pair, from their finished inits. Then every run is
 evaluated on the same held-out puzzles. Training forward passes and examples seen are reported beside accuracy
-(the equal-compute view), and each run's held-out accuracy is sampled every ``eval_every_minutes`` of training
-(the clock stops while it looks) for the time to reach the TRM's best accuracy.
+(the equal-compute view), and each run saves its weights every ``eval_every_minutes`` of training, evaluated on
+the held-out puzzles after its training ends, for the time to reach the TRM's best accuracy. (Looking during
+training would be unfair: a TRM look costs about 19x a DIS look, so the TRM would train its last minutes alone.)
 
 The benchmark resumes: run the same command again on the same ``--out`` and finished runs are kept, stopped runs
 continue from their last checkpoint, and the rest start. ``--overwrite`` starts over.

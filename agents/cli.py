@@ -433,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--eval-n", type=int, default=None)
     tr.add_argument("--eval-every", type=int, default=None, help="evaluate 256 held-out puzzles every N steps")
     tr.add_argument("--eval-every-minutes", type=float, default=None,
-                    help="... and/or every M training minutes (the clock stops while it evaluates)")
+                    help="... and/or save a look every M training minutes, evaluated on 256 held-out "
+                         "puzzles after training (so a look costs the runs beside it nothing)")
     tr.add_argument("--preset", choices=["cpu", "paper"], default="cpu",
                     help="cpu (small sizes, clipping and EMA warm-up) or paper (the official Sudoku recipe, "
                          "for a GPU); flags given override the preset")

@@ -9,6 +9,7 @@ import torch
 
 from agents.checkpoint import load_checkpoint, load_newest_valid, save_checkpoint
 from agents.cli import main as cli
+from agents.evaluation import load_trained
 from agents.trainers import TrainConfig, train
 
 
@@ -150,3 +151,42 @@ def test_a_checkpoint_with_wrong_keys_or_shapes_is_one_clear_error(tmp_path, cap
     save_checkpoint(tmp_path / "foreign" / "checkpoint.pt", {"weights": torch.zeros(1)})
     assert cli(["eval", str(tmp_path / "foreign"), "--n", "4"]) == 2
     assert "not a recursion-env run" in capsys.readouterr().err
+
+
+def test_timed_looks_are_saved_during_training_and_evaluated_after_it(tmp_path, monkeypatch):
+    """A look every few training seconds saves the EMA weights; none is evaluated until the last optimizer step is
+    done, so runs that share a machine train side by side whatever a look costs. The result equals evaluating the
+    saved weights by hand, and a resume keeps the evaluated looks."""
+    import agents.trainers.common as common
+    from agents.trainers.deep_supervision import DeepSupervision
+
+    steps_at_evaluation, steps = [], [0]
+    loss = DeepSupervision.loss
+
+    def counting_loss(self, *a, **kw):
+        steps[0] += 1
+        return loss(self, *a, **kw)
+
+    evaluate = common.evaluate_model
+
+    def recording_evaluate(*a, **kw):
+        steps_at_evaluation.append(steps[0])
+        return evaluate(*a, **kw)
+
+    monkeypatch.setattr(DeepSupervision, "loss", counting_loss)
+    monkeypatch.setattr(common, "evaluate_model", recording_evaluate)
+    cfg = tiny(tmp_path / "run", steps=None, minutes=0.06, eval_every_minutes=0.01, final_eval=False, eval_n=16)
+    result = train(cfg)
+    looks = result["history"]
+    assert len(looks) >= 2 and steps_at_evaluation == [result["optimizer_steps"]] * len(looks)
+    assert [h["step"] for h in looks] == sorted({h["step"] for h in looks})
+    for h in looks:
+        assert (tmp_path / "run" / h["snapshot"]).exists() and h["elapsed_s"] <= result["wall_clock_s"]
+    model, task, _ = load_trained(tmp_path / "run")
+    model.load_state_dict(load_checkpoint(tmp_path / "run" / looks[0]["snapshot"])["ema"])
+    x, y = common.evaluation_set(task, {"eval_seed": cfg.eval_seed}, cfg.eval_n)
+    assert evaluate(model, task, x, y)["by_step"] == looks[0]["by_step"]
+
+    monkeypatch.setattr(common, "evaluate_model", evaluate)
+    resumed = train(common.TrainConfig.from_dict({**cfg.__dict__, "minutes": 0.02}), resume=True)
+    assert resumed["history"][:len(looks)] == looks and len(resumed["history"]) > len(looks)

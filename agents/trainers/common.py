@@ -23,7 +23,7 @@ from tqdm import tqdm
 from recursion_env.atomic import remove_stale_temporaries
 from recursion_env.tasks import Task, load_puzzles, make_task
 
-from ..checkpoint import load_newest_valid, save_checkpoint
+from ..checkpoint import load_checkpoint, load_newest_valid, save_checkpoint
 from ..data import PuzzleStream
 from ..evaluation import evaluation_set
 from ..rollout import RecursionRunner, rollout_metrics, summarize
@@ -93,8 +93,9 @@ class TrainConfig:
     device: str = "cpu"
     compile: bool = False
     eval_every: int = 0  # 0 = only at the end
-    #: also evaluate every this many training minutes (0 = off): equal looks for methods of unequal step costs.
-    #: The training clock stops while it evaluates, so the look costs no budget.
+    #: also look at the held-out accuracy every this many training minutes (0 = off): equal looks for methods of
+    #: unequal step costs. A look saves the EMA weights (``looks/step_NNNNNNN.pt``) and is evaluated after training
+    #: ends, so runs that share a machine keep training side by side until their budgets end, whatever a look costs.
     eval_every_minutes: float = 0.0
     checkpoint_every: int = 200  # steps; and at least every CHECKPOINT_MINUTES of training
     keep: int = 3  # checkpoints kept (checkpoint.pt, .1, ...): --resume falls back to the newest valid one
@@ -205,7 +206,7 @@ def build_task(cfg: TrainConfig) -> Task:
 
 
 #: what a run folder holds; a fresh run refuses a folder that has any of them unless told to overwrite
-RUN_FILES = ("checkpoint.pt", "config.json", "train_metrics.json", "ppo_metrics.json", "tb", "plots")
+RUN_FILES = ("checkpoint.pt", "config.json", "train_metrics.json", "ppo_metrics.json", "tb", "plots", "looks")
 
 
 def prepare_run_folder(out: Path, overwrite: bool) -> None:
@@ -322,6 +323,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         if cfg.eval_every_minutes else None
     last_loss = None
 
+    def evaluate_look(net: TRM, at_step: int) -> dict:
+        k = min(cfg.eval_n, 256)  # a quick look; the final evaluation uses all
+        summary = evaluate_model(net, task, eval_x[:k], eval_y[:k], device)
+        writer.add_scalar("eval/best_exact_accuracy", max(r["exact_accuracy"] for r in summary["by_step"]), at_step)
+        writer.add_scalar("eval/halting_exact_accuracy", summary["halting"]["exact_accuracy"], at_step)
+        return summary
+
     # -- the loop: one supervision step of the carried batch per optimizer step --------------------------------
     t_start = time.perf_counter() - elapsed
     while (cfg.steps is None or step < cfg.steps) and (budget_s is None or elapsed < budget_s):
@@ -359,23 +367,31 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                 writer.add_scalar(f"train/{k}", v, step)
             bar.set_postfix(loss=f"{last_loss:.3f}", **({"exact": f"{metrics['episode_exact']:.2f}"}
                                                       if "episode_exact" in metrics else {}))
-        if (cfg.eval_every and step % cfg.eval_every == 0) or (
-                cfg.eval_every_minutes and elapsed >= next_eval_s):
-            k = min(cfg.eval_n, 256)  # a quick look during training; the final evaluation uses all
+        look = {"step": step, "elapsed_s": elapsed, "train_forward_passes": train_nfe}
+        if cfg.eval_every and step % cfg.eval_every == 0:
             t_eval = time.perf_counter()
-            summary = evaluate_model(ema.copy_to(copy.deepcopy(model)), task, eval_x[:k], eval_y[:k], device)
+            history.append(look | evaluate_look(ema.copy_to(copy.deepcopy(model)), step))
             t_start += time.perf_counter() - t_eval  # the look is not training time
-            history.append({"step": step, "elapsed_s": elapsed, "train_forward_passes": train_nfe, **summary})
-            best = max(r["exact_accuracy"] for r in summary["by_step"])
-            writer.add_scalar("eval/best_exact_accuracy", best, step)
-            writer.add_scalar("eval/halting_exact_accuracy", summary["halting"]["exact_accuracy"], step)
-            while cfg.eval_every_minutes and next_eval_s <= elapsed:
-                next_eval_s += 60 * cfg.eval_every_minutes
+        elif cfg.eval_every_minutes and elapsed >= next_eval_s:
+            snapshot = f"looks/step_{step:07d}.pt"
+            save_checkpoint(out / snapshot, {"ema": ema.weights(model)})
+            history.append(look | {"snapshot": snapshot})  # evaluated after training, below
+        while cfg.eval_every_minutes and next_eval_s <= elapsed:
+            next_eval_s += 60 * cfg.eval_every_minutes
         if step % cfg.checkpoint_every == 0 or elapsed - saved_at[0] >= 60 * CHECKPOINT_MINUTES:
             checkpoint()
     bar.close()
     if step == 0 or step % cfg.checkpoint_every:  # not saved at this step yet
         checkpoint()
+
+    # -- the looks saved during training, evaluated now that the training clock has stopped ---------------------
+    pending = [i for i, h in enumerate(history) if "snapshot" in h and "by_step" not in h]
+    if pending:
+        looker = copy.deepcopy(model)
+        for i in tqdm(pending, disable=not cfg.progress, desc="held-out looks", unit="look"):
+            looker.load_state_dict(load_checkpoint(out / history[i]["snapshot"], map_location=device)["ema"])
+            history[i] |= evaluate_look(looker, history[i]["step"])
+        checkpoint()  # a resume after this point does not evaluate them again
 
     # -- final evaluation with the EMA weights -------------------------------------------------------------------
     summary = {}
