@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .evaluation import evaluation_set, load_trained
-from .rollout import RecursionRunner, rollout_metrics, summarize
+from .evaluation import evaluation_set, load_trained, rollout_metrics, summarize
+from .rollout import RecursionRunner
 from .trm import SupervisionOutput
 
 

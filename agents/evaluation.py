@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,79 @@ import torch
 from recursion_env.tasks import Task, load_puzzles, make_task
 
 from .checkpoint import load_checkpoint
-from .rollout import rollout_metrics, summarize
+from .rollout import RecursionRunner
 from .trm import TRM, TRMConfig
+
+
+@torch.no_grad()
+def rollout_metrics(model: TRM, task: Task, inputs: np.ndarray, labels: np.ndarray | None = None,
+                    batch_size: int = 256, device="cpu", guidance: float = 1.0,
+                    on_step: Callable | None = None) -> dict:
+    """Run every puzzle for ``N_sup`` supervision steps through the core (no halting) and record, per step,
+    ``solved`` (the rule verifier), blank-cell accuracy, and whether the halting head says stop.
+
+    Returns arrays ``solved [N_sup, N]``, ``cell_accuracy [N_sup, N]``, ``halt_logit [N_sup, N]`` and
+    ``nfe_per_step``; with labels also ``label_match [N_sup, N]``: the answer equals the stored solution (the
+    official metric; it differs from ``solved`` where a puzzle has several valid completions, as N-Queens).
+    Halting at evaluation is read off these (see :func:`summarize`): an example halts at the first step its
+    halting policy says stop (or the last), with that step's answer, and spends
+    (step + 1) * nfe_per_step forward passes; later steps cannot change an earlier step's answer.
+    """
+    model.eval()
+    N_sup = model.cfg.N_sup
+    n = len(inputs)
+    solved = np.zeros((N_sup, n), dtype=bool)
+    cell = np.zeros((N_sup, n), dtype=np.float32)
+    halt_logit = np.zeros((N_sup, n), dtype=np.float32)
+    label_match = None if labels is None else np.zeros((N_sup, n), dtype=bool)
+    for start in range(0, n, batch_size):
+        sl = slice(start, min(n, start + batch_size))
+        k = sl.stop - sl.start
+        # without labels the verifier scores (a task like N-Queens has no single label to derive)
+        runner = RecursionRunner(model, task, k, device, **({"reward_mode": "verifier"} if labels is None else {}))
+        runner.start(inputs[sl], None if labels is None else labels[sl])
+        for s in range(N_sup):
+            out = runner.forward()
+            res = runner.commit(out, w=guidance)
+            solved[s, sl] = res.info["solved"].cpu().numpy()
+            cell[s, sl] = res.info["cell_accuracy"].cpu().numpy()
+            halt_logit[s, sl] = out.halt_logit.float().cpu().numpy()
+            if label_match is not None:
+                label_match[s, sl] = (runner.core.answer == runner.core.label).all(1).cpu().numpy()
+            if on_step is not None:
+                on_step(s, sl, out, runner)
+    return {"solved": solved, "cell_accuracy": cell, "halt_logit": halt_logit, "label_match": label_match,
+            "nfe_per_step": model.cfg.nfe_per_supervision_step}
+
+
+def _halting(solved, cell, halt, k, match=None) -> dict:
+    N_sup, n = solved.shape
+    stop = np.where(halt.any(0), halt.argmax(0), N_sup - 1)  # the first step the policy says stop
+    cols = np.arange(n)
+    row = {"mean_nfe": float(((stop + 1) * k).mean()), "mean_steps": float((stop + 1).mean()),
+           "exact_accuracy": float(solved[stop, cols].mean()), "cell_accuracy": float(cell[stop, cols].mean())}
+    if match is not None:
+        row["label_match"] = float(match[stop, cols].mean())
+    return row
+
+
+def summarize(metrics: dict, steps: list[int] | None = None, halting_seed: int = 0) -> dict:
+    """``by_step`` (accuracy after each supervision-step prefix) and halting from :func:`rollout_metrics`.
+
+    ``halting``: the greedy policy, stop where p(halt) > 1/2 (the halting head's logit > 0), as TRM evaluates.
+    ``halting_sampled``: the stochastic policy a PPO controller learns, p(halt) = sigmoid(logit) drawn at each
+    step (seeded), which can stop early even when no single step's p(halt) exceeds 1/2."""
+    solved, cell, logit, k = metrics["solved"], metrics["cell_accuracy"], metrics["halt_logit"], metrics["nfe_per_step"]
+    N_sup, n = solved.shape
+    steps = steps or list(range(1, N_sup + 1))
+    match = metrics.get("label_match")
+    by_step = [{"supervision_step": s, "nfe": s * k, "exact_accuracy": float(solved[s - 1].mean()),
+                "cell_accuracy": float(cell[s - 1].mean()),
+                **({} if match is None else {"label_match": float(match[s - 1].mean())})} for s in steps]
+    draws = np.random.default_rng(halting_seed).random(logit.shape)
+    return {"n_puzzles": int(n), "by_step": by_step, "halting": _halting(solved, cell, logit > 0, k, match),
+            "halting_sampled": _halting(solved, cell, draws < 1 / (1 + np.exp(-logit.astype(np.float64))), k,
+                                        match)}
 
 
 def load_trained(run, device="cpu", weights: str = "ema") -> tuple[TRM, Task, dict]:

@@ -1,14 +1,17 @@
-"""The one rollout path: a TRM driven through the batched MDP core, one transition per supervision step.
+"""A TRM acting in the recursion MDP. Every caller acts through the one step :meth:`TRM.forward` (the MDP state in,
+the next latent, logits and halting logit out):
 
-Trainers, evaluation and the environment policy adapter all go through :class:`RecursionRunner`; none keeps
-a private copy of the recursion loop. The core holds the carry (puzzle, label, y and z, step count, NFE), so
-TRM's detach of (y, z) between supervision steps is exactly the MDP state boundary, and TRM's "replace halted
-examples by fresh ones" is a partial reset of the core.
+* :class:`RecursionRunner` drives B puzzles through the batched core, one transition per supervision step: the
+  trainers and evaluation use it, and none keeps a private copy of the recursion loop. The core holds the carry
+  (puzzle, label, y and z, step count, NFE), so TRM's detach of (y, z) between supervision steps is exactly the
+  MDP state boundary, and TRM's "replace halted examples by fresh ones" is a partial reset of the core.
+* :class:`TRMPolicy` is the policy for the environments' observations (Gymnasium, TorchRL, the halting env), a
+  supervision step or one call of f per transition.
+
+(PPO's actor, ``agents.trainers.ppo.TRMActor``, is the same call inside a TorchRL module.)
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -59,8 +62,7 @@ class RecursionRunner:
 
     def forward(self) -> SupervisionOutput:
         core = self.core
-        x = self.model.step_input(core.puzzle, core.answer, core.step_count)
-        return self.model.supervision_step(x, core.latent[:, 0], core.latent[:, 1])
+        return self.model(core.puzzle, core.latent, core.step_count, core.answer)
 
     def commit(self, out: SupervisionOutput, halt: torch.Tensor | None = None, w: float = 1.0,
                mask=None) -> StepResult:
@@ -70,77 +72,6 @@ class RecursionRunner:
         answer = guided_logits(out, w).detach().argmax(-1)
         # the stack above is fresh and nobody else holds it: the core may keep it without a copy
         return self.core.step({"latent": latent, "answer": answer, "halt": halt}, mask=mask, owned=True)
-
-
-@torch.no_grad()
-def rollout_metrics(model: TRM, task: Task, inputs: np.ndarray, labels: np.ndarray | None = None,
-                    batch_size: int = 256, device="cpu", guidance: float = 1.0,
-                    on_step: Callable | None = None) -> dict:
-    """Run every puzzle for ``N_sup`` supervision steps through the core (no halting) and record, per step,
-    ``solved`` (the rule verifier), blank-cell accuracy, and whether the halting head says stop.
-
-    Returns arrays ``solved [N_sup, N]``, ``cell_accuracy [N_sup, N]``, ``halt_logit [N_sup, N]`` and
-    ``nfe_per_step``; with labels also ``label_match [N_sup, N]``: the answer equals the stored solution (the
-    official metric; it differs from ``solved`` where a puzzle has several valid completions, as N-Queens).
-    Halting at evaluation is read off these (see :func:`summarize`): an example halts at the first step its
-    halting policy says stop (or the last), with that step's answer, and spends
-    (step + 1) * nfe_per_step forward passes; later steps cannot change an earlier step's answer.
-    """
-    model.eval()
-    N_sup = model.cfg.N_sup
-    n = len(inputs)
-    solved = np.zeros((N_sup, n), dtype=bool)
-    cell = np.zeros((N_sup, n), dtype=np.float32)
-    halt_logit = np.zeros((N_sup, n), dtype=np.float32)
-    label_match = None if labels is None else np.zeros((N_sup, n), dtype=bool)
-    for start in range(0, n, batch_size):
-        sl = slice(start, min(n, start + batch_size))
-        k = sl.stop - sl.start
-        # without labels the verifier scores (a task like N-Queens has no single label to derive)
-        runner = RecursionRunner(model, task, k, device, **({"reward_mode": "verifier"} if labels is None else {}))
-        runner.start(inputs[sl], None if labels is None else labels[sl])
-        for s in range(N_sup):
-            out = runner.forward()
-            res = runner.commit(out, w=guidance)
-            solved[s, sl] = res.info["solved"].cpu().numpy()
-            cell[s, sl] = res.info["cell_accuracy"].cpu().numpy()
-            halt_logit[s, sl] = out.halt_logit.float().cpu().numpy()
-            if label_match is not None:
-                label_match[s, sl] = (runner.core.answer == runner.core.label).all(1).cpu().numpy()
-            if on_step is not None:
-                on_step(s, sl, out, runner)
-    return {"solved": solved, "cell_accuracy": cell, "halt_logit": halt_logit, "label_match": label_match,
-            "nfe_per_step": model.cfg.nfe_per_supervision_step}
-
-
-def _halting(solved, cell, halt, k, match=None) -> dict:
-    N_sup, n = solved.shape
-    stop = np.where(halt.any(0), halt.argmax(0), N_sup - 1)  # the first step the policy says stop
-    cols = np.arange(n)
-    row = {"mean_nfe": float(((stop + 1) * k).mean()), "mean_steps": float((stop + 1).mean()),
-           "exact_accuracy": float(solved[stop, cols].mean()), "cell_accuracy": float(cell[stop, cols].mean())}
-    if match is not None:
-        row["label_match"] = float(match[stop, cols].mean())
-    return row
-
-
-def summarize(metrics: dict, steps: list[int] | None = None, halting_seed: int = 0) -> dict:
-    """``by_step`` (accuracy after each supervision-step prefix) and halting from :func:`rollout_metrics`.
-
-    ``halting``: the greedy policy, stop where p(halt) > 1/2 (the halting head's logit > 0), as TRM evaluates.
-    ``halting_sampled``: the stochastic policy a PPO controller learns, p(halt) = sigmoid(logit) drawn at each
-    step (seeded), which can stop early even when no single step's p(halt) exceeds 1/2."""
-    solved, cell, logit, k = metrics["solved"], metrics["cell_accuracy"], metrics["halt_logit"], metrics["nfe_per_step"]
-    N_sup, n = solved.shape
-    steps = steps or list(range(1, N_sup + 1))
-    match = metrics.get("label_match")
-    by_step = [{"supervision_step": s, "nfe": s * k, "exact_accuracy": float(solved[s - 1].mean()),
-                "cell_accuracy": float(cell[s - 1].mean()),
-                **({} if match is None else {"label_match": float(match[s - 1].mean())})} for s in steps]
-    draws = np.random.default_rng(halting_seed).random(logit.shape)
-    return {"n_puzzles": int(n), "by_step": by_step, "halting": _halting(solved, cell, logit > 0, k, match),
-            "halting_sampled": _halting(solved, cell, draws < 1 / (1 + np.exp(-logit.astype(np.float64))), k,
-                                        match)}
 
 
 class TRMPolicy:
@@ -164,22 +95,11 @@ class TRMPolicy:
         with torch.no_grad():
             return self.model.initial_latent(puzzle)
 
-    def _step_input(self, puzzle, latent, step_index, answer=None):
-        """x for this step. The halting env passes no answer; models that read it (``input_from_answer``) get the
-        previous decoded answer back from y: its readout with the givens kept, and the puzzle before step one."""
-        if answer is None and self.model.cfg.input_from_answer:
-            decoded = self.model.readout(latent[:, 0])[0].argmax(-1)
-            answer = torch.where(puzzle != 0, puzzle, decoded)
-            if step_index is not None:
-                answer = torch.where((step_index.reshape(-1, 1) == 0), puzzle, answer)
-        return self.model.step_input(puzzle, answer, step_index)
-
     @torch.no_grad()
     def step(self, puzzle: torch.Tensor, latent: torch.Tensor, step_index: torch.Tensor | None = None,
              answer: torch.Tensor | None = None) -> RecursionOutput:
         """One supervision step (the halting env's interface)."""
-        x = self._step_input(puzzle, latent, step_index, answer)
-        out = self.model.supervision_step(x, latent[:, 0], latent[:, 1])
+        out = self.model(puzzle, latent, step_index, answer)
         return RecursionOutput(torch.stack([out.y, out.z], 1), out.logits, out.halt_logit)
 
     @torch.no_grad()
@@ -198,17 +118,14 @@ class TRMPolicy:
         if not bool((step % per_sup == c).all()):
             raise ValueError("call granularity needs every env of the batch at the same position in the schedule")
         sup_index = step // per_sup
-        x = self._step_input(puzzle, latent, sup_index, obs.get("answer"))
         y, z = latent[:, 0], latent[:, 1]
+        x = model.step_input(puzzle, obs.get("answer"), sup_index, y)
         answer = obs["answer"]
         halt = torch.zeros(B, dtype=torch.long, device=puzzle.device)
-        if c % (cfg.n + 1) < cfg.n:
-            z = model.f(z, y + x)
-        else:
-            y = model.f(y, z)
-            if c == per_sup - 1:  # the supervision step is complete: read out
-                logits, halt_logit, _ = model.readout(y)
-                answer = logits.argmax(-1)
-                if self.use_halting:
-                    halt = (halt_logit > 0).long()
+        y, z = model.recursion_call(c % (cfg.n + 1), x, y, z)
+        if c == per_sup - 1:  # the supervision step is complete: read out
+            logits, halt_logit, _ = model.readout(y)
+            answer = logits.argmax(-1)
+            if self.use_halting:
+                halt = (halt_logit > 0).long()
         return {"latent": torch.stack([y, z], 1), "answer": answer, "halt": halt}

@@ -312,10 +312,20 @@ class TRM(nn.Module):
             x = 0.707106781 * (x + self.position_embedding)  # 1/sqrt(2) keeps the variance, as official
         return self.embed_scale * x
 
-    def step_input(self, puzzle: torch.Tensor, answer: torch.Tensor, step_index: torch.Tensor | None = None):
+    def step_input(self, puzzle: torch.Tensor, answer: torch.Tensor | None = None,
+                   step_index: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         """x for a supervision step: the puzzle, or with ``input_from_answer`` the previous decoded answer, plus
-        the step index (ignored without a step embedding)."""
-        return self.embed(answer if self.cfg.input_from_answer else puzzle, step_index)
+        the step index (ignored without a step embedding). A caller that keeps no answer (the halting env) gives
+        y instead: the answer is then y's readout with the givens kept, and the puzzle before the first step."""
+        if not self.cfg.input_from_answer:
+            return self.embed(puzzle, step_index)
+        if answer is None:
+            if y is None:
+                raise ValueError("input_from_answer: step_input needs the previous answer or y to decode it from")
+            answer = torch.where(puzzle != 0, puzzle, self.output_head(y[:, self.cfg.puzzle_emb_len:]).argmax(-1))
+            if step_index is not None:
+                answer = torch.where(step_index.reshape(-1, 1) == 0, puzzle, answer)
+        return self.embed(answer, step_index)
 
     def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (batch, self.cfg.latent_len, self.cfg.hidden)
@@ -334,10 +344,15 @@ class TRM(nn.Module):
             h = layer(h, rope)
         return h
 
+    def recursion_call(self, c: int, x, y, z, n: int | None = None):
+        """Call ``c`` (0 ... n) of a latent recursion, one forward pass: z = f(z, y + x) n times, then y = f(y, z)."""
+        if c < (self.cfg.n if n is None else n):
+            return y, self.f(z, y + x)
+        return self.f(y, z), z
+
     def latent_recursion(self, x, y, z, n: int):
-        for _ in range(n):
-            z = self.f(z, y + x)
-        y = self.f(y, z)
+        for c in range(n + 1):
+            y, z = self.recursion_call(c, x, y, z, n)
         return y, z
 
     def deep_recursion(self, x, y, z, T: int, n: int):
@@ -371,6 +386,14 @@ class TRM(nn.Module):
         logits = self.output_head(y[:, self.cfg.puzzle_emb_len:])
         halt_in, value_in = self._head_inputs(y, logits)
         return logits, self.halt_head(halt_in).squeeze(-1), self.value_head(value_in).squeeze(-1)
+
+    def forward(self, puzzle: torch.Tensor, latent: torch.Tensor, step_index: torch.Tensor | None = None,
+                answer: torch.Tensor | None = None) -> SupervisionOutput:
+        """One supervision step from the MDP state: the puzzle, the latent ``[B, 2, latent_len, D]`` (y, z), the
+        step count and the current answer (see :meth:`step_input`). The trainers, evaluation, the env policy and
+        PPO's actor all act through this one call."""
+        y, z = latent[:, 0], latent[:, 1]
+        return self.supervision_step(self.step_input(puzzle, answer, step_index, y), y, z)
 
     def supervision_step(self, x, y, z, T: int | None = None, n: int | None = None) -> SupervisionOutput:
         """One supervision step from carry (y, z): the reference logits before it, the conditional ones after."""

@@ -11,7 +11,7 @@ import pytest
 
 from agents.bench import BenchConfig, markdown, ppo_runs, training_runs, verdict
 from agents.cli import main
-from agents.rollout import summarize
+from agents.evaluation import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.evaluation import evaluate_run, load_trained
-from agents.rollout import RecursionRunner, guided_logits, rollout_metrics
+from agents.evaluation import evaluate_run, load_trained, rollout_metrics
+from agents.rollout import RecursionRunner, guided_logits
 from agents.targets import GENERATORS, make_targets
 from agents.trainers import TrainConfig, train
 from recursion_env import make_task
@@ -203,7 +203,7 @@ def test_diagnostics_flag_a_step_that_changes_nothing(tmp_path):
 
 
 def test_summarize_greedy_and_sampled_halting():
-    from agents.rollout import summarize
+    from agents.evaluation import summarize
 
     solved = np.array([[False, True], [True, True], [True, True]])  # [N_sup=3, n=2]
     cell = solved.astype(np.float32)

@@ -11,8 +11,8 @@ import torch
 import recursion_env  # noqa: F401
 from agents.checkpoint import load_checkpoint, save_checkpoint
 from agents.cli import main as cli
-from agents.evaluation import load_trained
-from agents.rollout import RecursionRunner, TRMPolicy, rollout_metrics
+from agents.evaluation import load_trained, rollout_metrics
+from agents.rollout import RecursionRunner, TRMPolicy
 from agents.trainers import TrainConfig, train
 from agents.trm import TRM, TRMConfig
 from recursion_env import RecursionTorchRLEnv, make_task
@@ -225,6 +225,40 @@ def test_trm_plugs_into_the_halting_env(trained):
     obs, info = env.reset(seed=0)
     obs, reward, terminated, truncated, info = env.step(0)
     assert info["nfe"] == model.cfg.nfe_per_supervision_step
+
+
+@pytest.mark.parametrize("input_from_answer", [False, True])
+def test_every_role_acts_through_the_one_trm_step(monkeypatch, input_from_answer):
+    """The runner (trainers, evaluation), the env policy and PPO's actor each make one call of ``TRM.forward`` per
+    supervision step, and give the same next latent and logits from the same state."""
+    from agents.trainers.ppo import TRMActor
+
+    torch.manual_seed(0)
+    model = TRM(TRMConfig(seq_len=16, vocab_size=5, hidden=16, T=2, n=2, N_sup=3, step_embedding=3 if
+                          input_from_answer else 0, input_from_answer=input_from_answer)).eval()
+    calls = []
+    forward = TRM.forward
+
+    def counted(self, *a, **kw):
+        calls.append(1)
+        return forward(self, *a, **kw)
+
+    monkeypatch.setattr(TRM, "forward", counted)
+    runner = RecursionRunner(model, SUDOKU4, 4)
+    runner.start(SUDOKU4.generate(4, seed=1).inputs)
+    with torch.no_grad():
+        runner.commit(runner.forward())  # a state after one step: a real answer and a step count of 1
+        core = runner.core
+        state = (core.puzzle, core.latent.clone(), core.step_count.clone(), core.answer.clone())
+        calls.clear()
+        outputs = [runner.forward(), TRMPolicy(model).step(*state), TRMActor(model, "halting")(*state)]
+    assert len(calls) == 3
+    (ref, pol, act) = outputs
+    assert torch.equal(pol.latent, torch.stack([ref.y, ref.z], 1)) and torch.equal(pol.logits, ref.logits)
+    assert torch.equal(act[0], torch.stack([ref.y, ref.z], 1)) and torch.equal(act[1], ref.logits)
+    # the halting env keeps no answer: the model decodes it from y, the answer the core holds
+    no_answer = TRMPolicy(model).step(*state[:3])
+    assert torch.equal(no_answer.logits, ref.logits)
 
 
 # -- command line ----------------------------------------------------------------------------------------------------

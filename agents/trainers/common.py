@@ -25,8 +25,8 @@ from recursion_env.tasks import Task, load_puzzles, make_task
 
 from ..checkpoint import load_checkpoint, load_newest_valid, save_checkpoint
 from ..data import PuzzleStream
-from ..evaluation import evaluation_set
-from ..rollout import RecursionRunner, rollout_metrics, summarize
+from ..evaluation import evaluation_set, rollout_metrics, summarize
+from ..rollout import RecursionRunner
 from ..trm import TRM, TRMConfig
 
 #: a run checkpoints at least this often (training minutes), whatever its step rate, so a stopped run loses little

@@ -194,9 +194,8 @@ class TRMActor(nn.Module):
 
     def forward(self, puzzle, latent, step, answer):
         model = self.model
-        x = model.step_input(puzzle, answer, step)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.mode == "full"):
-            out = model.supervision_step(x, latent[:, 0], latent[:, 1])
+            out = model(puzzle, latent, step, answer)
         # the halting head trains in both modes: in halting mode the step ran without gradient, so its head is
         # applied again, outside, on the (frozen) y; in full mode the step's own halting logit carries it
         halt_logit = out.halt_logit if self.mode == "full" else model.halt_logit(out.y.detach(), out.logits)
