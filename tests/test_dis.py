@@ -25,11 +25,10 @@ def test_target_generator_invariants(kind, task, N_sup, seed):
     if kind == "solver" and not task.startswith("sudoku"):
         b = t.generate(1, seed)
         with pytest.raises(ValueError, match="defined for sudoku"):
-            make_targets(kind, t, b.inputs, b.labels, N_sup, np.random.default_rng(seed))
+            make_targets(kind, t, b.inputs, b.labels, N_sup, torch.Generator().manual_seed(seed))
         return
     b = t.generate(3, seed)
-    rng = np.random.default_rng(seed)
-    targets = make_targets(kind, t, b.inputs, b.labels, N_sup, rng)
+    targets = make_targets(kind, t, b.inputs, b.labels, N_sup, torch.Generator().manual_seed(seed)).numpy()
     assert targets.shape == (3, N_sup, t.seq_len)
     for x, y, path in zip(b.inputs, b.labels, targets):
         assert np.array_equal(path[-1], y)  # the last target is the solution
@@ -47,9 +46,9 @@ def test_target_generator_invariants(kind, task, N_sup, seed):
 def test_targets_are_fresh_each_call(kind):
     t = TASKS["sudoku9"]
     b = t.generate(1, 0)
-    rng = np.random.default_rng(0)
-    a = make_targets(kind, t, b.inputs, b.labels, 6, rng)
-    c = make_targets(kind, t, b.inputs, b.labels, 6, rng)
+    rng = torch.Generator().manual_seed(0)
+    a = make_targets(kind, t, b.inputs, b.labels, 6, rng).numpy()
+    c = make_targets(kind, t, b.inputs, b.labels, 6, rng).numpy()
     if kind == "solver":  # deduction is deterministic; only the top-ups are random, so paths may agree
         assert np.array_equal(a[0, -1], c[0, -1])
     else:
@@ -61,14 +60,14 @@ def test_diffusion_reveals_floor_s_over_n_of_the_differing_cells():
     b = t.generate(1, 4)
     x, y = b.inputs[0], b.labels[0]
     d = int((x != y).sum())
-    path = make_targets("diffusion", t, b.inputs, b.labels, 6, np.random.default_rng(0))[0]
+    path = make_targets("diffusion", t, b.inputs, b.labels, 6, torch.Generator().manual_seed(0))[0].numpy()
     assert [(p != x).sum() for p in path] == [s * d // 6 for s in range(1, 7)]
 
 
 def test_solver_trace_steps_are_deductions_or_top_ups():
     t = TASKS["sudoku9"]
     b = t.generate(1, 5)
-    path = make_targets("solver", t, b.inputs, b.labels, 6, np.random.default_rng(0))[0]
+    path = make_targets("solver", t, b.inputs, b.labels, 6, torch.Generator().manual_seed(0))[0].numpy()
     previous = b.inputs[0]
     for target in path[:-1]:
         # every target stays uniquely solvable and extends the previous one
@@ -252,3 +251,25 @@ def test_a_step_that_overshoots_is_not_dead():
     out = SupervisionOutput(None, None, conditional, reference, None, None, 1)
     margin, changed, blanks, improvement = step_diagnostics(out, torch.zeros(1, 2, dtype=torch.long), label)
     assert margin / blanks < 0 < improvement / blanks and changed == 1  # argmax of a uniform row is token 0
+
+
+def test_targets_are_drawn_on_the_trainers_generator_and_old_runs_resume():
+    """The method draws its paths from its own torch generator: the same seed gives the same paths, its state
+    round-trips, and a state saved when the paths were drawn by NumPy loads (drawing on from torch)."""
+    from agents.trainers.policy_improvement import PolicyImprovement
+
+    cfg = TrainConfig(method="dis", task_kwargs={"size": 4}, N_sup=6)
+    t = TASKS["sudoku4"]
+    b = t.generate(8, 0)
+    a, c = PolicyImprovement(cfg), PolicyImprovement(cfg)
+    paths = [make_targets("diffusion", t, b.inputs, b.labels, 6, m.generator) for m in (a, c)]
+    assert torch.equal(*paths)
+    saved = a.state_dict()
+    first = make_targets("diffusion", t, b.inputs, b.labels, 6, a.generator)
+    c.load_state_dict(saved)
+    assert torch.equal(first, make_targets("diffusion", t, b.inputs, b.labels, 6, c.generator))
+    old = {"rng": np.random.default_rng(7).bit_generator.state, "targets": paths[0]}
+    for m in (a, c):
+        m.load_state_dict(old)
+    assert torch.equal(make_targets("mask", t, b.inputs, b.labels, 6, a.generator),
+                       make_targets("mask", t, b.inputs, b.labels, 6, c.generator))

@@ -359,3 +359,39 @@ def test_make_task_rejects_unknown_names_and_bad_options():
         make_task("sudoku", size=6, box=(2, 2))
     with pytest.raises(ValueError, match="min_givens"):
         make_task("sudoku", size=4, min_givens=10, max_givens=5)
+
+
+def _singles_by_hand(task, grid) -> set[int]:
+    """Naked and hidden singles of one grid, written out plainly: the reference for ``deductions``."""
+    found = set()
+    candidates = {}
+    for cell in range(task.seq_len):
+        if grid[cell] == 0:
+            candidates[cell] = set(range(1, task.size + 1)) - {int(grid[p]) for p in task._peers[cell]}
+            if len(candidates[cell]) == 1:
+                found.add(cell)
+    for unit in task.units:
+        for digit in range(1, task.size + 1):
+            if digit in {int(grid[c]) for c in unit}:
+                continue
+            places = [c for c in unit if grid[c] == 0 and digit in candidates[c]]
+            if len(places) == 1:
+                found.add(places[0])
+    return found
+
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.sampled_from([4, 6, 9]), seed=st.integers(0, 2**31 - 1))
+def test_sudoku_deductions_are_the_naked_and_hidden_singles(size, seed):
+    task = make_task("sudoku", size=size)
+    batch = task.generate(4, seed)
+    rng = np.random.default_rng(seed)
+    grids = batch.inputs.copy()
+    for g, y in zip(grids, batch.labels):  # part of the way to the solution: still consistent with it
+        blank = np.flatnonzero(g == 0)
+        chosen = rng.choice(blank, size=int(rng.integers(0, len(blank) + 1)), replace=False)
+        g[chosen] = y[chosen]
+    found = task.deductions(torch.from_numpy(grids)).numpy()
+    assert found.shape == grids.shape and not (found & (grids != 0)).any()
+    for g, f in zip(grids, found):
+        assert set(np.flatnonzero(f).tolist()) == _singles_by_hand(task, g)

@@ -30,7 +30,7 @@ class PolicyImprovement:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.step_embedding = cfg.N_sup
-        self.rng = np.random.default_rng(cfg.seed + 2)
+        self.generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 2)  # draws the target paths
         self.targets: torch.Tensor | None = None  # [B, N_sup, L]
         s = torch.arange(1, cfg.N_sup + 1, dtype=torch.float32)
         self.step_weights = s / s.mean() if cfg.dis_step_weight == "linear" else torch.ones_like(s)
@@ -38,15 +38,13 @@ class PolicyImprovement:
     def on_start(self, runner: RecursionRunner, mask) -> None:
         """Fresh target paths for the puzzles that just started (all of them when ``mask`` is None)."""
         core = runner.core
-        idx = torch.arange(core.batch_size) if mask is None else mask.nonzero().reshape(-1).cpu()
-        new = make_targets(self.cfg.targets, core.task, core.puzzle[idx].cpu().numpy(),
-                           core.label[idx].cpu().numpy(), self.cfg.N_sup, self.rng)
-        new = torch.from_numpy(new).to(core.device)
         if self.targets is None or mask is None:
-            self.targets = new
+            self.targets = make_targets(self.cfg.targets, core.task, core.puzzle, core.label, self.cfg.N_sup,
+                                        self.generator)
         else:
             self.targets = self.targets.clone()
-            self.targets[idx.to(core.device)] = new
+            self.targets[mask] = make_targets(self.cfg.targets, core.task, core.puzzle[mask], core.label[mask],
+                                              self.cfg.N_sup, self.generator)
 
     def loss(self, out: SupervisionOutput, runner: RecursionRunner):
         core = runner.core
@@ -65,8 +63,13 @@ class PolicyImprovement:
         return torch.zeros(runner.core.batch_size, dtype=torch.bool, device=runner.device)
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state, "targets": self.targets}
+        return {"generator": self.generator.get_state(), "targets": self.targets}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["rng"]
+        if "generator" in state:
+            self.generator.set_state(state["generator"].cpu())
+        else:  # saved when the paths were drawn by NumPy: go on drawing from torch, seeded by that state
+            bits = np.random.PCG64()
+            bits.state = state["rng"]
+            self.generator.manual_seed(int(np.random.Generator(bits).integers(2**63)))
         self.targets = state["targets"]

@@ -277,6 +277,31 @@ class SudokuTask(Task):
         present = torch.zeros((*lead, len(self.units), self.size + 1), device=answers.device).scatter_(-1, vals, marks)
         return present.flatten(-2) @ digit_columns, n_rules
 
+    def deductions(self, grids: torch.Tensor) -> torch.Tensor:
+        """Which blank cells one round of naked and hidden singles fills in from each grid (``[..., seq_len]``
+        tokens, 0 = blank, assumed consistent with a solution): a bool tensor of the same shape, computed batched
+        on the grids' device. A naked single is a blank with one candidate left by its peers; a hidden single is
+        the one place in a row, column or box that a digit can still go."""
+        units = self._unit_matrix(grids.device)  # [U, L]
+        peers = ((units.T @ units) > 0).float()  # cells sharing a unit (each cell with itself too)
+        blank = grids == 0
+        placed = torch.nn.functional.one_hot(grids, self.size + 1)[..., 1:].float()  # [..., L, size]
+        seen = (peers @ placed) > 0  # digits already in a cell's row, column or box
+        candidates = torch.where(blank[..., None], ~seen, placed > 0)
+        naked = blank & (candidates.sum(-1) == 1)
+        places = units @ candidates.float()  # [..., U, size]: where each digit can go in each unit
+        only = ((units.T @ (places == 1).float()) * candidates).sum(-1) > 0  # the one place of a digit in a unit
+        return naked | (blank & only)
+
+    def _unit_matrix(self, device) -> torch.Tensor:
+        cached = getattr(self, "_units_on", {})
+        if device not in cached:
+            m = torch.zeros(len(self.units), self.seq_len)
+            for u, unit in enumerate(self.units):
+                m[u, unit] = 1.0
+            self._units_on = cached | {device: m.to(device)}
+        return self._units_on[device]
+
     # -- text -------------------------------------------------------------------------------------------
     def parse(self, text: str) -> np.ndarray:
         """Read the line form (size² characters) or the boxed grid :meth:`format` writes."""
