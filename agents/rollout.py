@@ -70,8 +70,8 @@ class RecursionRunner:
             halt = torch.zeros(self.core.batch_size, dtype=torch.bool, device=self.device)
         latent = torch.stack([out.y.detach(), out.z.detach()], 1).float()
         answer = guided_logits(out, w).detach().argmax(-1)
-        # the stack above is fresh and nobody else holds it: the core may keep it without a copy
-        return self.core.step({"latent": latent, "answer": answer, "halt": halt}, mask=mask, owned=True)
+        # fresh tensors of the core's shapes and dtypes, from the network: the trusted path, no checks or copies
+        return self.core.transition(latent, answer, halt.bool(), mask)
 
 
 class TRMPolicy:

@@ -224,13 +224,10 @@ class RecursionCore:
         self.context = task.rule_context(self.puzzle)
         # an episode that ended (or never began) must be reset before it is stepped
         self.done = torch.ones(B, dtype=torch.bool, device=dev)
-        self._halt_flags = (torch.zeros(1, dtype=torch.bool, device=dev), torch.ones(1, dtype=torch.bool, device=dev))
-        # a Python number in tensor arithmetic becomes a new tensor on every call, most of a small op's cost at
-        # B=1; the transition's constants are made once (the config is frozen)
         self._label_score = config.reward_mode == "label"
-        self._constants = {name: torch.tensor(value, device=dev) for name, value in (
-            ("one_step", 1), ("nfe_per_step", config.nfe_per_step), ("max_steps", config.max_steps),
-            ("compute_cost", float(config.nfe_cost * config.nfe_per_step)))}
+        # a single env's Python halt flag as a tensor, made once (a new tensor per step is a quarter of the
+        # step's cost at B=1); the core never writes into its flags
+        self._halt_flags = (torch.zeros(1, dtype=torch.bool, device=dev), torch.ones(1, dtype=torch.bool, device=dev))
 
     # -- scoring ----------------------------------------------------------------------------------------
     def _evaluate(self, puzzle, answer, context, scored_label, n_scored):
@@ -390,7 +387,7 @@ class RecursionCore:
         if B == 1 and isinstance(halt, (bool, int, np.bool_, np.integer)):
             if int(halt) not in (0, 1):
                 raise ValueError(f"action 'halt': values must be 0 or 1, got {halt}")
-            return latent, answer, self._halt_flags[int(halt)]  # shared constants: the core never writes in place
+            return latent, answer, self._halt_flags[int(halt)]
         halt = _as_tensor(halt, "halt", self.device)
         if halt.dtype.is_floating_point or halt.dtype.is_complex:
             raise ValueError(f"action 'halt': expected 0/1 integers or bools, got dtype {halt.dtype}")
@@ -406,45 +403,47 @@ class RecursionCore:
 
     def step(self, action: Mapping, mask=None, *, owned: bool = False) -> StepResult:
         """One transition for the envs in ``mask`` (all by default); the others keep their state and get
-        reward 0. Raises ``RuntimeError`` if a stepped env has finished (reset it first).
+        reward 0. The action is validated (a ``ValueError`` names the field), and a finished env is a
+        ``RuntimeError`` (reset it first). Then the rules are :meth:`transition`'s.
 
         The core keeps the action's latent as its state, so a caller's tensor is copied unless the caller says
-        ``owned=True``: it hands over a fresh tensor it never writes into again (a network's output, as the
-        runner's). That saves one copy of the largest field per step."""
+        ``owned=True``: it hands over a fresh tensor it never writes into again. That saves one copy of the
+        largest field per step."""
         latent, answer, halt = self.check_action(action)
-        active = None if mask is None else self._mask(mask)
+        active = self._mask(mask)
         self._refuse_finished(active, "step()")
-        cfg, const = self.config, self._constants
+        return self.transition(self._kept(latent, action["latent"], owned), answer, halt, active)
+
+    def transition(self, latent: torch.Tensor, answer: torch.Tensor, halt: torch.Tensor,
+                   mask: torch.Tensor | None = None) -> StepResult:
+        """The MDP's rules: the new answer keeps the givens and is scored; the reward is the change of the
+        potential (score + solve bonus) minus the compute spent; the episode terminates on halt (or on solving)
+        and is truncated at ``max_steps``.
+
+        This is the trusted path: no validation, no copies, no host synchronisation. The caller (the agents'
+        runner) hands over a fresh ``latent [B, 2, latent_len, D]`` float32, ``answer [B, L]`` int64 tokens and
+        ``halt [B]`` bool, for envs that are not finished; anyone else calls :meth:`step`."""
+        cfg = self.config
         answer = torch.where(self.givens, self.puzzle, answer)
-        score, cell_acc, solved = self._evaluate(self.puzzle, answer, self.context, self.scored_label, self.n_scored)
-        potential = torch.add(score, solved, alpha=cfg.solve_bonus)  # S + solve_bonus * [solved]
+        score, cell_accuracy, solved = self._evaluate(self.puzzle, answer, self.context, self.scored_label,
+                                                      self.n_scored)
+        potential = torch.add(score, solved, alpha=cfg.solve_bonus)  # score + solve_bonus * [solved]
         reward = potential - self.potential
         if cfg.nfe_cost:
-            reward = reward - const["compute_cost"]
-        step_count = self.step_count + const["one_step"]
-        terminated = (halt | solved) if cfg.terminate_on_solve else halt
-        truncated = (step_count >= const["max_steps"]) > terminated  # on bools a > b is a & ~b, one op fewer
-        if active is None:
-            latent = self._kept(latent, action["latent"], owned)  # (the masked branch below makes a new one)
-            self.answer, self.latent, self.score, self.cell_accuracy, self.solved, self.potential = (
-                answer, latent, score, cell_acc, solved, potential)
-            # nfe = step x nfe_per_step always: at one forward pass a step they are the same numbers
-            self.step_count = step_count
-            self.nfe = step_count if cfg.nfe_per_step == 1 else self.nfe + const["nfe_per_step"]
-            self.done = terminated | truncated
-        else:
-            a1, a2 = active[:, None], active[:, None, None, None]
-            self.answer = torch.where(a1, answer, self.answer)
-            self.latent = torch.where(a2, latent, self.latent)
-            self.score = torch.where(active, score, self.score)
-            self.cell_accuracy = torch.where(active, cell_acc, self.cell_accuracy)
-            self.solved = torch.where(active, solved, self.solved)
-            self.potential = torch.where(active, potential, self.potential)
-            self.step_count = torch.where(active, step_count, self.step_count)
-            self.nfe = torch.where(active, self.nfe + const["nfe_per_step"], self.nfe)
-            terminated, truncated = terminated & active, truncated & active
-            reward = torch.where(active, reward, torch.zeros_like(reward))
-            self.done = self.done | terminated | truncated
+            reward = reward - cfg.nfe_cost * cfg.nfe_per_step
+        step_count = self.step_count + 1
+        terminated = halt | solved if cfg.terminate_on_solve else halt
+        truncated = (step_count >= cfg.max_steps) & ~terminated
+        new = {"answer": answer, "latent": latent, "score": score, "cell_accuracy": cell_accuracy,
+               "solved": solved, "potential": potential, "step_count": step_count,
+               "nfe": self.nfe + cfg.nfe_per_step, "done": terminated | truncated}
+        if mask is not None:  # the envs outside the mask keep their state, get reward 0 and do not end
+            for k, v in new.items():
+                new[k] = torch.where(mask.view(-1, *[1] * (v.ndim - 1)), v, getattr(self, k))
+            terminated, truncated = terminated & mask, truncated & mask
+            reward = torch.where(mask, reward, 0.0)
+        for k, v in new.items():
+            setattr(self, k, v)
         return StepResult(self.observation(), reward, terminated, truncated, self.info())
 
     def stop(self, mask=None) -> StepResult:

@@ -645,3 +645,28 @@ def test_lam_is_a_deprecated_alias_of_nfe_cost():
     with pytest.warns(DeprecationWarning):
         assert PPOConfig(lam=0.2).nfe_cost == 0.2
     assert build_parser().parse_args(["train", "--method", "ppo", "--lam", "0.3", "--out", "x"]).nfe_cost == 0.3
+
+
+@pytest.mark.parametrize("task_name", ["sudoku", "nqueens", "maze"])
+def test_the_trusted_transition_is_steps_rules_without_reading_back(monkeypatch, task_name):
+    """``core.transition`` (the runner's path) gives exactly what ``core.step`` gives for valid actions, masked or
+    not, and never reads a value back to the host (on a GPU, each read is a synchronisation)."""
+    kw = dict(nfe_cost=0.01, solve_bonus=1.0, max_steps=3, nfe_per_step=2, seed=0)
+    checked, trusted = RecursionCore(task_name, 6, **kw), RecursionCore(task_name, 6, **kw)
+    checked.reset(), trusted.reset()
+    rng = np.random.default_rng(0)
+    for t in range(3):
+        latent = torch.from_numpy(rng.normal(size=(6, *checked.latent_shape)).astype(np.float32))
+        answer = torch.from_numpy(np.where(rng.random((6, checked.seq_len)) < 0.5, checked.label.numpy(),
+                                           rng.integers(0, checked.task.vocab_size, (6, checked.seq_len))))
+        halt = torch.from_numpy(rng.random(6) < 0.2)
+        mask = None if t == 0 else ~checked.done
+        a = checked.step({"latent": latent, "answer": answer, "halt": halt}, mask=mask)
+        with monkeypatch.context() as m:
+            for name in ("item", "tolist", "__bool__", "__int__", "__float__", "numpy", "cpu"):
+                m.setattr(torch.Tensor, name, lambda *_, name=name: pytest.fail(f"transition read back ({name})"))
+            b = trusted.transition(latent.clone(), answer, halt, mask)
+        for x, y in zip(a[1:4], b[1:4]):
+            assert torch.equal(x, y)
+        for k in RecursionCore._STATE:
+            assert torch.equal(getattr(checked, k), getattr(trusted, k)), k
