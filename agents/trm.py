@@ -19,7 +19,7 @@ DIS's step embedding (the official DIS code's ``timestep_embed``) and input from
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -30,8 +30,11 @@ HALT_READOUTS = ("first", "mean", "confidence")
 POSITIONS = ("none", "rope", "learned")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TRMConfig:
+    """The network's hyper-parameters, frozen: a model's config never changes under it (or under its optimizer);
+    :meth:`TRM.set_halt_readout` gives the model a new one."""
+
     seq_len: int
     vocab_size: int
     hidden: int = 128  # D (official: 512)
@@ -60,7 +63,7 @@ class TRMConfig:
         if self.mixer not in ("mlp", "attention"):
             raise ValueError(f"mixer must be 'mlp' or 'attention', got {self.mixer!r}")
         if self.pos is None:
-            self.pos = "rope" if self.mixer == "attention" else "none"
+            object.__setattr__(self, "pos", "rope" if self.mixer == "attention" else "none")
         if self.pos not in POSITIONS:
             raise ValueError(f"pos must be one of {POSITIONS}, got {self.pos!r}")
         if self.halt_readout not in HALT_READOUTS:
@@ -71,9 +74,9 @@ class TRMConfig:
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
         if self.puzzle_emb_ndim is None:
-            self.puzzle_emb_ndim = self.hidden
+            object.__setattr__(self, "puzzle_emb_ndim", self.hidden)
         if self.puzzle_emb_ndim and not self.puzzle_emb_len:  # as official: enough slots to hold it
-            self.puzzle_emb_len = -(self.puzzle_emb_ndim // -self.hidden)
+            object.__setattr__(self, "puzzle_emb_len", -(self.puzzle_emb_ndim // -self.hidden))
         if self.puzzle_emb_ndim > self.puzzle_emb_len * self.hidden:
             raise ValueError(f"puzzle_emb_ndim {self.puzzle_emb_ndim} does not fit in puzzle_emb_len "
                              f"{self.puzzle_emb_len} slots of width {self.hidden}")
@@ -251,11 +254,12 @@ class TRM(nn.Module):
         nn.init.zeros_(self.value_head.bias)
 
     def set_halt_readout(self, readout: str) -> None:
-        """Switch what the halting and value heads read; heads of a different input size start afresh."""
+        """Switch what the halting and value heads read; heads of a different input size start afresh (so build
+        the optimizer after this). The model gets a new config; the old one, wherever it is held, is unchanged."""
         if readout not in HALT_READOUTS:
             raise ValueError(f"halt_readout must be one of {HALT_READOUTS}, got {readout!r}")
         changes_size = (readout == "confidence") != (self.cfg.halt_readout == "confidence")
-        self.cfg.halt_readout = readout
+        self.cfg = replace(self.cfg, halt_readout=readout)
         if changes_size:
             self._new_heads()
 
@@ -273,11 +277,12 @@ class TRM(nn.Module):
         if weight_decay_scope not in ("all", "matrices"):
             raise ValueError(f"weight_decay_scope must be 'all' or 'matrices', got {weight_decay_scope!r}")
         sparse = [self.puzzle_embedding.weight] if self.cfg.puzzle_emb_ndim else []
+        embeddings = [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]
         decay, no_decay = [], []
-        for name, p in self.named_parameters():
+        for p in self.parameters():
             if any(p is s for s in sparse):
                 continue
-            keep = weight_decay_scope == "matrices" and (p.ndim < 2 or name.endswith("embedding.weight"))
+            keep = weight_decay_scope == "matrices" and (p.ndim < 2 or any(p is e for e in embeddings))
             (no_decay if keep else decay).append(p)
         groups = [{"params": decay, "weight_decay": weight_decay}]
         if no_decay:

@@ -1,5 +1,6 @@
 """The TRM network, the deep-supervision trainer, checkpoints, and the TRM as an agent in the MDP."""
 
+import dataclasses
 import json
 import math
 
@@ -317,8 +318,12 @@ def test_confidence_features_and_switching_the_halt_readout():
 
     model = TRM(TRMConfig(seq_len=16, vocab_size=5, hidden=16, T=1, n=1))
     assert model.halt_head.in_features == 16
+    before = model.cfg
     model.set_halt_readout("confidence")
     assert model.cfg.halt_readout == "confidence" and model.halt_head.in_features == model.value_head.in_features == 3
+    assert before.halt_readout == "first"  # a new config: the one a caller (or a checkpoint's dict) holds is unchanged
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.cfg.hidden = 32
     torch.nn.init.normal_(model.halt_head.weight)
     y = torch.randn(3, model.cfg.latent_len, 16)
     logits, halt, _ = model.readout(y)
