@@ -521,8 +521,20 @@ METHOD_OPTIONS = {
 }
 
 
+#: what ``train --resume`` takes: the budget and where to run; the run keeps the rest of its own configuration
+RESUME_OPTIONS = ("command", "func", "method", "out", "steps", "minutes", "iterations", "device", "resume", "keep")
+
+
 def check_arguments(args) -> None:
-    """Flags that make no sense: another method's options, non-positive counts, negative budgets."""
+    """Flags that make no sense: another method's options, options a resumed run would ignore, non-positive
+    counts, negative budgets."""
+    if args.command == "train" and args.resume:
+        defaults = vars(build_parser().parse_args(["train", "--out", args.out]))
+        ignored = ["--" + k.replace("_", "-") for k, v in vars(args).items()
+                   if k not in RESUME_OPTIONS and v != defaults.get(k)]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)} with --resume: a resumed run keeps its own configuration; "
+                             "--resume takes --steps/--iterations, --minutes and --device")
     if args.command == "train":
         method = args.method
         for owner, names in METHOD_OPTIONS.items():

@@ -77,6 +77,11 @@ def test_resume_budget_is_more_steps_or_minutes_and_is_required(tmp_path, capsys
     assert load_checkpoint(run)["step"] > 3
     assert cli(["train", "--resume", "--out", str(run)]) == 2
     assert "needs a budget" in capsys.readouterr().err
+    # a resumed run keeps its configuration: an option it would ignore is refused, and the run is untouched
+    step = load_checkpoint(run)["step"]
+    assert cli(["train", "--resume", "--out", str(run), "--steps", "2", "--hidden", "128", "--lr", "0.1"]) == 2
+    assert "--hidden, --lr with --resume: a resumed run keeps its own configuration" in capsys.readouterr().err
+    assert load_checkpoint(run)["step"] == step
 
 
 def test_a_fresh_run_refuses_an_occupied_folder_unless_overwrite(tmp_path, capsys):
