@@ -211,7 +211,7 @@ def _check_folder(cfg: BenchConfig, out: Path, overwrite: bool) -> None:
 
 
 def run(cfg: BenchConfig, progress=print, overwrite: bool = False) -> dict:
-    from .diagnostics import diagnose, save_plots
+    from .diagnostics import save_plots
     from .evaluation import evaluate_run
 
     out = Path(cfg.out)
@@ -238,8 +238,9 @@ def run(cfg: BenchConfig, progress=print, overwrite: bool = False) -> dict:
         progress(f"evaluating {name} on {cfg.eval_n} held-out puzzles")
         train_metrics = json.loads((out / name / "train_metrics.json").read_text())
         guidance = cfg.guidance if name.startswith("dis") else None
-        ev = evaluate_run(out / name, n=cfg.eval_n, halting=True, guidance=guidance, device=cfg.device)
-        diag = diagnose(out / name, n=cfg.eval_n, device=cfg.device)
+        ev = evaluate_run(out / name, n=cfg.eval_n, halting=True, guidance=guidance, device=cfg.device,
+                          diagnostics=True)  # one rollout for both: the TRM's 336 NFE per puzzle once
+        diag = ev["diagnostics"]
         save_plots(diag, out / name / "plots")
         rows = [r for r in ev["by_step"] if name != "trm" or r["supervision_step"] in TRM_PREFIXES]
         for g in ev.get("guidance") or []:

@@ -69,6 +69,7 @@ def diagnose(run, n: int = 1000, w: float = 1.0, device="cpu", puzzles=None) -> 
     if labels is None:
         raise ValueError("diagnostics need labels (the margin is measured at the solution token)")
     report = diagnose_model(model, task, inputs, labels, w, device)
+    report.pop("summary")
     return {**report, "run": str(run), "method": train_config.get("method", "trm")}
 
 
@@ -93,8 +94,9 @@ def diagnose_model(model, task, inputs, labels, w: float = 1.0, device="cpu") ->
                       "advantage_margin": float(margin), "improvement": float(improvement),
                       "cell_accuracy_gain": cell_gain, "changed_fraction": float(changed),
                       "dead": bool(sums[s, 1] == 0 or (improvement <= 0 and cell_gain <= 0))})
+    summary = summarize(metrics)
     return {"method": "model", "task": task.name, "task_kwargs": task.kwargs, "n_puzzles": len(inputs), "w": w,
-            "steps": steps, "halting": summarize(metrics)["halting"],
+            "steps": steps, "halting": summary["halting"], "summary": summary,
             "dead_steps": [r["supervision_step"] for r in steps if r["dead"]],
             "dead_nfe": sum(k for r in steps if r["dead"])}
 

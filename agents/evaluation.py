@@ -121,12 +121,22 @@ def evaluation_set(task: Task, train_config: dict, n: int, puzzles=None) -> tupl
 
 
 def evaluate_run(run, n: int = 1000, puzzles=None, halting: bool = False, guidance=None, device="cpu",
-                 batch_size: int = 256) -> dict:
-    """The ``recursion-env eval`` JSON: method, task, n_puzzles, by_step, and halting / guidance on request."""
+                 batch_size: int = 256, diagnostics: bool = False) -> dict:
+    """The ``recursion-env eval`` JSON: method, task, n_puzzles, by_step, and halting / guidance on request.
+    ``diagnostics=True`` adds the dead-compute report (``agents.diagnostics``) from the same rollout."""
     model, task, train_config = load_trained(run, device)
     inputs, labels = evaluation_set(task, train_config, n, puzzles)
-    metrics = rollout_metrics(model, task, inputs, labels, batch_size=batch_size, device=device)
-    summary = summarize(metrics)
+    report = None
+    if diagnostics:
+        from .diagnostics import diagnose_model
+
+        if labels is None:
+            raise ValueError("diagnostics need labels (the margin is measured at the solution token)")
+        report = diagnose_model(model, task, inputs, labels, device=device)
+        summary = report.pop("summary")
+        report |= {"run": str(run), "method": train_config.get("method", "trm")}
+    else:
+        summary = summarize(rollout_metrics(model, task, inputs, labels, batch_size=batch_size, device=device))
     result = {"method": train_config.get("method", "trm"), "task": task.name, "task_kwargs": task.kwargs,
               "run": str(Path(run)), "n_puzzles": summary["n_puzzles"], "by_step": summary["by_step"],
               "exact_accuracy_judged_by": "rule verifier", "labels_known": labels is not None}
@@ -149,6 +159,8 @@ def evaluate_run(run, n: int = 1000, puzzles=None, halting: bool = False, guidan
             rows.append({"w": w, "exact_accuracy": last["exact_accuracy"], "cell_accuracy": last["cell_accuracy"],
                          "by_step": g["by_step"]})
         result["guidance"] = rows
+    if report is not None:
+        result["diagnostics"] = report
     return result
 
 

@@ -12,7 +12,7 @@ import torch
 import recursion_env  # noqa: F401
 from agents.checkpoint import load_checkpoint, save_checkpoint
 from agents.cli import main as cli
-from agents.evaluation import load_trained, rollout_metrics
+from agents.evaluation import evaluate_run, load_trained, rollout_metrics
 from agents.rollout import RecursionRunner, TRMPolicy
 from agents.trainers import TrainConfig, train
 from agents.trm import TRM, TRMConfig
@@ -260,6 +260,21 @@ def test_every_role_acts_through_the_one_trm_step(monkeypatch, input_from_answer
     # the halting env keeps no answer: the model decodes it from y, the answer the core holds
     no_answer = TRMPolicy(model).step(*state[:3])
     assert torch.equal(no_answer.logits, ref.logits)
+
+
+def test_evaluation_with_diagnostics_is_one_rollout_for_both(trained, monkeypatch):
+    import agents.diagnostics as diagnostics
+    import agents.evaluation as evaluation
+
+    plain, report = evaluate_run(trained, n=32, halting=True), diagnostics.diagnose(trained, n=32)
+    rollouts = []
+    rollout = evaluation.rollout_metrics
+    for module in (evaluation, diagnostics):
+        monkeypatch.setattr(module, "rollout_metrics", lambda *a, **kw: rollouts.append(1) or rollout(*a, **kw))
+    both = evaluate_run(trained, n=32, halting=True, diagnostics=True)
+    assert len(rollouts) == 1
+    assert both["by_step"] == plain["by_step"] and both["halting"] == plain["halting"]
+    assert both["diagnostics"] == report
 
 
 # -- command line ----------------------------------------------------------------------------------------------------
