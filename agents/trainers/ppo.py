@@ -315,9 +315,9 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
     if not keep.any():
         raise ValueError("every training puzzle is also a held-out puzzle")
     dataset = pool[np.flatnonzero(keep)]
-    mcfg = model.cfg
     if cfg.halt_readout != "keep":
         model.set_halt_readout(cfg.halt_readout)  # saved with the run, so evaluation halts the same way
+    mcfg = model.cfg  # (after the switch: the model's config now says what its heads read)
     if cfg.halt_bias != "keep":
         with torch.no_grad():
             model.halt_head.bias.fill_(cfg.halt_bias)
