@@ -528,7 +528,7 @@ RESUME_OPTIONS = ("command", "func", "method", "out", "steps", "minutes", "itera
 def check_arguments(args) -> None:
     """Flags that make no sense: another method's options, options a resumed run would ignore, non-positive
     counts, negative budgets."""
-    if args.command == "train" and args.resume:
+    if args.command == "train" and args.resume and not args.overwrite:  # (with --overwrite: "choose one", below)
         defaults = vars(build_parser().parse_args(["train", "--out", args.out]))
         ignored = ["--" + k.replace("_", "-") for k, v in vars(args).items()
                    if k not in RESUME_OPTIONS and v != defaults.get(k)]

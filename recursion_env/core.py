@@ -21,6 +21,11 @@ An episode terminates when the agent halts (or, with ``terminate_on_solve``, whe
 truncated after ``max_steps`` transitions. :meth:`RecursionCore.stop` ends episodes without a transition
 (no compute, zero reward): the halting controller's "halt now".
 
+The rules are :meth:`RecursionCore.transition`, one short function. :meth:`RecursionCore.step` is the checked
+entry: it validates the action (a ``ValueError`` names the field), refuses a finished episode, and never keeps the
+caller's memory, then calls ``transition``. The agents' runner, which hands over fresh tensors of the right
+shapes from its network, calls ``transition`` directly: no validation, no copy, no read back to the host.
+
 The Gymnasium and TorchRL environments are thin adapters over this class; neither re-implements a rule.
 """
 
