@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .evaluation import evaluation_set, load_trained, rollout_metrics, summarize
+from .evaluation import evaluate_run, rollout_metrics, summarize
 from .rollout import RecursionRunner
 from .trm import SupervisionOutput
 
@@ -64,13 +64,7 @@ def step_diagnostics(out: SupervisionOutput, puzzle: torch.Tensor, label: torch.
 
 def diagnose(run, n: int = 1000, w: float = 1.0, device="cpu", puzzles=None) -> dict:
     """Per supervision step on held-out puzzles: accuracy, mean advantage margin, changed fraction, dead flag."""
-    model, task, train_config = load_trained(run, device)
-    inputs, labels = evaluation_set(task, train_config, n, puzzles)
-    if labels is None:
-        raise ValueError("diagnostics need labels (the margin is measured at the solution token)")
-    report = diagnose_model(model, task, inputs, labels, w, device)
-    report.pop("summary")
-    return {**report, "run": str(run), "method": train_config.get("method", "trm")}
+    return evaluate_run(run, n=n, puzzles=puzzles, device=device, diagnostics=True, w=w)["diagnostics"]
 
 
 def diagnose_model(model, task, inputs, labels, w: float = 1.0, device="cpu") -> dict:

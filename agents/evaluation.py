@@ -121,9 +121,10 @@ def evaluation_set(task: Task, train_config: dict, n: int, puzzles=None) -> tupl
 
 
 def evaluate_run(run, n: int = 1000, puzzles=None, halting: bool = False, guidance=None, device="cpu",
-                 batch_size: int = 256, diagnostics: bool = False) -> dict:
+                 batch_size: int = 256, diagnostics: bool = False, w: float = 1.0) -> dict:
     """The ``recursion-env eval`` JSON: method, task, n_puzzles, by_step, and halting / guidance on request.
-    ``diagnostics=True`` adds the dead-compute report (``agents.diagnostics``) from the same rollout."""
+    ``diagnostics=True`` adds the dead-compute report (``agents.diagnostics``, its margin taken under guidance
+    weight ``w``) from the same rollout."""
     model, task, train_config = load_trained(run, device)
     inputs, labels = evaluation_set(task, train_config, n, puzzles)
     report = None
@@ -132,7 +133,7 @@ def evaluate_run(run, n: int = 1000, puzzles=None, halting: bool = False, guidan
 
         if labels is None:
             raise ValueError("diagnostics need labels (the margin is measured at the solution token)")
-        report = diagnose_model(model, task, inputs, labels, device=device)
+        report = diagnose_model(model, task, inputs, labels, w, device)
         summary = report.pop("summary")
         report |= {"run": str(run), "method": train_config.get("method", "trm")}
     else:
