@@ -282,8 +282,7 @@ class SudokuTask(Task):
         tokens, 0 = blank, assumed consistent with a solution): a bool tensor of the same shape, computed batched
         on the grids' device. A naked single is a blank with one candidate left by its peers; a hidden single is
         the one place in a row, column or box that a digit can still go."""
-        units = self._unit_matrix(grids.device)  # [U, L]
-        peers = ((units.T @ units) > 0).float()  # cells sharing a unit (each cell with itself too)
+        units, peers = self._deduction_tensors(grids.device)
         blank = grids == 0
         placed = torch.nn.functional.one_hot(grids, self.size + 1)[..., 1:].float()  # [..., L, size]
         seen = (peers @ placed) > 0  # digits already in a cell's row, column or box
@@ -293,14 +292,17 @@ class SudokuTask(Task):
         only = ((units.T @ (places == 1).float()) * candidates).sum(-1) > 0  # the one place of a digit in a unit
         return naked | (blank & only)
 
-    def _unit_matrix(self, device) -> torch.Tensor:
-        cached = getattr(self, "_units_on", {})
-        if device not in cached:
-            m = torch.zeros(len(self.units), self.seq_len)
+    def _deduction_tensors(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :meth:`deductions` needs, made once per device (in the cache :meth:`_rule_tensors` keeps): each
+        unit's cells as a 0/1 ``[U, L]`` matrix, and which cells share a unit (each cell with itself too)."""
+        key = ("deductions", device)
+        hit = self._rule_cache.get(key)
+        if hit is None:
+            units = torch.zeros(len(self.units), self.seq_len)
             for u, unit in enumerate(self.units):
-                m[u, unit] = 1.0
-            self._units_on = cached | {device: m.to(device)}
-        return self._units_on[device]
+                units[u, unit] = 1.0
+            hit = self._rule_cache[key] = (units.to(device), ((units.T @ units) > 0).float().to(device))
+        return hit
 
     # -- text -------------------------------------------------------------------------------------------
     def parse(self, text: str) -> np.ndarray:
