@@ -88,8 +88,8 @@ class BenchConfig:
         * ``cpu``: 20 minutes per method, width 64: the comparison in about half an hour.
         * ``long``: the long CPU mode: 90 minutes per method, PPO 8 minutes: about 1 h 50 min in all on 2 cores.
         * ``quick``: a smoke run of a few minutes at width 32 (on Sudoku an easy 6x6): not evidence about depth.
-        * ``gpu``: 9x9 Sudoku with 28-34 givens on one GPU (bf16 autocast, width 256, batch 512): about 8
-          minutes end to end on an H100, the runs sharing the card.
+        * ``gpu``: 9x9 Sudoku with 28-34 givens on one GPU (bf16 autocast, width 256, batch 512), the runs
+          sharing the card: 437 s end to end on an H200 (BENCHMARKS.md).
         """
         if task not in TASK_DEFAULTS:
             raise ValueError(f"--task {task!r}: the bench knows {', '.join(TASK_DEFAULTS)}")
