@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
+import typing
 import warnings
+from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import NamedTuple
 
 
 def _task_kwargs(args) -> dict:
@@ -70,14 +74,13 @@ def cmd_demo(args) -> int:
     from .diagnostics import diagnose, save_plots
     from .evaluation import load_trained
     from .rollout import RecursionRunner
-    from .trainers import TrainConfig, train
+    from .trainers import DISConfig, train
 
     out = Path(args.out)
     print(f"Training DIS (policy improvement: {6} supervision steps x 1 recursion x 3 calls = 18 forward passes) on "
           f"generated 6x6 Sudoku for {args.minutes} min on {args.device}.")
-    cfg = TrainConfig(method="dis", task_kwargs={"size": 6}, T=1, n=2, N_sup=6, hidden=args.hidden,
-                      minutes=args.minutes, seed=args.seed, out=str(out), eval_n=args.eval_n, device=args.device,
-                      final_eval=False)
+    cfg = DISConfig(task_kwargs={"size": 6}, model={"hidden": args.hidden}, minutes=args.minutes, seed=args.seed,
+                    out=str(out), eval_n=args.eval_n, device=args.device, final_eval=False)
     if (out / "checkpoint.pt").exists():
         print(f"(replacing the previous demo run in {out})")
     result = train(cfg, overwrite=True)
@@ -124,54 +127,36 @@ def ppo_iterations(args) -> int | None:
 
 
 def cmd_train(args) -> int:
-    from dataclasses import fields
-
     from .evaluation import torch_device
-    from .trainers import PAPER_PRESET, TrainConfig, train
-    from .trainers.policy_improvement import DIS_DEFAULTS
+    from .trainers import PAPER_PRESET, TrainConfig, method, train
 
-    if args.resume and args.method != "ppo":  # a PPO run resumes as PPO whatever --method says
-        from .checkpoint import load_newest_valid
+    if args.resume:
+        if args.overwrite:
+            raise ValueError("--resume continues the run in --out and --overwrite replaces it: choose one")
+        if args.method != "ppo":  # a PPO run resumes as PPO whatever --method says
+            from .checkpoint import load_newest_valid
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the resume itself warns about a fallback, once
-            state, _ = load_newest_valid(Path(args.out) / "checkpoint.pt")
-        if state.get("train_config", {}).get("method") == "ppo":
-            args.method = "ppo"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the resume itself warns about a fallback, once
+                state, _ = load_newest_valid(Path(args.out) / "checkpoint.pt")
+            if state.get("train_config", {}).get("method") == "ppo":
+                args.method = "ppo"
     if args.method == "ppo":
         return cmd_train_ppo(args)
     if args.iterations is not None:  # (a resume is checked here, once the run's method is known)
         raise ValueError(f"--iterations is a ppo option; {args.out} is a {args.method} run: give --steps")
+    device = str(torch_device(args.device or "cpu"))
     if args.resume:
-        if args.overwrite:
-            raise ValueError("--resume continues the run in --out and --overwrite replaces it: choose one")
-        cfg = TrainConfig(out=args.out, steps=args.steps, minutes=args.minutes, device=str(torch_device(args.device)))
-        result = train(cfg, resume=True)
+        result = train(TrainConfig(out=args.out, steps=args.steps, minutes=args.minutes, device=device), resume=True)
     else:
         values = dict(PAPER_PRESET) if args.preset == "paper" else {}
-        if args.method == "dis":
-            values |= DIS_DEFAULTS
-        flags = {"hidden": args.hidden, "mixer": args.mixer, "T": args.T, "n": args.n, "N_sup": args.n_sup,
-                 "batch_size": args.batch_size, "lr": args.lr, "L_layers": args.layers, "dataset": args.dataset,
-                 "n_train": args.n_train, "eval_n": args.eval_n, "eval_every": args.eval_every,
-                 "eval_every_minutes": args.eval_every_minutes,
-                 "ema_decay": args.ema_decay, "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay,
-                 "targets": args.targets, "anytime_weight": args.anytime_weight, "recipe": args.recipe,
-                 "heads": args.heads, "expansion": args.expansion, "pos": args.pos,
-                 "puzzle_emb_len": args.puzzle_emb_len, "puzzle_emb_ndim": args.puzzle_emb_ndim,
-                 "optimizer": args.optimizer, "weight_decay_scope": args.weight_decay_scope,
-                 "grad_clip": args.grad_clip, "ema_warmup": args.ema_warmup, "puzzle_emb_lr": args.puzzle_emb_lr,
-                 "puzzle_emb_weight_decay": args.puzzle_emb_weight_decay,
-                 "autoregressive": True if args.autoregressive else None}
-        values |= {k: v for k, v in flags.items() if v is not None}
-        names = {f.name for f in fields(TrainConfig)}
-        cfg = TrainConfig(**{k: v for k, v in values.items() if k in names}, method=args.method, task=args.task,
-                          task_kwargs=_task_kwargs(args), steps=args.steps, minutes=args.minutes, seed=args.seed,
-                          device=str(torch_device(args.device)), out=args.out, compile=args.compile,
-                          augment=not args.no_augment, final_eval=not args.no_final_eval, keep=args.keep)
+        values |= given_options(args, args.method)
+        values |= {"task": args.task, "task_kwargs": _task_kwargs(args), "out": args.out, "device": device}
+        trainer = method(args.method)
+        cfg = trainer.config.from_dict(values)
         if cfg.steps is None and cfg.minutes is None:
             raise ValueError("train needs a budget: --steps N and/or --minutes M")
-        result = train(cfg, overwrite=args.overwrite)
+        result = trainer.train(cfg, overwrite=args.overwrite)
     if "by_step" in result:
         _print_table(result)
     print(json.dumps({k: result[k] for k in ("optimizer_steps", "train_forward_passes", "wall_clock_s")}))
@@ -183,23 +168,12 @@ def cmd_train_ppo(args) -> int:
     from .evaluation import torch_device
     from .trainers.ppo import PPOConfig, train_ppo
 
-    if args.resume and args.overwrite:
-        raise ValueError("--resume continues the run in --out and --overwrite replaces it: choose one")
-
-    kw = {"mode": args.mode or "halting", "init": args.init, "task": args.task, "task_kwargs": _task_kwargs(args),
-          "nfe_cost": 0.01 if args.nfe_cost is None else args.nfe_cost, "reward_mode": args.reward_mode or "label",
-          "seed": args.seed, "device": str(torch_device(args.device)), "out": args.out,
-          "iterations": ppo_iterations(args),
-          "minutes": args.minutes, "dataset": args.dataset}
-    for name, value in (("hidden", args.hidden), ("T", args.T), ("n", args.n), ("N_sup", args.n_sup),
-                        ("lr", args.lr), ("num_envs", args.num_envs), ("halt_bias", args.halt_bias),
-                        ("entropy_coeff", args.entropy_coeff), ("halt_readout", args.halt_readout),
-                        ("gae_lambda", args.gae_lambda), ("collector", args.collector), ("workers", args.workers)):
-        if value is not None:
-            kw[name] = value
-    if kw["iterations"] is None and kw["minutes"] is None:
+    values = given_options(args, "ppo") | {"iterations": ppo_iterations(args), "task": args.task,
+                                           "task_kwargs": _task_kwargs(args), "out": args.out,
+                                           "device": str(torch_device(args.device or "cpu"))}
+    if values["iterations"] is None and values.get("minutes") is None:
         raise ValueError("train needs a budget: --iterations N and/or --minutes M")
-    result = train_ppo(PPOConfig(**kw), overwrite=args.overwrite, resume=args.resume)
+    result = train_ppo(PPOConfig.from_dict(values), overwrite=args.overwrite, resume=args.resume)
     if result["history"]:
         last = result["history"][-1]
         keys = ("iteration", "return", "mean_nfe", "exact_accuracy", "halting_rate")
@@ -333,6 +307,149 @@ def cmd_bench(args) -> int:
     return 0
 
 
+# -- train's options, derived from the methods' config dataclasses -----------------------------------------------
+class TrainOption(NamedTuple):
+    flags: tuple  # "--n-sup", or several names ("--nfe-cost", "--lam")
+    dest: str  # the config field
+    owners: tuple  # the methods whose config has the field
+    model: bool  # a field of the network (TRMConfig), nested as cfg.model
+    help: str
+    kwargs: dict  # type / choices / action / nargs for argparse
+
+
+#: fields that are not options: set by ``train`` itself, by the task options, or derived from the task/method
+NOT_OPTIONS = {"method", "task", "task_kwargs", "model", "out", "progress", "seq_len", "vocab_size", "num_puzzle_ids",
+               "step_embedding", "input_from_answer", "halt_readout:model"}
+#: A field documents its option with ``field(metadata={"help": ..., "choices": [...]})`` beside it; the tables below
+#: hold the texts of the fields that predate that.
+#: spellings other than ``--`` + the field name with dashes
+FLAGS = {"N_sup": ("--n-sup",), "L_layers": ("--layers",), "nfe_cost": ("--nfe-cost", "--lam"),
+         "augment": ("--no-augment",), "final_eval": ("--no-final-eval",)}
+CHOICES = {"mixer": ["mlp", "attention"], "pos": ["none", "rope", "learned"], "optimizer": ["adam_atan2", "adamw"],
+           "weight_decay_scope": ["all", "matrices"], "loss": ["stablemax", "ce"],
+           "targets": ["diffusion", "mask", "solver"], "recipe": ["official-code", "paper"],
+           "step_weight": ["linear", "uniform"], "mode": ["halting", "full"], "reward_mode": ["label", "verifier"],
+           "collector": ["sync", "multisync"], "halt_readout": ["keep", "first", "mean", "confidence"]}
+HELP = {
+    "steps": "trm/dis: optimizer steps (with --resume: more steps)",
+    "iterations": "ppo: iterations of collect + update (with --resume: more iterations)",
+    "minutes": "training time (with --resume: more minutes)",
+    "device": "cpu, cuda, or auto",
+    "keep": "checkpoints to keep (checkpoint.pt, .1, ...): --resume falls back to the newest valid one",
+    "mixer": "mlp (TRM's mlp_t) or attention",
+    "heads": "attention heads",
+    "expansion": "SwiGLU expansion",
+    "pos": "position encoding (default as official: none for mlp, rope for attention)",
+    "puzzle_emb_len": "latent slots before the cells, slot 0 holding the identifier embedding",
+    "puzzle_emb_ndim": "width of the identifier embedding (default: hidden; 0 = none)",
+    "optimizer": "adam_atan2 (official) or adamw",
+    "weight_decay_scope": "decay every parameter (official) or only matrices other than embeddings",
+    "grad_clip": "clip the gradient norm (0 = off, official)",
+    "ema_warmup": "ramp the EMA decay up (CPU default) or keep it constant (--no-ema-warmup, official)",
+    "puzzle_emb_lr": "sign-SGD learning rate of the identifier embedding (default: --lr)",
+    "puzzle_emb_weight_decay": "its weight decay (default: --weight-decay)",
+    "lr": "learning rate (trm/dis: 1e-3 on CPU; ppo: 1e-2 halting, 3e-4 full)",
+    "dataset": ".npz / .csv / text file of training puzzles",
+    "n_train": "a fixed generated training set of this size",
+    "augment": "train on the puzzles as they are, without the task's symmetries",
+    "final_eval": "skip the held-out evaluation at the end",
+    "eval_every": "evaluate 256 held-out puzzles every N steps",
+    "eval_every_minutes": "... and/or save a look every M training minutes, evaluated on 256 held-out puzzles after "
+                          "training (so a look costs the runs beside it nothing)",
+    "compile": "torch.compile the supervision step",
+    "targets": "dis: intermediate-target generator",
+    "recipe": "dis: 'official-code' (the official DIS code: the previous decoded answer as input, uniform step "
+              "weights) or 'paper' (the puzzle as every step's input, linearly increasing weights)",
+    "autoregressive": "dis: feed the previous decoded answer as the next step's input (whatever the recipe)",
+    "anytime_weight": "dis: weight of an extra loss toward the final solution at every step",
+    "mode": "ppo: train only the halting decision (network frozen) or the whole TRM",
+    "init": "ppo: start from this TRM/DIS run (default: a fresh network)",
+    "nfe_cost": "ppo: reward cost per forward pass (--lam is its deprecated name)",
+    "reward_mode": "ppo: label or label-free (the task's verifier)",
+    "num_envs": "ppo: environments per batch",
+    "entropy_coeff": "ppo: entropy bonus (default 0.01 halting, 0 full)",
+    "collector": "ppo: one process or --workers processes collecting in parallel",
+    "workers": "ppo --collector multisync: worker processes",
+    "gae_lambda": "ppo: GAE lambda (default 0.95 halting, 0 full: each step's answer gets its own credit)",
+    "halt_readout": "ppo: the halting head reads the readout's confidence (least sure cell, mean doubt, mean entropy; "
+                    "the halting default), y at position 0 (TRM), the mean of y, or what the model has (keep; the "
+                    "full default)",
+    "halt_bias": "ppo: reset the halting head's bias first (halting default 0 = p(halt) 1/2; 'keep' keeps it, the "
+                 "full default)",
+}
+
+
+def _argparse_kwargs(name: str, annotation, default, choices=None) -> dict:
+    """How argparse reads a field, from its type."""
+    if choices or name in CHOICES:
+        return {"choices": list(choices or CHOICES[name])}
+    if name == "halt_bias":
+        return {"type": _number_or_keep}
+    if annotation in (bool, bool | None):
+        if name == "ema_warmup":
+            return {"action": argparse.BooleanOptionalAction}
+        return {"action": "store_const", "const": not default if default is not None else True}
+    if annotation is tuple:
+        return {"type": float, "nargs": 2}
+    for kind in (int, float, str):
+        if annotation in (kind, kind | None):
+            return {"type": kind}
+    raise TypeError(f"train option {name}: no command-line form for {annotation}")
+
+
+def _field_default(cls, f) -> object:
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else None
+
+
+@functools.cache
+def train_options() -> dict[str, TrainOption]:
+    """dest -> option, over every registered method's config fields (the network's nested in ``model``)."""
+    from .trainers import METHODS, config_class
+    from .trm import TRMConfig
+
+    found: dict[str, dict] = {}
+
+    def add(name, cls, f, owner, model, default):
+        if name in NOT_OPTIONS or (model and f"{name}:model" in NOT_OPTIONS):
+            return
+        hint = typing.get_type_hints(cls)[name]
+        entry = found.setdefault(name, {"owners": [], "model": model, "defaults": {}, "help": f.metadata.get("help"),
+                                        "kwargs": _argparse_kwargs(name, hint, default, f.metadata.get("choices"))})
+        entry["owners"].append(owner)
+        if default is not None and not isinstance(default, bool) and name != "iterations":  # (a budget: given)
+            entry["defaults"][owner] = default
+
+    model_fields = {f.name: f for f in fields(TRMConfig)}
+    for owner in METHODS:
+        cls = config_class(owner)
+        for f in fields(cls):
+            if f.init:
+                add(f.name, cls, f, owner, False, _field_default(cls, f))
+        if "model" in {f.name for f in fields(cls)}:
+            for name, f in model_fields.items():
+                add(name, TRMConfig, f, owner, True, cls.MODEL_DEFAULTS.get(name, _field_default(TRMConfig, f)))
+    options = {}
+    for name, e in found.items():
+        defaults = sorted(set(map(str, e["defaults"].values())))
+        shown = ("default " + defaults[0] if len(defaults) == 1 else
+                 "default " + ", ".join(f"{o} {v}" for o, v in e["defaults"].items())) if defaults else ""
+        help_text = "; ".join(t for t in (e["help"] or HELP.get(name, ""), shown) if t) or None
+        if help_text and "%" in help_text:
+            help_text = help_text.replace("%", "%%")
+        options[name] = TrainOption(FLAGS.get(name, ("--" + name.replace("_", "-"),)), name, tuple(e["owners"]),
+                                    e["model"], help_text, e["kwargs"])
+    return options
+
+
+def given_options(args, method: str) -> dict:
+    """The train options given on the command line that ``method``'s config has (flat: ``from_dict`` nests the
+    network's)."""
+    return {o.dest: getattr(args, o.dest) for o in train_options().values()
+            if method in o.owners and getattr(args, o.dest) is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recursion-env", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -351,101 +468,23 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--count", type=int, default=3)
     show.set_defaults(func=cmd_data_show)
 
-    tr = sub.add_parser("train", help="train a TRM: deep supervision (trm) or policy improvement (dis)")
-    tr.add_argument("--method", choices=["trm", "dis", "ppo"], default="trm")
-    tr.add_argument("--mode", choices=["halting", "full"], default=None,
-                    help="ppo: train only the halting decision (network frozen) or the whole TRM")
-    tr.add_argument("--init", default=None, help="ppo: start from this TRM/DIS run (default: a fresh network)")
-    tr.add_argument("--nfe-cost", "--lam", dest="nfe_cost", type=float, default=None,
-                    help="ppo: reward cost per forward pass (default 0.01; --lam is its deprecated name)")
-    tr.add_argument("--reward-mode", choices=["label", "verifier"], default=None,
-                    help="ppo: label (default) or label-free")
-    tr.add_argument("--num-envs", type=int, default=None, help="ppo: environments per batch")
-    tr.add_argument("--entropy-coeff", type=float, default=None,
-                    help="ppo: entropy bonus (default 0.01 halting, 0 full)")
-    tr.add_argument("--collector", choices=["sync", "multisync"], default=None,
-                    help="ppo: one process (default) or --workers processes collecting in parallel")
-    tr.add_argument("--workers", type=int, default=None, help="ppo --collector multisync: worker processes (2)")
-    tr.add_argument("--gae-lambda", type=float, default=None,
-                    help="ppo: GAE lambda (default 0.95 halting, 0 full: each step's answer gets its own credit)")
-    tr.add_argument("--halt-readout", choices=["keep", "first", "mean", "confidence"], default=None,
-                    help="ppo: the halting head reads the readout's confidence (least sure cell, mean doubt, mean "
-                         "entropy; the halting default), y at position 0 (TRM), the mean of y, or what the model "
-                         "has (keep; the full default)")
-    tr.add_argument("--halt-bias", type=_number_or_keep, default=None,
-                    help="ppo: reset the halting head's bias first (halting default 0 = p(halt) 1/2; 'keep' keeps "
-                         "it, the full default)")
-    tr.add_argument("--targets", choices=["diffusion", "mask", "solver"], default=None,
-                    help="dis: intermediate-target generator (default diffusion)")
-    tr.add_argument("--recipe", choices=["paper", "official-code"], default=None,
-                    help="dis: 'official-code' (default; the official DIS code: the previous decoded answer as "
-                         "input, uniform step weights) or 'paper' (the puzzle as every step's input, linearly "
-                         "increasing weights)")
-    tr.add_argument("--autoregressive", action="store_true",
-                    help="dis: feed the previous decoded answer as the next step's input (whatever the recipe)")
-    tr.add_argument("--anytime-weight", type=float, default=None,
-                    help="dis: weight of an extra loss toward the final solution at every step")
+    tr = sub.add_parser("train", help="train a TRM: deep supervision (trm), policy improvement (dis) or PPO (ppo)",
+                        description="Options come from the methods' config dataclasses (agents/trainers): an option "
+                                    "of another method than --method's is an error.")
+    from .trainers import METHODS
+
+    tr.add_argument("--method", choices=list(METHODS), default="trm")
     add_task_arguments(tr)
     tr.add_argument("--out", required=True)
-    tr.add_argument("--minutes", type=float, default=None, help="training time (with --resume: more minutes)")
-    tr.add_argument("--steps", type=int, default=None, help="trm/dis: optimizer steps (with --resume: more steps)")
-    tr.add_argument("--iterations", type=int, default=None,
-                    help="ppo: iterations of collect + update (with --resume: more iterations)")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
-    tr.add_argument("--hidden", type=int, default=None)
-    tr.add_argument("--layers", type=int, default=None)
-    tr.add_argument("--mixer", choices=["mlp", "attention"], default=None,
-                    help="mlp (TRM's mlp_t, default) or attention")
-    tr.add_argument("--heads", type=int, default=None, help="attention heads (default 8)")
-    tr.add_argument("--expansion", type=float, default=None, help="SwiGLU expansion (default 4)")
-    tr.add_argument("--pos", choices=["none", "rope", "learned"], default=None,
-                    help="position encoding (default as official: none for mlp, rope for attention)")
-    tr.add_argument("--puzzle-emb-len", type=int, default=None,
-                    help="latent slots before the cells, slot 0 holding the identifier embedding (default 16)")
-    tr.add_argument("--puzzle-emb-ndim", type=int, default=None,
-                    help="width of the identifier embedding (default: hidden; 0 = none)")
-    tr.add_argument("--optimizer", choices=["adam_atan2", "adamw"], default=None,
-                    help="adam_atan2 (official, default) or adamw")
-    tr.add_argument("--weight-decay-scope", choices=["all", "matrices"], default=None,
-                    help="decay every parameter (official, default) or only matrices other than embeddings")
-    tr.add_argument("--grad-clip", type=float, default=None,
-                    help="clip the gradient norm (CPU default 1.0; 0 = off, official)")
-    tr.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
-                    help="ramp the EMA decay up (CPU default) or keep it constant (--no-ema-warmup, official)")
-    tr.add_argument("--puzzle-emb-lr", type=float, default=None,
-                    help="sign-SGD learning rate of the identifier embedding (default: --lr)")
-    tr.add_argument("--puzzle-emb-weight-decay", type=float, default=None,
-                    help="its weight decay (default: --weight-decay)")
-    tr.add_argument("--T", type=int, default=None)
-    tr.add_argument("--n", type=int, default=None)
-    tr.add_argument("--n-sup", type=int, default=None)
-    tr.add_argument("--batch-size", type=int, default=None)
-    tr.add_argument("--lr", type=float, default=None,
-                    help="learning rate (trm/dis: 1e-3 on CPU; ppo: 1e-2 halting, 3e-4 full)")
-    tr.add_argument("--weight-decay", type=float, default=None)
-    tr.add_argument("--warmup-steps", type=int, default=None)
-    tr.add_argument("--ema-decay", type=float, default=None)
-    tr.add_argument("--dataset", default=None, help=".npz / .csv / text file of training puzzles")
-    tr.add_argument("--n-train", type=int, default=None, help="a fixed generated training set of this size")
-    tr.add_argument("--no-augment", action="store_true")
-    tr.add_argument("--no-final-eval", action="store_true", help="skip the held-out evaluation at the end")
-    tr.add_argument("--eval-n", type=int, default=None)
-    tr.add_argument("--eval-every", type=int, default=None, help="evaluate 256 held-out puzzles every N steps")
-    tr.add_argument("--eval-every-minutes", type=float, default=None,
-                    help="... and/or save a look every M training minutes, evaluated on 256 held-out "
-                         "puzzles after training (so a look costs the runs beside it nothing)")
     tr.add_argument("--preset", choices=["cpu", "paper"], default="cpu",
-                    help="cpu (small sizes, clipping and EMA warm-up) or paper (the official Sudoku recipe, "
-                         "for a GPU); flags given override the preset")
-    tr.add_argument("--compile", action="store_true", help="torch.compile the supervision step")
+                    help="trm/dis: cpu (small sizes, clipping and EMA warm-up) or paper (the official Sudoku "
+                         "recipe, for a GPU); options given override the preset")
     tr.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its newest valid checkpoint, for --steps more steps and/or "
                          "--minutes more minutes")
     tr.add_argument("--overwrite", action="store_true", help="replace a run already in --out (refused otherwise)")
-    tr.add_argument("--keep", type=int, default=3,
-                    help="checkpoints to keep (checkpoint.pt, .1, ...; default 3): --resume falls back to the newest "
-                         "valid one")
+    for option in train_options().values():
+        tr.add_argument(*option.flags, dest=option.dest, default=None, help=option.help, **option.kwargs)
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a trained run")
@@ -509,18 +548,6 @@ def main(argv=None) -> int:
         return 2
 
 
-#: train options that only one method (or only the supervised ones) reads: any other method refuses them
-METHOD_OPTIONS = {
-    "dis": ("targets", "recipe", "autoregressive", "anytime_weight"),
-    "ppo": ("iterations", "mode", "init", "nfe_cost", "reward_mode", "num_envs", "entropy_coeff", "collector",
-            "workers", "gae_lambda", "halt_readout", "halt_bias"),
-    "supervised": ("layers", "mixer", "heads", "expansion", "pos", "puzzle_emb_len", "puzzle_emb_ndim", "optimizer",
-                   "weight_decay_scope", "grad_clip", "ema_warmup", "puzzle_emb_lr", "puzzle_emb_weight_decay",
-                   "batch_size", "weight_decay", "warmup_steps", "ema_decay", "n_train", "eval_every",
-                   "eval_every_minutes"),
-}
-
-
 #: what ``train --resume`` takes: the budget and where to run; the run keeps the rest of its own configuration
 RESUME_OPTIONS = ("command", "func", "method", "out", "steps", "minutes", "iterations", "device", "resume", "keep")
 
@@ -530,27 +557,29 @@ def check_arguments(args) -> None:
     counts, negative budgets."""
     if args.command == "train" and args.resume and not args.overwrite:  # (with --overwrite: "choose one", below)
         defaults = vars(build_parser().parse_args(["train", "--out", args.out]))
-        ignored = ["--" + k.replace("_", "-") for k, v in vars(args).items()
-                   if k not in RESUME_OPTIONS and v != defaults.get(k)]
+        options = train_options()
+        ignored = sorted(options[k].flags[0] if k in options else "--" + k.replace("_", "-")
+                         for k, v in vars(args).items() if k not in RESUME_OPTIONS and v != defaults.get(k))
         if ignored:
             raise ValueError(f"{', '.join(ignored)} with --resume: a resumed run keeps its own configuration; "
                              "--resume takes --steps/--iterations, --minutes and --device")
     if args.command == "train":
         method = args.method
-        for owner, names in METHOD_OPTIONS.items():
-            if owner == method or (owner == "supervised" and method in ("trm", "dis")):
-                continue
-            for name in names:
-                if name == "iterations" and args.resume:
-                    continue  # a resumed run's own method decides (cmd_train)
-                if getattr(args, name, None) not in (None, False):
-                    what = "a trm/dis option" if owner == "supervised" else f"a {owner} option"
-                    raise ValueError(f"--{name.replace('_', '-')} is {what}; --method {method} does not use it")
-        for flag in ("no_augment", "compile"):
-            if method == "ppo" and getattr(args, flag):
-                raise ValueError(f"--{flag.replace('_', '-')} is a trm/dis option; --method ppo does not use it")
         if method == "ppo" and args.preset != "cpu":
             raise ValueError("--preset is a trm/dis option; --method ppo does not use it")
+        for option in train_options().values():
+            if getattr(args, option.dest) is None or method in option.owners:
+                continue
+            if option.dest == "steps" and method == "ppo":
+                continue  # --steps: PPO's deprecated name for --iterations (ppo_iterations)
+            if option.dest == "iterations" and args.resume:
+                continue  # a resumed run's own method decides (cmd_train)
+            raise ValueError(f"{option.flags[0]} is a {'/'.join(option.owners)} option; --method {method} does not "
+                             "use it")
+        model_given = [option.flags[0] for option in train_options().values()
+                       if option.model and getattr(args, option.dest) is not None]
+        if method == "ppo" and args.init and model_given:
+            raise ValueError(f"{', '.join(model_given)} with --init: the network is the --init run's")
     for flag in ("steps", "iterations", "minutes"):
         value = getattr(args, flag, None)
         if value is not None and not value >= 0:

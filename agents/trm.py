@@ -33,10 +33,11 @@ POSITIONS = ("none", "rope", "learned")
 @dataclass(frozen=True)
 class TRMConfig:
     """The network's hyper-parameters, frozen: a model's config never changes under it (or under its optimizer);
-    :meth:`TRM.set_halt_readout` gives the model a new one."""
+    :meth:`TRM.set_halt_readout` gives the model a new one. The training configs hold one (``cfg.model``) with
+    ``seq_len`` and ``vocab_size`` left at 0: :meth:`for_task` fills them from the task the run is on."""
 
-    seq_len: int
-    vocab_size: int
+    seq_len: int = 0  # cells; 0 = not known yet (for_task)
+    vocab_size: int = 0
     hidden: int = 128  # D (official: 512)
     L_layers: int = 2
     mixer: str = "mlp"  # "mlp" (TRM's mlp_t: an MLP across the sequence) or "attention"
@@ -70,6 +71,9 @@ class TRMConfig:
             raise ValueError(f"halt_readout must be one of {HALT_READOUTS}, got {self.halt_readout!r}")
         if (self.mixer == "attention" or self.pos == "rope") and self.hidden % self.heads:
             raise ValueError(f"hidden {self.hidden} is not divisible by heads {self.heads}")
+        for k in ("seq_len", "vocab_size"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"{k} must be >= 0 (0 = from the task), got {getattr(self, k)}")
         for k in ("T", "n", "N_sup", "hidden", "L_layers"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
@@ -93,6 +97,11 @@ class TRMConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def for_task(self, task, **changes) -> TRMConfig:
+        """This network sized for ``task``'s sequence and vocabulary (plus ``changes``, e.g. a method's
+        step embedding)."""
+        return replace(self, seq_len=task.seq_len, vocab_size=task.vocab_size, **changes)
 
 
 def trunc_normal_(tensor: torch.Tensor, std: float = 1.0) -> torch.Tensor:
@@ -214,6 +223,8 @@ class SupervisionOutput(NamedTuple):
 class TRM(nn.Module):
     def __init__(self, cfg: TRMConfig):
         super().__init__()
+        if not (cfg.seq_len and cfg.vocab_size):
+            raise ValueError("TRMConfig has no seq_len/vocab_size yet: size it for a task with cfg.for_task(task)")
         self.cfg = cfg
         D = cfg.hidden
         self.embed_scale = math.sqrt(D)

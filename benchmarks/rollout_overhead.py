@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from agents.rollout import RecursionRunner
-from agents.trainers.common import TrainConfig, token_loss
+from agents.trainers import config_from_dict
+from agents.trainers.common import token_loss
 from agents.trm import TRM
 from recursion_env import make_task
 
@@ -37,7 +38,7 @@ def main(argv=None) -> dict:
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
     task = make_task("sudoku", size=args.size)
-    cfg = TrainConfig(hidden=args.hidden, T=args.T, n=args.n, N_sup=16, batch_size=args.batch)
+    cfg = config_from_dict(dict(hidden=args.hidden, T=args.T, n=args.n, N_sup=16, batch_size=args.batch))
     torch.manual_seed(0)
     model = TRM(cfg.model_config(task))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

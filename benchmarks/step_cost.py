@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from agents.trainers import TrainConfig, train
+from agents.trainers import config_from_dict, train
 
 SETTINGS = {"trm": {"T": 3, "n": 6, "N_sup": 16}, "dis": {"T": 1, "n": 2, "N_sup": 6}}
 
@@ -26,9 +26,10 @@ def time_steps(method: str, size: int, hidden: int, batch: int, steps: int, devi
     elapsed = {}
     for k in (3, 3 + steps):
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = TrainConfig(method=method, task_kwargs={"size": size}, hidden=hidden, batch_size=batch, steps=k,
+            cfg = config_from_dict(dict(method=method, task_kwargs={"size": size}, hidden=hidden,
+                    batch_size=batch, steps=k,
                               out=tmp, progress=False, final_eval=False, eval_n=8, checkpoint_every=10**9,
-                              device=device, **SETTINGS[method])
+                              device=device, **SETTINGS[method]))
             elapsed[k] = train(cfg)["wall_clock_s"]
     return (elapsed[3 + steps] - elapsed[3]) / steps
 

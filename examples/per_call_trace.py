@@ -18,14 +18,16 @@ import torch
 import recursion_env  # noqa: F401  (registers TRMRecursion-*-v0)
 from agents.evaluation import load_trained
 from agents.rollout import TRMPolicy
-from agents.trainers import TrainConfig, train
+from agents.trainers import DeepSupervisionConfig, train
 
 
 def main(run: str | None = None, out: str = "runs/per_call", seed: int = 0, nfe_cost: float = 0.001,
          steps: int = 200) -> list[dict]:
     if run is None:  # the example's own folder, replaced on every run of it
-        train(TrainConfig(task_kwargs={"size": 4}, hidden=32, T=2, n=2, N_sup=3, batch_size=64, steps=steps,
-                          warmup_steps=20, eval_n=64, final_eval=False, progress=False, out=out), overwrite=True)
+        cfg = DeepSupervisionConfig(task_kwargs={"size": 4}, model={"hidden": 32, "T": 2, "n": 2, "N_sup": 3},
+                                    batch_size=64, steps=steps, warmup_steps=20, eval_n=64, final_eval=False,
+                                    progress=False, out=out)
+        train(cfg, overwrite=True)
         run = out
     model, task, _ = load_trained(run)
     if task.name != "sudoku":

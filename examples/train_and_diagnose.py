@@ -4,16 +4,17 @@
 """
 
 from agents.diagnostics import diagnose, summary_text
-from agents.trainers import TrainConfig, train
+from agents.trainers import DeepSupervisionConfig, DISConfig, train
 
 
 def main(out: str = "runs/example", steps: int = 300) -> dict:
-    common = dict(task_kwargs={"size": 4}, hidden=32, batch_size=64, steps=steps, eval_n=200, warmup_steps=20,
+    common = dict(task_kwargs={"size": 4}, batch_size=64, steps=steps, eval_n=200, warmup_steps=20,
                   final_eval=False, progress=False)
     reports = {}
-    for method, schedule in (("trm", dict(T=2, n=2, N_sup=4)), ("dis", dict(T=1, n=2, N_sup=6))):
+    for method, config, schedule in (("trm", DeepSupervisionConfig, dict(T=2, n=2, N_sup=4)),
+                                     ("dis", DISConfig, dict(T=1, n=2, N_sup=6))):
         # the example's own folders, replaced on every run of it
-        train(TrainConfig(method=method, out=f"{out}/{method}", **schedule, **common), overwrite=True)
+        train(config(model={"hidden": 32, **schedule}, out=f"{out}/{method}", **common), overwrite=True)
         reports[method] = diagnose(f"{out}/{method}", n=200)
         print(summary_text(reports[method]), "\n")
     return reports

@@ -72,3 +72,66 @@ def test_cuda_without_cuda_and_unwritable_outputs_are_clear(tmp_path, capsys):
                 "--eval-n", "8", "--no-final-eval", "--out", str(blocker / "run")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("recursion-env: error:") and str(blocker) in err
+
+
+def test_train_options_are_the_method_configs_fields():
+    from dataclasses import fields
+
+    from agents.cli import NOT_OPTIONS, build_parser, train_options
+    from agents.trainers import METHODS
+    from agents.trm import TRMConfig
+
+    options = train_options()
+    for name, method in METHODS.items():  # every field of every method's config is an option of that method
+        names = {f.name for f in fields(method.config) if f.init}
+        if "model" in names:
+            names |= {f.name for f in fields(TRMConfig) if f"{f.name}:model" not in NOT_OPTIONS}
+        for field_name in names - NOT_OPTIONS:
+            assert name in options[field_name].owners, (name, field_name)
+    # the flag names users know are kept
+    flags = {flag for action in build_parser()._subparsers._group_actions[0].choices["train"]._actions
+             for flag in action.option_strings}
+    assert {"--n-sup", "--layers", "--T", "--n", "--hidden", "--nfe-cost", "--lam", "--no-augment", "--no-final-eval",
+            "--ema-warmup", "--no-ema-warmup", "--autoregressive", "--steps", "--iterations", "--halt-bias",
+            "--halt-readout", "--eval-every-minutes", "--keep", "--compile", "--preset"} <= flags
+    assert options["halt_loss_weight"].owners == ("trm",) and options["rollout_len"].owners == ("ppo",)
+    assert options["N_sup"].model and "trm 16, dis 6" in options["N_sup"].help
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "dis", "--halt-loss-weight", "1", "--steps", "1"], "--halt-loss-weight is a trm option"),
+    (["--method", "trm", "--rollout-len", "4", "--steps", "1"], "--rollout-len is a ppo option"),
+    (["--method", "ppo", "--init", "RUN", "--hidden", "32", "--iterations", "1"], "--hidden with --init"),
+])
+def test_an_option_of_another_method_or_of_no_use_is_refused(tmp_path, capsys, args, message):
+    args = [a.replace("RUN", str(tmp_path)) for a in args]
+    assert cli(["train", *args, "--out", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_method_is_its_file_and_one_registry_line(monkeypatch, tmp_path):
+    """A new method: a config subclass with its own field and a Method entry; its options follow from both."""
+    from dataclasses import dataclass, field
+
+    import agents.cli as cli_module
+    from agents import trainers
+    from agents.trainers.common import Method, TrainConfig
+
+    @dataclass
+    class ToyConfig(TrainConfig):
+        method: str = field(default="toy", init=False)
+        toy_temperature: float = field(default=2.0, metadata={"help": "how warm the toy is"})
+
+    calls = []
+    monkeypatch.setitem(trainers.METHODS, "toy", Method("toy", ToyConfig, lambda cfg, **kw: calls.append(cfg) or {
+        "optimizer_steps": 0, "train_forward_passes": 0, "wall_clock_s": 0.0}))
+    cli_module.train_options.cache_clear()
+    try:
+        assert cli(["train", "--method", "toy", "--toy-temperature", "0.5", "--hidden", "8", "--steps", "1",
+                    "--out", str(tmp_path)]) == 0
+        assert calls[0].toy_temperature == 0.5 and calls[0].model.hidden == 8 and calls[0].method == "toy"
+        assert "how warm the toy is; default 2.0" in cli_module.train_options()["toy_temperature"].help
+        assert cli(["train", "--method", "trm", "--toy-temperature", "0.5", "--steps", "1",
+                    "--out", str(tmp_path)]) == 2
+    finally:
+        cli_module.train_options.cache_clear()

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from agents.evaluation import evaluate_run, load_trained, rollout_metrics
 from agents.rollout import RecursionRunner, guided_logits
 from agents.targets import GENERATORS, make_targets
-from agents.trainers import TrainConfig, train
+from agents.trainers import DeepSupervisionConfig, DISConfig, train
 from recursion_env import make_task
 
 TASKS = {"sudoku4": make_task("sudoku", size=4), "sudoku6": make_task("sudoku", size=6),
@@ -78,8 +78,8 @@ def test_solver_trace_steps_are_deductions_or_top_ups():
 
 def test_guidance_w1_equals_plain_decoding(tmp_path):
     out_dir = tmp_path / "dis"
-    train(TrainConfig(method="dis", task_kwargs={"size": 4}, hidden=32, T=1, n=2, N_sup=4, batch_size=16,
-                      steps=8, eval_n=16, out=str(out_dir), progress=False))
+    train(DISConfig(task_kwargs={"size": 4}, model={"hidden": 32, "N_sup": 4}, batch_size=16, steps=8, eval_n=16,
+                    out=str(out_dir), progress=False))
     model, task, _ = load_trained(out_dir)
     b = task.generate(16, 3)
     plain = rollout_metrics(model, task, b.inputs, b.labels)
@@ -100,9 +100,8 @@ def test_guidance_w1_equals_plain_decoding(tmp_path):
 
 
 def test_dis_uses_its_schedule_and_step_embedding(tmp_path):
-    result = train(TrainConfig(method="dis", task_kwargs={"size": 4}, hidden=16, T=1, n=2, N_sup=6, batch_size=8,
-                               steps=12, eval_n=8, out=str(tmp_path), progress=False, targets="mask",
-                               autoregressive=True))
+    result = train(DISConfig(task_kwargs={"size": 4}, model={"hidden": 16}, batch_size=8, steps=12, eval_n=8,
+                             out=str(tmp_path), progress=False, targets="mask", autoregressive=True))
     assert [r["nfe"] for r in result["by_step"]] == [3, 6, 9, 12, 15, 18]
     assert result["train_forward_passes"] == 12 * 8 * 3
     model, _, _ = load_trained(tmp_path)
@@ -115,23 +114,24 @@ def test_dis_uses_its_schedule_and_step_embedding(tmp_path):
 def test_dis_recipes(recipe, weights, from_answer):
     from agents.trainers.policy_improvement import PolicyImprovement
 
-    cfg = TrainConfig(method="dis", task_kwargs={"size": 4}, N_sup=6, recipe=recipe)
+    cfg = DISConfig(task_kwargs={"size": 4}, recipe=recipe)
     method = PolicyImprovement(cfg)
     expected = torch.tensor(weights, dtype=torch.float32)
     assert torch.allclose(method.step_weights, expected / expected.mean())
-    assert cfg.model_config(make_task("sudoku", size=4), step_embedding=6).input_from_answer is from_answer
-    overridden = TrainConfig(method="dis", recipe=recipe, autoregressive=not from_answer)
+    model = cfg.model_config(make_task("sudoku", size=4))
+    assert model.input_from_answer is from_answer and model.step_embedding == 6
+    overridden = DISConfig(recipe=recipe, autoregressive=not from_answer)
     assert overridden.dis_autoregressive is not from_answer
-    assert not cfg.model_config(make_task("sudoku", size=4)).input_from_answer  # TRM never reads the answer
+    trm = DeepSupervisionConfig().model_config(make_task("sudoku", size=4))
+    assert not trm.input_from_answer and not trm.step_embedding  # TRM never reads the answer or the step
     with pytest.raises(ValueError, match="recipe"):
-        TrainConfig(recipe="arxiv")
+        DISConfig(recipe="arxiv")
 
 
 @pytest.mark.slow
 def test_dis_overfits_64_sudoku4_puzzles(tmp_path):
-    cfg = TrainConfig(method="dis", task_kwargs={"size": 4}, hidden=64, T=1, n=2, N_sup=6, batch_size=64, n_train=64,
-                      augment=False, steps=300, eval_n=64, lr=1e-3, warmup_steps=20, ema_decay=0.99,
-                      out=str(tmp_path), progress=False)
+    cfg = DISConfig(task_kwargs={"size": 4}, model={"hidden": 64}, batch_size=64, n_train=64, augment=False, steps=300,
+                    eval_n=64, lr=1e-3, warmup_steps=20, ema_decay=0.99, out=str(tmp_path), progress=False)
     train(cfg)
     model, task, _ = load_trained(tmp_path)
     batch = task.generate(64, seed=cfg.seed)
@@ -176,8 +176,9 @@ def test_margin_is_minus_the_slope_and_variance_the_curvature(seed, w):
 
 def test_diagnostics_flag_a_step_that_changes_nothing(tmp_path):
     out_dir = tmp_path / "trm"
-    train(TrainConfig(task_kwargs={"size": 4}, hidden=32, T=1, n=2, N_sup=4, batch_size=32, n_train=64, steps=60,
-                      eval_n=32, out=str(out_dir), progress=False, augment=False, warmup_steps=5))
+    train(DeepSupervisionConfig(task_kwargs={"size": 4}, model={"hidden": 32, "T": 1, "n": 2, "N_sup": 4},
+                                batch_size=32, n_train=64, steps=60, eval_n=32, out=str(out_dir), progress=False,
+                                augment=False, warmup_steps=5))
     model, task, _ = load_trained(out_dir)
     original = model.supervision_step
     calls = {"n": 0}
@@ -258,7 +259,7 @@ def test_targets_are_drawn_on_the_trainers_generator_and_old_runs_resume():
     round-trips, and a state saved when the paths were drawn by NumPy loads (drawing on from torch)."""
     from agents.trainers.policy_improvement import PolicyImprovement
 
-    cfg = TrainConfig(method="dis", task_kwargs={"size": 4}, N_sup=6)
+    cfg = DISConfig(task_kwargs={"size": 4})
     t = TASKS["sudoku4"]
     b = t.generate(8, 0)
     a, c = PolicyImprovement(cfg), PolicyImprovement(cfg)

@@ -33,11 +33,11 @@ def test_train_and_diagnose_example(tmp_path):
 
 
 def test_sb3_halting_example(tmp_path):
-    from agents.trainers import TrainConfig, train
+    from agents.trainers import DeepSupervisionConfig, train
 
     run = tmp_path / "trm"
-    train(TrainConfig(task_kwargs={"size": 4}, hidden=16, T=1, n=1, N_sup=3, batch_size=16, steps=5, eval_n=8,
-                      out=str(run), progress=False, final_eval=False))
+    train(DeepSupervisionConfig(task_kwargs={"size": 4}, model={"hidden": 16, "T": 1, "n": 1, "N_sup": 3},
+                                batch_size=16, steps=5, eval_n=8, out=str(run), progress=False, final_eval=False))
     result = load("sb3_halting.py")["main"](str(run), timesteps=256, eval_n=8)
     assert 0 <= result["sb3_controller"]["mean_nfe"] <= 3 * 2
     assert result["fixed_budget"]["mean_nfe"] == 3 * 2

@@ -14,7 +14,7 @@ from agents.cli import main as cli
 from agents.evaluation import load_trained
 from agents.official import TOKEN_MAPS, CheckpointMismatch, import_official
 from agents.optim import AdamATan2, SignSGD
-from agents.trainers import PAPER_PRESET, TrainConfig
+from agents.trainers import PAPER_PRESET, DeepSupervisionConfig, config_from_dict
 from agents.trm import TRM, Block, TRMConfig, swiglu_width
 from recursion_env import make_task
 
@@ -383,14 +383,14 @@ def test_configure_optimizers_decays_every_parameter_officially():
 
 
 def test_paper_preset_is_the_official_recipe(tmp_path):
-    cfg = TrainConfig(**PAPER_PRESET)
+    cfg = DeepSupervisionConfig.from_dict(PAPER_PRESET)
     assert (cfg.optimizer, cfg.weight_decay_scope, cfg.grad_clip, cfg.ema_warmup) == ("adam_atan2", "all", 0.0, False)
     assert (cfg.lr, cfg.weight_decay, cfg.puzzle_emb_lr, cfg.puzzle_emb_weight_decay) == (1e-4, 1.0, 1e-4, 1.0)
     mcfg = cfg.model_config(make_task("sudoku", size=9))
     assert (mcfg.hidden, mcfg.mixer, mcfg.pos, mcfg.puzzle_emb_len, mcfg.puzzle_emb_ndim) == \
         (512, "mlp", "none", 16, 512)
     # the CPU default is the same architecture, smaller
-    small = TrainConfig().model_config(make_task("sudoku", size=9))
+    small = DeepSupervisionConfig().model_config(make_task("sudoku", size=9))
     assert (small.mixer, small.pos, small.puzzle_emb_len, small.puzzle_emb_ndim, small.expansion) == \
         ("mlp", "none", 16, small.hidden, 4.0)
 
@@ -417,14 +417,14 @@ def test_training_moves_the_identifier_embedding_by_sign_sgd_and_resumes(tmp_pat
     kw = dict(task_kwargs={"size": 4}, hidden=16, T=1, n=1, N_sup=2, batch_size=8, n_train=32, eval_n=8,
               progress=False, final_eval=False, grad_clip=0.0, ema_warmup=False, puzzle_emb_lr=0.01,
               checkpoint_every=1000)
-    train(TrainConfig(**kw, steps=4, out=str(tmp_path / "a")))
+    train(config_from_dict({**kw, "steps": 4, "out": str(tmp_path / "a")}))
     state = load_checkpoint(tmp_path / "a")
     emb = state["model"]["puzzle_embedding.weight"]
     # four sign steps of 0.01 from zero (warm-up 100: lr ramps 1/100 .. 4/100 of 0.01), each entry moved
     assert emb.abs().min() > 0 and emb.abs().max() <= 0.01 * (1 + 2 + 3 + 4) / 100 + 1e-9
     assert torch.equal(state["ema"]["puzzle_embedding.weight"], emb)  # not averaged
-    train(TrainConfig(**kw, steps=2, out=str(tmp_path / "b")))
-    train(TrainConfig(**kw, steps=2, out=str(tmp_path / "b")), resume=True)
+    train(config_from_dict({**kw, "steps": 2, "out": str(tmp_path / "b")}))
+    train(config_from_dict({**kw, "steps": 2, "out": str(tmp_path / "b")}), resume=True)
     again = load_checkpoint(tmp_path / "b")
     for k, v in state["model"].items():
         assert torch.allclose(v, again["model"][k], atol=1e-6), k

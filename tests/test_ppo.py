@@ -8,14 +8,14 @@ import torch
 from agents.checkpoint import load_checkpoint
 from agents.cli import main as cli
 from agents.evaluation import load_trained
-from agents.trainers import TrainConfig, train
+from agents.trainers import DeepSupervisionConfig, DISConfig, train
 from agents.trainers.ppo import AnswerAndHalt, PPOConfig, train_ppo
 
 
 def tiny(**kw) -> PPOConfig:
     base = dict(task_kwargs={"size": 4}, hidden=16, T=1, n=1, N_sup=4, num_envs=16, rollout_len=4, iterations=2,
                 epochs=2, minibatch_size=32, progress=False, train_pool=256, eval_n=64)
-    return PPOConfig(**{**base, **kw})
+    return PPOConfig.from_dict({**base, **kw})
 
 
 def test_distribution_is_per_token_and_keeps_givens_out():
@@ -57,8 +57,9 @@ def test_multisync_collector_splits_the_envs_over_worker_processes(tmp_path):
 
 @pytest.mark.parametrize("readout", [None, "confidence"])
 def test_halting_mode_trains_only_the_halting_and_value_heads(tmp_path, readout):
-    train(TrainConfig(task_kwargs={"size": 4}, hidden=16, T=1, n=1, N_sup=4, batch_size=16, steps=5, eval_n=8,
-                      out=str(tmp_path / "trm"), progress=False, final_eval=False))
+    train(DeepSupervisionConfig(task_kwargs={"size": 4}, model={"hidden": 16, "T": 1, "n": 1, "N_sup": 4},
+                                batch_size=16, steps=5, eval_n=8, out=str(tmp_path / "trm"), progress=False,
+                                final_eval=False))
     before = load_checkpoint(tmp_path / "trm")["ema"]
     train_ppo(tiny(mode="halting", init=str(tmp_path / "trm"), out=str(tmp_path / "ppo"), nfe_cost=0.05,
                    halt_readout=readout))
@@ -113,7 +114,7 @@ def test_cli_trains_ppo_and_eval_reads_it(tmp_path):
 
 
 def test_halting_defaults_are_the_working_recipe_and_a_plain_dis_init_is_warned_about(tmp_path):
-    from agents.trainers import TrainConfig, train
+    from agents.trainers import train
 
     halting, full = PPOConfig(mode="halting"), PPOConfig(mode="full")
     assert (halting.halt_readout, halting.halt_bias, halting.lr) == ("confidence", 0.0, 1e-2)
@@ -121,8 +122,8 @@ def test_halting_defaults_are_the_working_recipe_and_a_plain_dis_init_is_warned_
     with pytest.raises(ValueError, match="halt_readout"):
         PPOConfig(halt_readout="last")
     run = tmp_path / "dis"
-    train(TrainConfig(method="dis", task_kwargs={"size": 4}, hidden=16, T=1, n=1, N_sup=3, batch_size=8, steps=2,
-                      eval_n=8, out=str(run), progress=False, final_eval=False))
+    train(DISConfig(task_kwargs={"size": 4}, model={"hidden": 16, "n": 1, "N_sup": 3}, batch_size=8, steps=2, eval_n=8,
+                    out=str(run), progress=False, final_eval=False))
     with pytest.warns(UserWarning, match="plain DIS run.*anytime-weight"):
         train_ppo(tiny(mode="halting", init=str(run), iterations=1, out=str(tmp_path / "ppo")))
 

@@ -85,8 +85,10 @@ def small(cmd: list[str]) -> list[str]:
         else:
             out.append(args[i])
     if out[0] == "train" and "--resume" not in out:
-        out += ["--hidden", "16", "--num-envs", "8"] if "ppo" in out else ["--hidden", "16", "--eval-n", "16",
-                                                                              "--batch-size", "16"]
+        if "ppo" in out:  # (from --init the network is the init run's: --hidden would be refused)
+            out += ["--num-envs", "8", *([] if "--init" in out else ["--hidden", "16"])]
+        else:
+            out += ["--hidden", "16", "--eval-n", "16", "--batch-size", "16"]
     if out[0] in ("eval", "diagnose") and "--n" not in out:
         out += ["--n", "16"]
     if out[:2] == ["data", "build"]:

@@ -10,13 +10,13 @@ import torch
 from agents.checkpoint import load_checkpoint, load_newest_valid, save_checkpoint
 from agents.cli import main as cli
 from agents.evaluation import load_trained
-from agents.trainers import TrainConfig, train
+from agents.trainers import TrainConfig, config_from_dict, train
 
 
 def tiny(out, **kw) -> TrainConfig:
     base = dict(task_kwargs={"size": 4}, hidden=16, T=1, n=1, N_sup=2, batch_size=8, n_train=32, eval_n=8,
                 progress=False, final_eval=False, checkpoint_every=2, out=str(out))
-    return TrainConfig(**{**base, **kw})
+    return config_from_dict(dict(**{**base, **kw}))
 
 
 def test_every_single_byte_flip_of_a_checkpoint_is_caught(tmp_path):
@@ -193,5 +193,39 @@ def test_timed_looks_are_saved_during_training_and_evaluated_after_it(tmp_path, 
     assert evaluate(model, task, x, y)["by_step"] == looks[0]["by_step"]
 
     monkeypatch.setattr(common, "evaluate_model", evaluate)
-    resumed = train(common.TrainConfig.from_dict({**cfg.__dict__, "minutes": 0.02}), resume=True)
+    resumed = train(type(cfg).from_dict({**cfg.__dict__, "minutes": 0.02}), resume=True)
     assert resumed["history"][:len(looks)] == looks and len(resumed["history"]) > len(looks)
+
+
+def test_the_network_config_is_nested_in_the_checkpoint_and_old_flat_configs_still_resume(tmp_path):
+    """The run's config holds the frozen TRMConfig as ``model`` (one source: the checkpoint's ``model_config`` is
+    it, sized for the task); a checkpoint written before the nesting (the network's fields flat, and a trm run
+    carrying DIS's fields) still resumes, into the same network."""
+    from dataclasses import asdict
+
+    from agents.trainers import config_from_dict
+    from agents.trm import TRMConfig
+
+    run = tmp_path / "run"
+    cfg = tiny(run, steps=2, method="dis")
+    assert isinstance(cfg.model, TRMConfig) and (cfg.model.hidden, cfg.model.N_sup) == (16, 2)
+    with pytest.raises(AttributeError):
+        cfg.model.hidden = 32  # frozen
+    train(cfg)
+    state = load_newest_valid(run / "checkpoint.pt")[0]
+    assert state["train_config"]["model"] == asdict(cfg.model)
+    sized = TRMConfig(**state["model_config"])
+    assert sized == cfg.model_config(load_trained(run)[1]) and sized.step_embedding == 2 and sized.seq_len == 16
+
+    # the same run as an older version wrote it: flat network fields, fields of the other method, no "model"
+    flat = {k: v for k, v in state["train_config"].items() if k != "model"} | {
+        k: v for k, v in state["train_config"]["model"].items() if k in ("hidden", "T", "n", "N_sup", "L_layers")}
+    flat |= {"halt_loss_weight": 0.5, "halt_exploration": 0.1}
+    assert config_from_dict(flat, strict=False) == config_from_dict(state["train_config"], strict=False) == cfg
+    with pytest.raises(ValueError, match="halt_exploration, halt_loss_weight"):
+        config_from_dict(flat)  # from a user: a field the method does not have is an error
+    state["train_config"] = flat
+    save_checkpoint(run / "checkpoint.pt", state)
+    resumed = train(TrainConfig(out=str(run), steps=1, progress=False), resume=True)
+    assert resumed["optimizer_steps"] == 3
+    assert load_newest_valid(run / "checkpoint.pt")[0]["train_config"]["model"] == asdict(cfg.model)

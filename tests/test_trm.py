@@ -14,7 +14,7 @@ from agents.checkpoint import load_checkpoint, save_checkpoint
 from agents.cli import main as cli
 from agents.evaluation import evaluate_run, load_trained, rollout_metrics
 from agents.rollout import RecursionRunner, TRMPolicy
-from agents.trainers import TrainConfig, train
+from agents.trainers import TrainConfig, config_from_dict, train
 from agents.trm import TRM, TRMConfig
 from recursion_env import RecursionTorchRLEnv, make_task
 
@@ -24,7 +24,7 @@ SUDOKU4 = make_task("sudoku", size=4)
 def tiny(**kw) -> TrainConfig:
     base = dict(task_kwargs={"size": 4}, hidden=32, T=2, n=2, N_sup=4, batch_size=32, n_train=64, augment=False,
                 eval_n=64, progress=False, warmup_steps=10, ema_decay=0.99, checkpoint_every=1000)
-    return TrainConfig(**{**base, **kw})
+    return config_from_dict(dict(**{**base, **kw}))
 
 
 @pytest.fixture(scope="module")

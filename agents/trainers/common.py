@@ -13,8 +13,10 @@ import json
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -29,27 +31,38 @@ from ..evaluation import evaluation_set, rollout_metrics, summarize
 from ..rollout import RecursionRunner
 from ..trm import TRM, TRMConfig
 
+
+class Method(NamedTuple):
+    """A training method as the registry (``agents.trainers.METHODS``) knows it: its name (``--method``), its
+    config class (whose fields are its ``train`` options), the function that trains it, and for the supervised
+    loop below the objective (the loss of one supervision step and when an example halts)."""
+
+    name: str
+    config: type
+    train: Callable[..., dict]
+    objective: type | None = None
+
+
 #: a run checkpoints at least this often (training minutes), whatever its step rate, so a stopped run loses little
 CHECKPOINT_MINUTES = 5.0
 
 
 @dataclass
 class TrainConfig:
-    method: str = "trm"
+    """What every supervised method shares: the task, the network (``model``), the optimisation, the data and the
+    run. A method subclasses it with its own fields next to its loss (``DeepSupervisionConfig`` in
+    deep_supervision.py, ``DISConfig`` in policy_improvement.py); ``train`` options are derived from the fields.
+
+    ``model`` is a frozen :class:`TRMConfig`, or a dict of the fields to change from the method's
+    ``MODEL_DEFAULTS`` (``DISConfig(model={"hidden": 32})`` keeps DIS's T=1, n=2, N_sup=6)."""
+
+    #: the network of this method when ``model`` does not say otherwise (TRMConfig's own defaults for the rest)
+    MODEL_DEFAULTS: ClassVar[dict] = {"hidden": 64}  # hidden 64 on CPU (official: 512)
+
+    method: str = field(default="", init=False)  # the subclass's name in the registry; written to checkpoints
     task: str = "sudoku"
     task_kwargs: dict = field(default_factory=lambda: {"size": 6})
-    # network: the official architecture at every size (see agents/trm.py)
-    hidden: int = 64
-    L_layers: int = 2
-    mixer: str = "mlp"
-    heads: int = 8
-    expansion: float = 4.0
-    T: int = 3
-    n: int = 6
-    N_sup: int = 16
-    pos: str | None = None  # None: official (none for mlp_t, rope for attention)
-    puzzle_emb_len: int = 16
-    puzzle_emb_ndim: int | None = None  # None: hidden, as official
+    model: TRMConfig | dict | None = None  # the official architecture at every size (see agents/trm.py)
     # optimisation. Official values: optimizer adam_atan2, weight_decay_scope all, grad_clip 0 (off), a constant
     # EMA (ema_warmup False); ``--preset paper`` uses them all. The CPU defaults keep two named deviations that
     # short runs need: gradient clipping at 1.0 and an EMA whose decay warms up (a constant 0.999 from the
@@ -67,8 +80,6 @@ class TrainConfig:
     puzzle_emb_lr: float | None = None  # sign-SGD on the identifier embedding; None = lr
     puzzle_emb_weight_decay: float | None = None  # None = weight_decay
     loss: str = "stablemax"  # or "ce"
-    halt_loss_weight: float = 0.5
-    halt_exploration: float = 0.1
     # data
     dataset: str | None = None  # .npz / .csv / text file; None = generated on the fly
     n_train: int | None = None  # with no dataset: a fixed set of this many generated puzzles (None = endless)
@@ -76,16 +87,6 @@ class TrainConfig:
     eval_n: int = 1000
     eval_seed: int = 1_000_003
     final_eval: bool = True  # evaluate eval_n held-out puzzles at the end (the benchmark does its own)
-    # method-specific (DIS). recipe "official-code" (the default): the previous step's decoded answer as input,
-    # uniform step weights (the official DIS code); "paper": the puzzle as every step's input, linearly
-    # increasing weights (the paper's pseudocode and text). Measured on the same budget (benchmarks/dis_recipes.py,
-    # BENCHMARKS.md), official-code was as good on 6x6 Sudoku and 8.6 points better on N-Queens.
-    # step_weight / autoregressive, when set, override the recipe's choice.
-    targets: str = "diffusion"
-    recipe: str = "official-code"
-    step_weight: str | None = None  # "linear" or "uniform"
-    autoregressive: bool | None = None
-    anytime_weight: float = 0.0
     # run
     steps: int | None = None
     minutes: float | None = None
@@ -104,10 +105,9 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.recipe not in DIS_RECIPES:
-            raise ValueError(f"recipe must be one of {sorted(DIS_RECIPES)}, got {self.recipe!r}")
-        if self.step_weight is not None and self.step_weight not in ("linear", "uniform"):
-            raise ValueError(f"step_weight must be 'linear' or 'uniform', got {self.step_weight!r}")
+        self.model = model_config(self.model, self.MODEL_DEFAULTS)
+        if self.loss not in ("stablemax", "ce"):
+            raise ValueError(f"loss must be 'stablemax' or 'ce', got {self.loss!r}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         if self.steps is not None and self.steps < 0:
@@ -117,40 +117,54 @@ class TrainConfig:
         if self.keep < 1:
             raise ValueError(f"--keep must be >= 1, got {self.keep}")
 
-    @property
-    def dis_step_weight(self) -> str:
-        return self.step_weight or DIS_RECIPES[self.recipe]["step_weight"]
-
-    @property
-    def dis_autoregressive(self) -> bool:
-        return DIS_RECIPES[self.recipe]["autoregressive"] if self.autoregressive is None else self.autoregressive
-
-    def model_config(self, task: Task, step_embedding: int = 0) -> TRMConfig:
-        return TRMConfig(seq_len=task.seq_len, vocab_size=task.vocab_size, hidden=self.hidden,
-                         L_layers=self.L_layers, mixer=self.mixer, heads=self.heads, expansion=self.expansion,
-                         T=self.T, n=self.n, N_sup=self.N_sup, pos=self.pos, puzzle_emb_len=self.puzzle_emb_len,
-                         puzzle_emb_ndim=self.puzzle_emb_ndim, num_puzzle_ids=1, step_embedding=step_embedding,
-                         input_from_answer=bool(step_embedding) and self.dis_autoregressive)
+    def model_config(self, task: Task) -> TRMConfig:
+        """The network this run trains on ``task`` (a method may add to it: DIS embeds the step index)."""
+        return self.model.for_task(task)
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in names}
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
-        return cls(**d)
+    def from_dict(cls, d: dict, strict: bool = True) -> TrainConfig:
+        """A config from ``asdict`` output or from the flat form (the network's fields beside the others) that the
+        command line, ``PAPER_PRESET`` and checkpoints written before the nested ``model`` use. ``strict``: a key
+        this method does not have is an error; otherwise (a checkpoint's config) it is dropped."""
+        return cls(**config_kwargs(cls, d, strict))
 
 
-#: the two DIS recipes (see TrainConfig.recipe)
-DIS_RECIPES = {"paper": {"step_weight": "linear", "autoregressive": False},
-               "official-code": {"step_weight": "uniform", "autoregressive": True}}
+def model_config(model: TRMConfig | dict | None, defaults: dict) -> TRMConfig:
+    """``model`` as a frozen TRMConfig: a dict (or None) changes the method's ``defaults``."""
+    if isinstance(model, TRMConfig):
+        return model
+    names = {f.name for f in fields(TRMConfig)}
+    unknown = sorted(set(model or {}) - names)
+    if unknown:
+        raise ValueError(f"model: unknown TRMConfig field(s) {', '.join(unknown)}")
+    return TRMConfig(**{**defaults, **(model or {})})
+
+
+def config_kwargs(cls, d: dict, strict: bool = True) -> dict:
+    """The keyword arguments of ``cls`` in ``d``, with a flat dict's network fields gathered into ``model``."""
+    own = {f.name for f in fields(cls) if f.init}
+    if strict:
+        unknown = sorted(set(d) - own - {f.name for f in fields(TRMConfig)} - {"method"})
+        method = cls.__dataclass_fields__["method"].default
+        if unknown or d.get("method", method) != method:
+            raise ValueError(f"--method {method} has no option(s) {', '.join(unknown or [repr(d['method'])])}")
+    model = d.get("model")
+    model = dict(model) if isinstance(model, dict) else {} if model is None else model
+    if isinstance(model, dict):
+        model |= {k: v for k, v in d.items() if k in {f.name for f in fields(TRMConfig)} and k not in own}
+    kw = {k: v for k, v in d.items() if k in own and k != "model"}
+    if "betas" in kw:
+        kw["betas"] = tuple(kw["betas"])
+    return kw | {"model": model}
+
 
 #: the official Sudoku-Extreme recipe (README of the official code: mlp_t, no positions, 16 puzzle slots, hidden
 #: 512, 2 layers, T=3, n=6, N_sup=16, batch 768, Adam-atan2 lr 1e-4 betas (0.9, 0.95), weight decay 1.0 on every
 #: parameter, puzzle embedding sign-SGD lr 1e-4 / weight decay 1.0, warm-up 2000, no clipping, EMA 0.999
-#: constant); for a GPU, not the 2-core CPU
+#: constant); for a GPU, not the 2-core CPU. Flat, as the command line gives it (``cls.from_dict`` nests it). The
+#: schedule is the method's: T=3, n=6, N_sup=16 are TRMConfig's defaults (TRM's); DIS keeps its T=1, n=2, N_sup=6.
 PAPER_PRESET = {"hidden": 512, "L_layers": 2, "mixer": "mlp", "heads": 8, "expansion": 4.0, "pos": None,
-                "puzzle_emb_len": 16, "puzzle_emb_ndim": None, "T": 3, "n": 6, "N_sup": 16, "batch_size": 768,
+                "puzzle_emb_len": 16, "puzzle_emb_ndim": None, "batch_size": 768,
                 "lr": 1e-4, "betas": (0.9, 0.95), "weight_decay": 1.0, "warmup_steps": 2000, "optimizer": "adam_atan2",
                 "weight_decay_scope": "all", "grad_clip": 0.0, "ema_decay": 0.999, "ema_warmup": False,
                 "puzzle_emb_lr": 1e-4, "puzzle_emb_weight_decay": 1.0, "loss": "stablemax"}
@@ -236,7 +250,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     (``overwrite`` replaces one)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from . import get_method
+    from . import config_from_dict, get_method
 
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
@@ -247,8 +261,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             raise ValueError(f"{out} is a {state.get('train_config', {}).get('method')!r} run, not a trm/dis one "
                              "(resume PPO runs with train_ppo(resume=True) or the CLI's train --resume)")
         steps, minutes = resume_budget(cfg, state)
-        cfg = TrainConfig.from_dict({**state["train_config"], "steps": steps, "minutes": minutes,
-                                     **{k: getattr(cfg, k) for k in ("progress", "device")}})
+        cfg = config_from_dict({**state["train_config"], "steps": steps, "minutes": minutes,
+                                **{k: getattr(cfg, k) for k in ("progress", "device")}}, strict=False)
     else:
         prepare_run_folder(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
@@ -268,7 +282,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         dataset = task.generate(cfg.n_train, seed=cfg.seed)
     eval_x, eval_y = evaluation_set(task, {"eval_seed": cfg.eval_seed}, cfg.eval_n)
     stream = PuzzleStream(task, seed=cfg.seed, dataset=dataset, augment=cfg.augment, exclude=eval_x)
-    model_cfg = cfg.model_config(task, step_embedding=method.step_embedding)
+    model_cfg = cfg.model_config(task)
     model = TRM(model_cfg).to(device)
     ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)
     optimizers = model.configure_optimizers(

@@ -6,18 +6,29 @@ The loop itself is :func:`agents.trainers.common.train`; this file is what is sp
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 
 from ..rollout import RecursionRunner
 from ..trm import SupervisionOutput
-from .common import TrainConfig, token_loss
+from .common import Method, TrainConfig, token_loss, train
+
+
+@dataclass
+class DeepSupervisionConfig(TrainConfig):
+    """``train --method trm``: the shared fields, TRM's schedule (TRMConfig's defaults: T=3, n=6, N_sup=16, 336
+    NFE) and the halting head's training."""
+
+    method: str = field(default="trm", init=False)
+    halt_loss_weight: float = 0.5  # the halting (Q) head's BCE beside the answer loss
+    halt_exploration: float = 0.1  # chance that an example must run a random minimum of steps before halting
 
 
 class DeepSupervision:
-    step_embedding = 0
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: DeepSupervisionConfig):
         self.cfg = cfg
 
     def on_start(self, runner: RecursionRunner, mask) -> None:
@@ -38,7 +49,7 @@ class DeepSupervision:
         not before a random minimum number of steps, so later steps keep being trained. The core truncates at
         N_sup."""
         steps = (runner.core.step_count + 1).cpu()
-        B, N = steps.shape[0], self.cfg.N_sup
+        B, N = steps.shape[0], self.cfg.model.N_sup
         halted = out.halt_logit.detach().cpu() > 0
         if N > 1:
             explore = torch.rand(B, generator=rng) < self.cfg.halt_exploration
@@ -51,3 +62,6 @@ class DeepSupervision:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+METHOD = Method("trm", DeepSupervisionConfig, train, DeepSupervision)

@@ -4,7 +4,7 @@ strictly better intermediate target, so each step is a policy-improvement step. 
 
 The loop itself is :func:`agents.trainers.common.train`; this file is what is specific to DIS: the targets
 (sampled afresh, per puzzle, when an episode starts in the core), the step index embedded into the input, and
-the per-step loss. Two recipes (``TrainConfig.recipe``): "official-code" (the default; the official DIS code: the
+the per-step loss. Two recipes (``DISConfig.recipe``): "official-code" (the default; the official DIS code: the
 previous step's decoded answer is the next step's input, the steps weigh the same) and "paper" (the paper's
 pseudocode and text: the puzzle is every step's input, step weights increase linearly). In both the step index
 is embedded into x (the official code's ``timestep_embed``) and step s is trained toward target s of the path,
@@ -13,42 +13,88 @@ the last one being the solution.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 import numpy as np
 import torch
 
 from ..rollout import RecursionRunner
-from ..targets import make_targets
-from ..trm import SupervisionOutput
-from .common import TrainConfig, token_loss
+from ..targets import GENERATORS, make_targets
+from ..trm import SupervisionOutput, TRMConfig
+from .common import Method, TrainConfig, token_loss, train
 
-#: the paper's DIS schedule, used where the command line does not say otherwise
-DIS_DEFAULTS = {"T": 1, "n": 2, "N_sup": 6}
+#: the two DIS recipes (see DISConfig.recipe)
+DIS_RECIPES = {"paper": {"step_weight": "linear", "autoregressive": False},
+               "official-code": {"step_weight": "uniform", "autoregressive": True}}
+
+
+@dataclass
+class DISConfig(TrainConfig):
+    """``train --method dis``: the shared fields, the paper's schedule (T=1, n=2, N_sup=6: 18 NFE) and DIS's own.
+
+    ``recipe`` "official-code" (the default): the previous step's decoded answer as input, uniform step weights
+    (the official DIS code); "paper": the puzzle as every step's input, linearly increasing weights (the paper's
+    pseudocode and text). Measured on the same budget (benchmarks/dis_recipes.py, BENCHMARKS.md), official-code was
+    as good on 6x6 Sudoku and 8.6 points better on N-Queens. ``step_weight`` / ``autoregressive``, when set,
+    override the recipe's choice."""
+
+    MODEL_DEFAULTS: ClassVar[dict] = {"hidden": 64, "T": 1, "n": 2, "N_sup": 6}
+
+    method: str = field(default="dis", init=False)
+    targets: str = "diffusion"  # the intermediate-target generator: diffusion, mask or solver (Sudoku)
+    recipe: str = "official-code"
+    step_weight: str | None = None  # "linear" or "uniform"
+    autoregressive: bool | None = None
+    anytime_weight: float = 0.0  # an extra loss toward the final solution at every step (the anytime DIS)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.recipe not in DIS_RECIPES:
+            raise ValueError(f"recipe must be one of {sorted(DIS_RECIPES)}, got {self.recipe!r}")
+        if self.step_weight is not None and self.step_weight not in ("linear", "uniform"):
+            raise ValueError(f"step_weight must be 'linear' or 'uniform', got {self.step_weight!r}")
+        if self.targets not in GENERATORS:
+            raise ValueError(f"targets must be one of {', '.join(GENERATORS)}, got {self.targets!r}")
+
+    @property
+    def dis_step_weight(self) -> str:
+        return self.step_weight or DIS_RECIPES[self.recipe]["step_weight"]
+
+    @property
+    def dis_autoregressive(self) -> bool:
+        return DIS_RECIPES[self.recipe]["autoregressive"] if self.autoregressive is None else self.autoregressive
+
+    def model_config(self, task) -> TRMConfig:
+        """The step index embedded into x (the official ``timestep_embed``), and with the autoregressive recipe
+        the previous decoded answer as the input."""
+        return self.model.for_task(task, step_embedding=self.model.N_sup, input_from_answer=self.dis_autoregressive)
 
 
 class PolicyImprovement:
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: DISConfig):
         self.cfg = cfg
-        self.step_embedding = cfg.N_sup
+        N_sup = cfg.model.N_sup
         self.generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 2)  # draws the target paths
         self.targets: torch.Tensor | None = None  # [B, N_sup, L]
-        s = torch.arange(1, cfg.N_sup + 1, dtype=torch.float32)
+        s = torch.arange(1, N_sup + 1, dtype=torch.float32)
         self.step_weights = s / s.mean() if cfg.dis_step_weight == "linear" else torch.ones_like(s)
 
     def on_start(self, runner: RecursionRunner, mask) -> None:
         """Fresh target paths for the puzzles that just started (all of them when ``mask`` is None)."""
         core = runner.core
         if self.targets is None or mask is None:
-            self.targets = make_targets(self.cfg.targets, core.task, core.puzzle, core.label, self.cfg.N_sup,
+            self.targets = make_targets(self.cfg.targets, core.task, core.puzzle, core.label, self.cfg.model.N_sup,
                                         self.generator)
         else:
             self.targets = self.targets.clone()
             self.targets[mask] = make_targets(self.cfg.targets, core.task, core.puzzle[mask], core.label[mask],
-                                              self.cfg.N_sup, self.generator)
+                                              self.cfg.model.N_sup, self.generator)
 
     def loss(self, out: SupervisionOutput, runner: RecursionRunner):
         core = runner.core
-        s = core.step_count.clamp(max=self.cfg.N_sup - 1)
+        s = core.step_count.clamp(max=self.cfg.model.N_sup - 1)
         target = self.targets[torch.arange(core.batch_size, device=core.device), s]
         weights = self.step_weights.to(core.device)[s]
         per_example = token_loss(self.cfg, out.logits, target)
@@ -73,3 +119,6 @@ class PolicyImprovement:
             bits.state = state["rng"]
             self.generator.manual_seed(int(np.random.Generator(bits).integers(2**63)))
         self.targets = state["targets"]
+
+
+METHOD = Method("dis", DISConfig, train, PolicyImprovement)

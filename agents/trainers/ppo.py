@@ -39,22 +39,16 @@ import inspect
 import json
 import time
 import warnings
-from dataclasses import InitVar, asdict, dataclass, field, fields, replace
+from dataclasses import InitVar, asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
-from tensordict.nn import (
-    ProbabilisticTensorDictModule,
-    ProbabilisticTensorDictSequential,
-    TensorDictModule,
-    TensorDictSequential,
-)
 from torch import nn
 from tqdm import tqdm
 
-from recursion_env import RecursionTorchRLEnv
 from recursion_env.atomic import remove_stale_temporaries
 from recursion_env.tasks import load_puzzles, make_task
 
@@ -62,18 +56,22 @@ from ..checkpoint import save_checkpoint
 from ..data import outside, puzzle_keys
 from ..evaluation import evaluation_set, load_trained
 from ..trm import TRM, TRMConfig
+from .common import Method, config_kwargs, model_config
 
 
 @dataclass
 class PPOConfig:
+    """``train --method ppo``. TorchRL is imported when training starts, not with this config."""
+
+    #: a fresh network (no ``init``): DIS's schedule, 18 NFE
+    MODEL_DEFAULTS: ClassVar[dict] = {"hidden": 64, "T": 1, "n": 2, "N_sup": 6}
+
+    method: str = field(default="ppo", init=False)
     mode: str = "halting"  # "halting" or "full"
     init: str | None = None  # a trained TRM/DIS run; None = a fresh network
     task: str = "sudoku"
     task_kwargs: dict = field(default_factory=lambda: {"size": 4})
-    hidden: int = 64  # fresh network only
-    T: int = 1
-    n: int = 2
-    N_sup: int = 6
+    model: TRMConfig | dict | None = None  # a fresh network only (with ``init`` the network is the init run's)
     nfe_cost: float = 0.01  # the reward's cost per forward pass (``lam``: deprecated alias)
     #: reset the halting head's bias before training ("keep" = keep). Its init of -5 (p(halt) ~ 0.7%) leaves PPO
     #: almost no halting to learn from; DIS checkpoints never trained it. 0 starts at p(halt) = 1/2.
@@ -117,6 +115,7 @@ class PPOConfig:
     lam: InitVar[float | None] = None  # deprecated: nfe_cost
 
     def __post_init__(self, lam: float | None = None):
+        self.model = model_config(self.model, self.MODEL_DEFAULTS)
         if lam is not None:
             warnings.warn("lam is deprecated: call it nfe_cost", DeprecationWarning, stacklevel=3)
             self.nfe_cost = lam
@@ -143,6 +142,14 @@ class PPOConfig:
             raise ValueError(f"halt_readout must be keep, first, mean or confidence, got {self.halt_readout!r}")
         if self.halt_bias != "keep" and not isinstance(self.halt_bias, (int, float)):
             raise ValueError(f"halt_bias must be a number or 'keep', got {self.halt_bias!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict, strict: bool = True) -> PPOConfig:
+        """A config from ``asdict`` output or the flat form (``TrainConfig.from_dict``); ``strict=False`` for a
+        checkpoint's config, which may hold fields of older versions."""
+        if "lam" in d:  # a run saved before the rename
+            d = {k: v for k, v in d.items() if k != "lam"} | {"nfe_cost": d.get("nfe_cost", d["lam"])}
+        return cls(**config_kwargs(cls, d, strict))
 
 
 class AnswerAndHalt(torch.distributions.Distribution):
@@ -222,8 +229,7 @@ def build_model(cfg: PPOConfig):
         return model.train(), task, train_config
     task = make_task(cfg.task, **cfg.task_kwargs)
     torch.manual_seed(cfg.seed)
-    model = TRM(TRMConfig(seq_len=task.seq_len, vocab_size=task.vocab_size, hidden=cfg.hidden, T=cfg.T, n=cfg.n,
-                          N_sup=cfg.N_sup, step_embedding=cfg.N_sup)).to(cfg.device)
+    model = TRM(cfg.model.for_task(task, step_embedding=cfg.model.N_sup)).to(cfg.device)
     return model, task, {}
 
 
@@ -231,6 +237,8 @@ def make_env(task, dataset, num_envs: int, seed: int, device: str, **config):
     """The TorchRL env PPO collects from, with the episode return summed ("episode_reward"). Module-level, so a
     ``functools.partial`` of it can be sent to collector worker processes."""
     from torchrl.envs import RewardSum, TransformedEnv
+
+    from recursion_env import RecursionTorchRLEnv
 
     env = RecursionTorchRLEnv(task, num_envs=num_envs, dataset=dataset, device=device, seed=seed, **config)
     return TransformedEnv(env, RewardSum())
@@ -263,15 +271,12 @@ def ppo_resume_config(cfg: PPOConfig, state: dict) -> PPOConfig:
     ps = state.get("ppo_state")
     if ps is None:
         raise ValueError("this PPO run has no resumable state (written by an older recursion-env)")
-    names = {f.name for f in fields(PPOConfig)}
-    saved = {k: v for k, v in state["train_config"].items() if k in names}
-    if "lam" in state["train_config"] and "nfe_cost" not in saved:  # a run saved before the rename
-        saved["nfe_cost"] = state["train_config"]["lam"]
+    saved = state["train_config"]
     if saved.get("collector") != "sync":
         raise ValueError("only PPO runs with the one-process collector (--collector sync) resume")
-    return PPOConfig(**{**saved, "iterations": None if cfg.iterations is None else ps["iteration"] + cfg.iterations,
-                        "minutes": None if cfg.minutes is None else ps["elapsed"] / 60 + cfg.minutes,
-                        "progress": cfg.progress, "device": cfg.device})
+    budget = {"iterations": None if cfg.iterations is None else ps["iteration"] + cfg.iterations,
+              "minutes": None if cfg.minutes is None else ps["elapsed"] / 60 + cfg.minutes}
+    return PPOConfig.from_dict({**saved, **budget, "progress": cfg.progress, "device": cfg.device}, strict=False)
 
 
 def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> dict:
@@ -279,6 +284,12 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
     continues the run there exactly (model, optimizer, environments, the collector's carried step, RNG) for
     ``cfg.iterations`` more iterations and/or ``cfg.minutes`` more minutes."""
     from tensordict import TensorDict
+    from tensordict.nn import (
+        ProbabilisticTensorDictModule,
+        ProbabilisticTensorDictSequential,
+        TensorDictModule,
+        TensorDictSequential,
+    )
     from torch.utils.tensorboard import SummaryWriter
     from torchrl.objectives import ClipPPOLoss
     from torchrl.objectives.value import GAE
@@ -373,7 +384,7 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
         if cfg.collector == "sync":  # the environments and the collector's carried step: an exact resume
             ppo_state |= {"env": base_env.env_state(), "carrier": collector._carrier.to_dict()}
         save_checkpoint(out / "checkpoint.pt", keep=3, state={
-            "train_config": {**asdict(cfg), "method": "ppo", "init_method": init_method},
+            "train_config": {**asdict(cfg), "init_method": init_method},
             "model_config": mcfg.to_dict(), "model": weights, "ema": weights, "task": task.name,
             "task_kwargs": task.kwargs, "step": iterations, "ppo_state": ppo_state})
     bar = tqdm(total=cfg.iterations, disable=not cfg.progress, desc=f"ppo {cfg.mode}", unit="iter")
@@ -429,3 +440,6 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
               "wall_clock_s": time.perf_counter() - t0, "history": history}
     (out / "ppo_metrics.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+METHOD = Method("ppo", PPOConfig, train_ppo)
