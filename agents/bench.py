@@ -188,6 +188,10 @@ def run_jobs(jobs: list[tuple[str, list[str] | None]], out: Path, parallel: bool
         log.close()
         if code != 0:
             raise RuntimeError(f"training {name} failed (exit {code}); see {out / (name + '.log')}")
+    for name, _, _ in procs:  # a run stopped by a signal exits 0 with its checkpoint but no metrics
+        if not any((out / name / f).exists() for f in ("train_metrics.json", "ppo_metrics.json")):
+            raise RuntimeError(f"training {name} stopped before its budget (checkpoint kept): run the same command "
+                               "again to continue")
 
 
 def _check_folder(cfg: BenchConfig, out: Path, overwrite: bool) -> None:

@@ -9,6 +9,9 @@ import hashlib
 import io
 import os
 import shutil
+import signal
+import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -121,3 +124,40 @@ def load_newest_valid(path, map_location="cpu") -> tuple[dict, Path]:
                           stacklevel=2)
         return state, candidate
     raise ValueError("no valid checkpoint to resume from: " + "; ".join(problems))
+
+
+class StopRequest:
+    """SIGTERM or SIGINT ask a training loop to stop at the next step boundary (``requested``): it finishes the
+    optimizer step, writes a checkpoint and returns, so ``--resume`` continues exactly. A second signal stops at
+    once (the default action). Outside the main thread (where Python cannot install handlers) it never fires.
+
+        with StopRequest() as stop:
+            while training:
+                ...one step...
+                if stop.requested:
+                    break
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.requested: str | None = None  # the signal's name once one arrived
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # the second one: as if no handler were here
+            signal.signal(signum, self._previous.get(signum) or signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        self.requested = signal.Signals(signum).name
+        print(f"\n{self.requested}: stopping after this step and writing a checkpoint (again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)

@@ -2,7 +2,8 @@
 # The headline on one GPU: 9x9 Sudoku with 28-34 givens, TRM (21 ... 336 NFE, halting head) against DIS (both
 # recipes, diffusion and solver-trace targets) and learned halting (PPO), bf16 autocast, width 256, batch 512.
 # 437 s end to end on one H200 (2026-11-26, BENCHMARKS.md); the whole command is killed after $HEADLINE_TIMEOUT seconds (default 540)
-# and, run again, continues where it stopped (finished runs are kept, stopped ones resume).
+# (SIGINT: each training run finishes its step and writes a checkpoint) and, run again, continues where it stopped
+# (finished runs are kept, stopped ones resume).
 #
 #   bash benchmarks/gpu_headline.sh [OUT] [extra bench flags]
 #   PYTHON=.venv/bin/python bash benchmarks/gpu_headline.sh runs/bench/gpu_headline

@@ -229,3 +229,33 @@ def test_the_network_config_is_nested_in_the_checkpoint_and_old_flat_configs_sti
     resumed = train(TrainConfig(out=str(run), steps=1, progress=False), resume=True)
     assert resumed["optimizer_steps"] == 3
     assert load_newest_valid(run / "checkpoint.pt")[0]["train_config"]["model"] == asdict(cfg.model)
+
+
+@pytest.mark.parametrize("method", ["trm", "ppo"])
+def test_sigterm_finishes_the_step_writes_a_checkpoint_exits_0_and_the_run_resumes(tmp_path, method):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    flags = (["--T", "1", "--n", "1", "--n-sup", "2", "--batch-size", "8", "--checkpoint-every", "100000"]
+             if method == "trm" else ["--num-envs", "8", "--rollout-len", "2", "--checkpoint-every", "100000"])
+    cmd = [sys.executable, "-m", "agents.cli", "train", "--method", method, "--size", "4", "--hidden", "16",
+           "--eval-n", "8", "--minutes", "10", "--out", str(run), *flags]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while not (run / "tb").exists() and time.time() < deadline:  # the loop is about to start
+        time.sleep(0.2)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "stopped by SIGTERM" in err and "train --resume" in err
+    state = load_newest_valid(run / "checkpoint.pt")[0]
+    done = state["step"]
+    assert done >= 1 and not (run / ("train_metrics.json" if method == "trm" else "ppo_metrics.json")).exists()
+    budget = ["--steps", "2"] if method == "trm" else ["--iterations", "2"]
+    assert cli(["train", "--resume", "--out", str(run), *budget]) == 0
+    assert load_newest_valid(run / "checkpoint.pt")[0]["step"] == done + 2

@@ -12,6 +12,7 @@ import copy
 import json
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from recursion_env.atomic import remove_stale_temporaries
 from recursion_env.tasks import Task, load_puzzles, make_task
 
-from ..checkpoint import load_checkpoint, load_newest_valid, save_checkpoint
+from ..checkpoint import StopRequest, load_checkpoint, load_newest_valid, save_checkpoint
 from ..data import PuzzleStream
 from ..evaluation import evaluation_set, rollout_metrics, summarize
 from ..rollout import RecursionRunner
@@ -346,57 +347,66 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
 
     # -- the loop: one supervision step of the carried batch per optimizer step --------------------------------
     t_start = time.perf_counter() - elapsed
-    while (cfg.steps is None or step < cfg.steps) and (budget_s is None or elapsed < budget_s):
-        model.train()
-        with autocast:
-            out_step = forward()
-            loss, metrics = method.loss(out_step, runner)
-        for o in optimizers:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        for o, sched in zip(optimizers, schedules):
-            o.step()
-            sched.step()
-        ema.update(model)
-        last_loss = loss.item()
+    with StopRequest() as stop:
+        while (cfg.steps is None or step < cfg.steps) and (budget_s is None or elapsed < budget_s):
+            model.train()
+            with autocast:
+                out_step = forward()
+                loss, metrics = method.loss(out_step, runner)
+            for o in optimizers:
+                o.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            for o, sched in zip(optimizers, schedules):
+                o.step()
+                sched.step()
+            ema.update(model)
+            last_loss = loss.item()
 
-        halt = method.halt(out_step, runner, halt_rng)
-        res = runner.commit(out_step, halt)
-        train_nfe += runner.core.batch_size * model_cfg.nfe_per_supervision_step
-        finished = res.terminated | res.truncated
-        if finished.any():
-            metrics["episode_exact"] = float(res.info["solved"][finished].float().mean())
-            metrics["episode_steps"] = float(runner.core.step_count[finished].float().mean())
-            x, y = stream.take(int(finished.sum()))
-            runner.start(x, y, mask=finished)
-            method.on_start(runner, finished)
-        step += 1
-        elapsed = time.perf_counter() - t_start
-        bar.update(1)
+            halt = method.halt(out_step, runner, halt_rng)
+            res = runner.commit(out_step, halt)
+            train_nfe += runner.core.batch_size * model_cfg.nfe_per_supervision_step
+            finished = res.terminated | res.truncated
+            if finished.any():
+                metrics["episode_exact"] = float(res.info["solved"][finished].float().mean())
+                metrics["episode_steps"] = float(runner.core.step_count[finished].float().mean())
+                x, y = stream.take(int(finished.sum()))
+                runner.start(x, y, mask=finished)
+                method.on_start(runner, finished)
+            step += 1
+            elapsed = time.perf_counter() - t_start
+            bar.update(1)
 
-        if step % cfg.log_every == 0:
-            metrics |= {"loss": last_loss, "grad_norm": float(grad_norm), "lr": schedules[0].get_last_lr()[0]}
-            for k, v in metrics.items():
-                writer.add_scalar(f"train/{k}", v, step)
-            bar.set_postfix(loss=f"{last_loss:.3f}", **({"exact": f"{metrics['episode_exact']:.2f}"}
-                                                      if "episode_exact" in metrics else {}))
-        look = {"step": step, "elapsed_s": elapsed, "train_forward_passes": train_nfe}
-        if cfg.eval_every and step % cfg.eval_every == 0:
-            t_eval = time.perf_counter()
-            history.append(look | evaluate_look(ema.copy_to(copy.deepcopy(model)), step))
-            t_start += time.perf_counter() - t_eval  # the look is not training time
-        elif cfg.eval_every_minutes and elapsed >= next_eval_s:
-            snapshot = f"looks/step_{step:07d}.pt"
-            save_checkpoint(out / snapshot, {"ema": ema.weights(model)})
-            history.append(look | {"snapshot": snapshot})  # evaluated after training, below
-        while cfg.eval_every_minutes and next_eval_s <= elapsed:
-            next_eval_s += 60 * cfg.eval_every_minutes
-        if step % cfg.checkpoint_every == 0 or elapsed - saved_at[0] >= 60 * CHECKPOINT_MINUTES:
-            checkpoint()
+            if step % cfg.log_every == 0:
+                metrics |= {"loss": last_loss, "grad_norm": float(grad_norm), "lr": schedules[0].get_last_lr()[0]}
+                for k, v in metrics.items():
+                    writer.add_scalar(f"train/{k}", v, step)
+                bar.set_postfix(loss=f"{last_loss:.3f}", **({"exact": f"{metrics['episode_exact']:.2f}"}
+                                                          if "episode_exact" in metrics else {}))
+            look = {"step": step, "elapsed_s": elapsed, "train_forward_passes": train_nfe}
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                t_eval = time.perf_counter()
+                history.append(look | evaluate_look(ema.copy_to(copy.deepcopy(model)), step))
+                t_start += time.perf_counter() - t_eval  # the look is not training time
+            elif cfg.eval_every_minutes and elapsed >= next_eval_s:
+                snapshot = f"looks/step_{step:07d}.pt"
+                save_checkpoint(out / snapshot, {"ema": ema.weights(model)})
+                history.append(look | {"snapshot": snapshot})  # evaluated after training, below
+            while cfg.eval_every_minutes and next_eval_s <= elapsed:
+                next_eval_s += 60 * cfg.eval_every_minutes
+            if step % cfg.checkpoint_every == 0 or elapsed - saved_at[0] >= 60 * CHECKPOINT_MINUTES:
+                checkpoint()
+            if stop.requested:  # SIGTERM / SIGINT: this step is done; the checkpoint below, then return
+                break
     bar.close()
     if step == 0 or step % cfg.checkpoint_every:  # not saved at this step yet
         checkpoint()
+    if stop.requested:  # the looks and the final evaluation are left to the resumed run
+        writer.close()
+        print(f"stopped by {stop.requested} after step {step}: checkpoint written; continue with train --resume "
+              f"--out {out}", file=sys.stderr)
+        return {"method": cfg.method, "optimizer_steps": step, "train_forward_passes": train_nfe,
+                "wall_clock_s": elapsed, "stopped_by": stop.requested}
 
     # -- the looks saved during training, evaluated now that the training clock has stopped ---------------------
     pending = [i for i, h in enumerate(history) if "snapshot" in h and "by_step" not in h]

@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import sys
 import time
 import warnings
 from dataclasses import InitVar, asdict, dataclass, field, replace
@@ -52,7 +53,7 @@ from tqdm import tqdm
 from recursion_env.atomic import remove_stale_temporaries
 from recursion_env.tasks import load_puzzles, make_task
 
-from ..checkpoint import save_checkpoint
+from ..checkpoint import StopRequest, save_checkpoint
 from ..data import outside, puzzle_keys
 from ..evaluation import evaluation_set, load_trained
 from ..trm import TRM, TRMConfig
@@ -391,48 +392,53 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
 
     # -- the loop: collect, estimate advantages, several epochs of clipped updates ---------------------------------
     batches = iter(collector) if cfg.iterations != 0 else iter(())  # 0 iterations: save the initial weights
-    for it, batch in enumerate(batches, start=done_iterations):
-        done = batch["next", "done"].squeeze(-1)
-        stats = {"episodes": int(done.sum())}
-        if done.any():
-            nxt = batch["next"]
-            stats |= {"return": float(nxt["episode_reward"].squeeze(-1)[done].mean()),
-                      "mean_nfe": float(nxt["nfe"][done].float().mean()),
-                      "exact_accuracy": float(nxt["solved"][done].float().mean()),
-                      "halting_rate": float(nxt["terminated"].squeeze(-1)[done].float().mean())}
-        with torch.no_grad():
-            advantage(batch)
-        data = batch.reshape(-1)
-        kl, clip_fraction = [], []
-        for _ in range(cfg.epochs):
-            for idx in torch.randperm(len(data)).split(cfg.minibatch_size):
-                losses = loss_module(data[idx])
-                loss = losses["loss_objective"] + losses["loss_critic"] + losses.get("loss_entropy", 0.0)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
-                optimizer.step()
-                kl.append(float(losses.get("kl_approx", torch.tensor(0.0))))
-                clip_fraction.append(float(losses.get("clip_fraction", torch.tensor(0.0))))
-        stats |= {"kl": sum(kl) / len(kl), "clip_fraction": sum(clip_fraction) / len(clip_fraction),
-                  "loss": loss.item(), "elapsed_s": time.perf_counter() - t0}
-        for k, v in stats.items():
-            writer.add_scalar(f"ppo/{k}", v, it)
-        history.append({"iteration": it + 1, **stats})
-        bar.update(1)
-        bar.set_postfix({k: f"{stats[k]:.3f}" for k in ("return", "mean_nfe", "exact_accuracy") if k in stats})
-        collector.update_policy_weights_()
-        finished = (cfg.iterations is not None and it + 1 >= cfg.iterations) or (
-            cfg.minutes is not None and stats["elapsed_s"] >= 60 * cfg.minutes)
-        if finished or (it + 1) % cfg.checkpoint_every == 0:
-            checkpoint(it + 1)
-        if finished:
-            break
+    with StopRequest() as stop:  # SIGTERM / SIGINT: finish the iteration, checkpoint, return
+        for it, batch in enumerate(batches, start=done_iterations):
+            done = batch["next", "done"].squeeze(-1)
+            stats = {"episodes": int(done.sum())}
+            if done.any():
+                nxt = batch["next"]
+                stats |= {"return": float(nxt["episode_reward"].squeeze(-1)[done].mean()),
+                          "mean_nfe": float(nxt["nfe"][done].float().mean()),
+                          "exact_accuracy": float(nxt["solved"][done].float().mean()),
+                          "halting_rate": float(nxt["terminated"].squeeze(-1)[done].float().mean())}
+            with torch.no_grad():
+                advantage(batch)
+            data = batch.reshape(-1)
+            kl, clip_fraction = [], []
+            for _ in range(cfg.epochs):
+                for idx in torch.randperm(len(data)).split(cfg.minibatch_size):
+                    losses = loss_module(data[idx])
+                    loss = losses["loss_objective"] + losses["loss_critic"] + losses.get("loss_entropy", 0.0)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+                    optimizer.step()
+                    kl.append(float(losses.get("kl_approx", torch.tensor(0.0))))
+                    clip_fraction.append(float(losses.get("clip_fraction", torch.tensor(0.0))))
+            stats |= {"kl": sum(kl) / len(kl), "clip_fraction": sum(clip_fraction) / len(clip_fraction),
+                      "loss": loss.item(), "elapsed_s": time.perf_counter() - t0}
+            for k, v in stats.items():
+                writer.add_scalar(f"ppo/{k}", v, it)
+            history.append({"iteration": it + 1, **stats})
+            bar.update(1)
+            bar.set_postfix({k: f"{stats[k]:.3f}" for k in ("return", "mean_nfe", "exact_accuracy") if k in stats})
+            collector.update_policy_weights_()
+            finished = (cfg.iterations is not None and it + 1 >= cfg.iterations) or (
+                cfg.minutes is not None and stats["elapsed_s"] >= 60 * cfg.minutes) or bool(stop.requested)
+            if finished or (it + 1) % cfg.checkpoint_every == 0:
+                checkpoint(it + 1)
+            if finished:
+                break
     bar.close()
     if not history or history[-1]["iteration"] != saved[0]:  # not saved at this iteration yet (e.g. 0 iterations)
         checkpoint(len(history))
     collector.shutdown()
     writer.close()
+    if stop.requested:
+        print(f"stopped by {stop.requested} after iteration {len(history)}: checkpoint written; continue with "
+              f"train --resume --out {out}", file=sys.stderr)
+        return {"method": "ppo", "iterations": len(history), "history": history, "stopped_by": stop.requested}
 
     # -- save as a run that `recursion-env eval` reads ------------------------------------------------------------
     result = {"method": "ppo", "mode": cfg.mode, "init": cfg.init, "nfe_cost": cfg.nfe_cost,
