@@ -161,3 +161,8 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+    def report(self, where: str, out) -> None:
+        """Tell the user where the run stopped and how to continue it."""
+        print(f"stopped by {self.requested} after {where}: checkpoint written; continue with train --resume --out "
+              f"{out}", file=sys.stderr)

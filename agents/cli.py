@@ -317,19 +317,19 @@ class TrainOption(NamedTuple):
     kwargs: dict  # type / choices / action / nargs for argparse
 
 
-#: fields that are not options: set by ``train`` itself, by the task options, or derived from the task/method
-NOT_OPTIONS = {"method", "task", "task_kwargs", "model", "out", "progress", "seq_len", "vocab_size", "num_puzzle_ids",
-               "step_embedding", "input_from_answer", "halt_readout:model"}
+#: config fields that are not options: set by ``train`` itself or by the task options
+NOT_OPTIONS = {"method", "task", "task_kwargs", "model", "out", "progress"}
+#: network (TRMConfig) fields that are not options: sized from the task, or set by the method (PPO's own
+#: ``halt_readout`` field is an option)
+NOT_MODEL_OPTIONS = {"seq_len", "vocab_size", "num_puzzle_ids", "step_embedding", "input_from_answer", "halt_readout"}
 #: A field documents its option with ``field(metadata={"help": ..., "choices": [...]})`` beside it; the tables below
 #: hold the texts of the fields that predate that.
 #: spellings other than ``--`` + the field name with dashes
 FLAGS = {"N_sup": ("--n-sup",), "L_layers": ("--layers",), "nfe_cost": ("--nfe-cost", "--lam"),
          "augment": ("--no-augment",), "final_eval": ("--no-final-eval",)}
-CHOICES = {"mixer": ["mlp", "attention"], "pos": ["none", "rope", "learned"], "optimizer": ["adam_atan2", "adamw"],
-           "weight_decay_scope": ["all", "matrices"], "loss": ["stablemax", "ce"],
-           "targets": ["diffusion", "mask", "solver"], "recipe": ["official-code", "paper"],
-           "step_weight": ["linear", "uniform"], "mode": ["halting", "full"], "reward_mode": ["label", "verifier"],
-           "collector": ["sync", "multisync"], "halt_readout": ["keep", "first", "mean", "confidence"]}
+CHOICES = {"mixer": ["mlp", "attention"], "optimizer": ["adam_atan2", "adamw"],
+           "weight_decay_scope": ["all", "matrices"], "loss": ["stablemax", "ce"], "step_weight": ["linear", "uniform"],
+           "mode": ["halting", "full"], "reward_mode": ["label", "verifier"], "collector": ["sync", "multisync"]}
 HELP = {
     "steps": "trm/dis: optimizer steps (with --resume: more steps)",
     "iterations": "ppo: iterations of collect + update (with --resume: more iterations)",
@@ -397,7 +397,7 @@ def _argparse_kwargs(name: str, annotation, default, choices=None) -> dict:
     raise TypeError(f"train option {name}: no command-line form for {annotation}")
 
 
-def _field_default(cls, f) -> object:
+def _field_default(f) -> object:
     if f.default is not MISSING:
         return f.default
     return f.default_factory() if f.default_factory is not MISSING else None
@@ -411,25 +411,27 @@ def train_options() -> dict[str, TrainOption]:
 
     found: dict[str, dict] = {}
 
-    def add(name, cls, f, owner, model, default):
-        if name in NOT_OPTIONS or (model and f"{name}:model" in NOT_OPTIONS):
+    def add(f, hints, owner, model, default):
+        name = f.name
+        if name in (NOT_MODEL_OPTIONS if model else NOT_OPTIONS):
             return
-        hint = typing.get_type_hints(cls)[name]
         entry = found.setdefault(name, {"owners": [], "model": model, "defaults": {}, "help": f.metadata.get("help"),
-                                        "kwargs": _argparse_kwargs(name, hint, default, f.metadata.get("choices"))})
+                                        "kwargs": _argparse_kwargs(name, hints[name], default,
+                                                                   f.metadata.get("choices"))})
         entry["owners"].append(owner)
         if default is not None and not isinstance(default, bool) and name != "iterations":  # (a budget: given)
             entry["defaults"][owner] = default
 
-    model_fields = {f.name: f for f in fields(TRMConfig)}
+    model_hints = typing.get_type_hints(TRMConfig)
     for owner in METHODS:
         cls = config_class(owner)
+        hints = typing.get_type_hints(cls)
         for f in fields(cls):
             if f.init:
-                add(f.name, cls, f, owner, False, _field_default(cls, f))
-        if "model" in {f.name for f in fields(cls)}:
-            for name, f in model_fields.items():
-                add(name, TRMConfig, f, owner, True, cls.MODEL_DEFAULTS.get(name, _field_default(TRMConfig, f)))
+                add(f, hints, owner, False, _field_default(f))
+        if "model" in hints:
+            for f in fields(TRMConfig):
+                add(f, model_hints, owner, True, cls.MODEL_DEFAULTS.get(f.name, _field_default(f)))
     options = {}
     for name, e in found.items():
         defaults = sorted(set(map(str, e["defaults"].values())))

@@ -19,7 +19,7 @@ DIS's step embedding (the official DIS code's ``timestep_embed``) and input from
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -46,7 +46,8 @@ class TRMConfig:
     T: int = 3
     n: int = 6
     N_sup: int = 16
-    pos: str | None = None  # "none", "rope" or "learned"; default as official: none for mlp_t, rope for attention
+    #: "none", "rope" or "learned"; default as official: none for mlp_t, rope for attention
+    pos: str | None = field(default=None, metadata={"choices": POSITIONS})
     #: latent slots in front of the cells (official default 16); slot 0 carries the per-identifier embedding
     puzzle_emb_len: int = 16
     #: width of the per-identifier embedding, <= puzzle_emb_len * hidden (None = hidden, as official; 0 = none)

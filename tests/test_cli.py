@@ -77,7 +77,7 @@ def test_cuda_without_cuda_and_unwritable_outputs_are_clear(tmp_path, capsys):
 def test_train_options_are_the_method_configs_fields():
     from dataclasses import fields
 
-    from agents.cli import NOT_OPTIONS, build_parser, train_options
+    from agents.cli import NOT_MODEL_OPTIONS, NOT_OPTIONS, build_parser, train_options
     from agents.trainers import METHODS
     from agents.trm import TRMConfig
 
@@ -85,7 +85,7 @@ def test_train_options_are_the_method_configs_fields():
     for name, method in METHODS.items():  # every field of every method's config is an option of that method
         names = {f.name for f in fields(method.config) if f.init}
         if "model" in names:
-            names |= {f.name for f in fields(TRMConfig) if f"{f.name}:model" not in NOT_OPTIONS}
+            names |= {f.name for f in fields(TRMConfig) if f.name not in NOT_MODEL_OPTIONS}
         for field_name in names - NOT_OPTIONS:
             assert name in options[field_name].owners, (name, field_name)
     # the flag names users know are kept

@@ -12,7 +12,6 @@ import copy
 import json
 import random
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -43,6 +42,9 @@ class Method(NamedTuple):
     train: Callable[..., dict]
     objective: type | None = None
 
+
+#: the network's fields, which a flat config dict holds beside the method's own
+MODEL_FIELDS = frozenset(f.name for f in fields(TRMConfig))
 
 #: a run checkpoints at least this often (training minutes), whatever its step rate, so a stopped run loses little
 CHECKPOINT_MINUTES = 5.0
@@ -106,7 +108,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        self.model = model_config(self.model, self.MODEL_DEFAULTS)
+        self.model = resolve_model(self.model, self.MODEL_DEFAULTS)
         if self.loss not in ("stablemax", "ce"):
             raise ValueError(f"loss must be 'stablemax' or 'ce', got {self.loss!r}")
         if self.grad_clip < 0:
@@ -130,12 +132,11 @@ class TrainConfig:
         return cls(**config_kwargs(cls, d, strict))
 
 
-def model_config(model: TRMConfig | dict | None, defaults: dict) -> TRMConfig:
+def resolve_model(model: TRMConfig | dict | None, defaults: dict) -> TRMConfig:
     """``model`` as a frozen TRMConfig: a dict (or None) changes the method's ``defaults``."""
     if isinstance(model, TRMConfig):
         return model
-    names = {f.name for f in fields(TRMConfig)}
-    unknown = sorted(set(model or {}) - names)
+    unknown = sorted(set(model or {}) - MODEL_FIELDS)
     if unknown:
         raise ValueError(f"model: unknown TRMConfig field(s) {', '.join(unknown)}")
     return TRMConfig(**{**defaults, **(model or {})})
@@ -145,14 +146,15 @@ def config_kwargs(cls, d: dict, strict: bool = True) -> dict:
     """The keyword arguments of ``cls`` in ``d``, with a flat dict's network fields gathered into ``model``."""
     own = {f.name for f in fields(cls) if f.init}
     if strict:
-        unknown = sorted(set(d) - own - {f.name for f in fields(TRMConfig)} - {"method"})
         method = cls.__dataclass_fields__["method"].default
-        if unknown or d.get("method", method) != method:
-            raise ValueError(f"--method {method} has no option(s) {', '.join(unknown or [repr(d['method'])])}")
+        if d.get("method", method) != method:
+            raise ValueError(f"a --method {d['method']} config given to {cls.__name__} (--method {method})")
+        unknown = sorted(set(d) - own - MODEL_FIELDS - {"method"})
+        if unknown:
+            raise ValueError(f"--method {method} has no option(s) {', '.join(unknown)}")
     model = d.get("model")
-    model = dict(model) if isinstance(model, dict) else {} if model is None else model
-    if isinstance(model, dict):
-        model |= {k: v for k, v in d.items() if k in {f.name for f in fields(TRMConfig)} and k not in own}
+    if not isinstance(model, TRMConfig):  # a dict of changes (nested form), with the flat form's fields on top
+        model = {**(model or {}), **{k: v for k, v in d.items() if k in MODEL_FIELDS and k not in own}}
     kw = {k: v for k, v in d.items() if k in own and k != "model"}
     if "betas" in kw:
         kw["betas"] = tuple(kw["betas"])
@@ -403,8 +405,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         checkpoint()
     if stop.requested:  # the looks and the final evaluation are left to the resumed run
         writer.close()
-        print(f"stopped by {stop.requested} after step {step}: checkpoint written; continue with train --resume "
-              f"--out {out}", file=sys.stderr)
+        stop.report(f"step {step}", out)
         return {"method": cfg.method, "optimizer_steps": step, "train_forward_passes": train_nfe,
                 "wall_clock_s": elapsed, "stopped_by": stop.requested}
 

@@ -42,8 +42,9 @@ class DISConfig(TrainConfig):
     MODEL_DEFAULTS: ClassVar[dict] = {"hidden": 64, "T": 1, "n": 2, "N_sup": 6}
 
     method: str = field(default="dis", init=False)
-    targets: str = "diffusion"  # the intermediate-target generator: diffusion, mask or solver (Sudoku)
-    recipe: str = "official-code"
+    #: the intermediate-target generator: diffusion, mask or solver (Sudoku)
+    targets: str = field(default="diffusion", metadata={"choices": GENERATORS})
+    recipe: str = field(default="official-code", metadata={"choices": tuple(DIS_RECIPES)})
     step_weight: str | None = None  # "linear" or "uniform"
     autoregressive: bool | None = None
     anytime_weight: float = 0.0  # an extra loss toward the final solution at every step (the anytime DIS)

@@ -37,7 +37,6 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-import sys
 import time
 import warnings
 from dataclasses import InitVar, asdict, dataclass, field, replace
@@ -56,8 +55,8 @@ from recursion_env.tasks import load_puzzles, make_task
 from ..checkpoint import StopRequest, save_checkpoint
 from ..data import outside, puzzle_keys
 from ..evaluation import evaluation_set, load_trained
-from ..trm import TRM, TRMConfig
-from .common import Method, config_kwargs, model_config
+from ..trm import HALT_READOUTS, TRM, TRMConfig
+from .common import Method, config_kwargs, resolve_model
 
 
 @dataclass
@@ -81,7 +80,7 @@ class PPOConfig:
     #: what the halting head reads (TRMConfig.halt_readout): "keep" keeps the model's; "mean" (a whole-board
     #: summary) or "confidence" (how sure the readout is) for a frozen model whose halting head was never trained
     #: (DIS), whose position 0 is just the first cell's embedding. None = confidence for halting, keep for full.
-    halt_readout: str | None = None
+    halt_readout: str | None = field(default=None, metadata={"choices": ("keep", *HALT_READOUTS)})
     reward_mode: str = "label"
     solve_bonus: float = 1.0
     dataset: str | None = None
@@ -116,7 +115,7 @@ class PPOConfig:
     lam: InitVar[float | None] = None  # deprecated: nfe_cost
 
     def __post_init__(self, lam: float | None = None):
-        self.model = model_config(self.model, self.MODEL_DEFAULTS)
+        self.model = resolve_model(self.model, self.MODEL_DEFAULTS)
         if lam is not None:
             warnings.warn("lam is deprecated: call it nfe_cost", DeprecationWarning, stacklevel=3)
             self.nfe_cost = lam
@@ -139,8 +138,8 @@ class PPOConfig:
             self.halt_bias = 0.0 if halting else "keep"
         if self.lr is None:
             self.lr = 1e-2 if halting else 3e-4
-        if self.halt_readout not in ("keep", "first", "mean", "confidence"):
-            raise ValueError(f"halt_readout must be keep, first, mean or confidence, got {self.halt_readout!r}")
+        if self.halt_readout not in ("keep", *HALT_READOUTS):
+            raise ValueError(f"halt_readout must be keep, {', '.join(HALT_READOUTS)}, got {self.halt_readout!r}")
         if self.halt_bias != "keep" and not isinstance(self.halt_bias, (int, float)):
             raise ValueError(f"halt_bias must be a number or 'keep', got {self.halt_bias!r}")
 
@@ -436,8 +435,7 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
     collector.shutdown()
     writer.close()
     if stop.requested:
-        print(f"stopped by {stop.requested} after iteration {len(history)}: checkpoint written; continue with "
-              f"train --resume --out {out}", file=sys.stderr)
+        stop.report(f"iteration {len(history)}", out)
         return {"method": "ppo", "iterations": len(history), "history": history, "stopped_by": stop.requested}
 
     # -- save as a run that `recursion-env eval` reads ------------------------------------------------------------
