@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 import time
 import typing
@@ -53,10 +54,24 @@ def cmd_data_build(args) -> int:
     return 0
 
 
+def cmd_data_convert(args) -> int:
+    from recursion_env.tasks import SudokuTask
+    from recursion_env.tasks.store import convert_csv
+
+    meta = convert_csv(args.file, args.out, SudokuTask(size=args.size or 9), unique=args.unique,
+                       overwrite=args.overwrite)
+    rate = meta["rows"] / max(meta["seconds"], 1e-9)
+    print(f"converted {meta['rows']} rows of {args.file} to {args.out} in {meta['seconds']:.1f}s ({rate:,.0f} rows/s); "
+          f"{meta['rejected']} rejected (reasons in {Path(args.out) / meta['rejected_file']})")
+    print(f"train from it with: recursion-env train --dataset {args.out} ...")
+    return 0
+
+
 def cmd_data_show(args) -> int:
     from recursion_env.tasks import load_puzzles, make_task
 
-    task = make_task(args.task, **_task_kwargs(args)) if not str(args.file).endswith(".npz") else None
+    path = Path(args.file)
+    task = None if path.suffix == ".npz" or path.is_dir() else make_task(args.task, **_task_kwargs(args))
     task, batch = load_puzzles(args.file, task)
     for i in range(min(args.count, len(batch))):
         print(f"# puzzle {i}\n{task.format(batch.inputs[i])}\n")
@@ -142,6 +157,9 @@ def cmd_train(args) -> int:
             if state.get("train_config", {}).get("method") == "ppo":
                 args.method = "ppo"
     if args.method == "ppo":
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("train --method ppo runs in one process (its collectors spread the environments over "
+                             "workers: --collector); torchrun is for --method trm/dis")
         return cmd_train_ppo(args)
     if args.iterations is not None:  # (a resume is checked here, once the run's method is known)
         raise ValueError(f"--iterations is a ppo option; {args.out} is a {args.method} run: give --steps")
@@ -157,6 +175,8 @@ def cmd_train(args) -> int:
         if cfg.steps is None and cfg.minutes is None:
             raise ValueError("train needs a budget: --steps N and/or --minutes M")
         result = trainer.train(cfg, overwrite=args.overwrite)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return 0
     if "by_step" in result:
         _print_table(result)
     print(json.dumps({k: result[k] for k in ("optimizer_steps", "train_forward_passes", "wall_clock_s")}))
@@ -464,7 +484,19 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--out", required=True)
     build.set_defaults(func=cmd_data_build)
-    show = data_sub.add_parser("show", help="print puzzles from a .npz, .csv or text file")
+    convert = data_sub.add_parser(
+        "convert", help="convert a Sudoku-Extreme style CSV once to memory-mapped .npy files (resumable)",
+        description="Rows are checked (cells, no blanks in the answer, givens kept, the rules obeyed); rejected rows "
+        "are listed with their reasons in OUT/rejected.tsv. Stopped or killed, the same command continues. Train "
+        "from the folder with train --dataset OUT: rows are read lazily, each torchrun rank its own.")
+    convert.add_argument("file", help="the CSV: source,question,answer,rating with a header row")
+    convert.add_argument("--out", required=True, help="the folder to write (inputs.npy, labels.npy, meta.json)")
+    convert.add_argument("--size", type=int, default=None, help="sudoku side (default 9)")
+    convert.add_argument("--unique", action="store_true",
+                         help="also reject questions with several solutions (runs the solver on every row: slow)")
+    convert.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished conversion")
+    convert.set_defaults(func=cmd_data_convert)
+    show = data_sub.add_parser("show", help="print puzzles from a .npz, .csv or text file, or a converted folder")
     show.add_argument("file")
     add_task_arguments(show)
     show.add_argument("--count", type=int, default=3)

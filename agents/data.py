@@ -19,38 +19,68 @@ def outside(inputs: np.ndarray, keys: set[bytes]) -> np.ndarray:
 
 
 class PuzzleStream:
-    """``take(k)`` returns ``k`` fresh (inputs, labels). With a dataset, puzzles are drawn uniformly with
-    replacement; without, they are generated in chunks. ``exclude`` holds puzzles (``inputs`` rows) that
-    must never be emitted, e.g. the evaluation set: a training puzzle equal to one is dropped (before
-    augmentation, and after it, since a symmetry can map a puzzle onto a held-out one).
+    """``take(k)`` returns ``k`` fresh (inputs, labels). The stream is a sequence of chunks of ``chunk`` puzzles,
+    chunk ``c`` a pure function of (``seed``, ``c``): drawn uniformly with replacement from a dataset, or
+    generated, then augmented. ``exclude`` holds puzzles (``inputs`` rows) that must never be emitted, e.g. the
+    evaluation set: a training puzzle equal to one is dropped (before augmentation, and after it, since a symmetry
+    can map a puzzle onto a held-out one). ``dataset`` is a :class:`PuzzleBatch` in memory or a memory-mapped
+    :class:`~recursion_env.tasks.store.PuzzleStore`, whose rows are read (and filtered) a chunk at a time.
 
-    The whole state is one numpy generator plus a buffer, both saved by :meth:`state_dict`."""
+    ``shard=(rank, world)`` splits one stream among data-parallel ranks: rank ``r`` takes chunks ``r, r + world,
+    ...`` (a shared seed, disjoint draws, and each rank generates only its own chunks), so ``world`` ranks taking
+    ``chunk`` puzzles each see what one process taking ``world * chunk`` sees.
+
+    The whole state is one numpy generator (the chunks' seeds), the chunk count and a buffer, saved by
+    :meth:`state_dict`."""
 
     def __init__(self, task: Task, seed: int, dataset: PuzzleBatch | None = None, augment: bool = True,
-                 exclude: np.ndarray | None = None, chunk: int = 256):
+                 exclude: np.ndarray | None = None, chunk: int = 256, shard: tuple[int, int] = (0, 1)):
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
         self.task, self.dataset, self.augment, self.chunk = task, dataset, augment, chunk
+        self.rank, self.world = shard
         self.rng = np.random.default_rng(seed)
+        self.chunks = 0  # chunks of the shared stream passed (this rank's and the others')
         self.exclude = puzzle_keys(exclude if exclude is not None else [])
         self.emitted = 0
         self.dropped = 0
         self._x = np.zeros((0, task.seq_len), dtype=np.int64)
         self._y = np.zeros((0, task.seq_len), dtype=np.int64)
-        if dataset is not None:
+        # a memory-mapped store is filtered chunk by chunk as it is read (below), not read whole here
+        self.lazy = dataset is not None and not isinstance(dataset, PuzzleBatch)
+        if dataset is not None and not self.lazy:
             keep = outside(dataset.inputs, self.exclude)
             if not keep.any():
                 raise ValueError("every training puzzle is also a held-out puzzle")
             self.dropped += int((~keep).sum())
             self.dataset = dataset[np.flatnonzero(keep)]
 
+    def _next_seed(self) -> int:
+        """The seed of this rank's next chunk (the chunks of the other ranks are passed over)."""
+        while True:
+            seed, c = int(self.rng.integers(2**62)), self.chunks
+            self.chunks += 1
+            if c % self.world == self.rank:
+                return seed
+
     def _refill(self) -> None:
+        seed = self._next_seed()
+        rng = np.random.default_rng([seed, 1])  # the chunk's draws and augmentations (the generator has ``seed``)
         if self.dataset is not None:
-            idx = self.rng.integers(len(self.dataset), size=self.chunk)
-            x, y = self.dataset.inputs[idx], self.dataset.labels[idx]
+            # read in file order (a memory-mapped dataset reads ahead), then shuffled
+            idx = np.sort(rng.integers(len(self.dataset), size=self.chunk))
+            order = rng.permutation(self.chunk)
+            x = np.asarray(self.dataset.inputs[idx], dtype=np.int64)[order]
+            y = np.asarray(self.dataset.labels[idx], dtype=np.int64)[order]
+            if self.lazy and self.exclude:
+                keep = outside(x, self.exclude)
+                self.dropped += int((~keep).sum())
+                x, y = x[keep], y[keep]
         else:
-            b = self.task.generate(self.chunk, seed=int(self.rng.integers(2**62)))
+            b = self.task.generate(self.chunk, seed=seed)
             x, y = b.inputs, b.labels
         if self.augment:
-            x, y = self.task.augment(x, y, self.rng)
+            x, y = self.task.augment(x, y, rng)
         if self.exclude:
             keep = outside(x, self.exclude)
             self.dropped += int((~keep).sum())
@@ -66,10 +96,11 @@ class PuzzleStream:
         return x, y
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state, "x": self._x.copy(), "y": self._y.copy(),
-                "emitted": self.emitted, "dropped": self.dropped}
+        return {"rng": self.rng.bit_generator.state, "chunks": self.chunks, "x": self._x.copy(),
+                "y": self._y.copy(), "emitted": self.emitted, "dropped": self.dropped}
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
         self._x, self._y = np.asarray(state["x"], dtype=np.int64), np.asarray(state["y"], dtype=np.int64)
         self.emitted, self.dropped = int(state["emitted"]), int(state["dropped"])
+        self.chunks = int(state.get("chunks", 0))  # (streams saved before sharding were one rank's)

@@ -172,14 +172,14 @@ def test_timed_looks_are_saved_during_training_and_evaluated_after_it(tmp_path, 
         steps[0] += 1
         return loss(self, *a, **kw)
 
-    evaluate = common.evaluate_model
+    rollout = common.rollout_metrics
 
-    def recording_evaluate(*a, **kw):
+    def recording_rollout(*a, **kw):
         steps_at_evaluation.append(steps[0])
-        return evaluate(*a, **kw)
+        return rollout(*a, **kw)
 
     monkeypatch.setattr(DeepSupervision, "loss", counting_loss)
-    monkeypatch.setattr(common, "evaluate_model", recording_evaluate)
+    monkeypatch.setattr(common, "rollout_metrics", recording_rollout)
     cfg = tiny(tmp_path / "run", steps=None, minutes=0.06, eval_every_minutes=0.01, final_eval=False, eval_n=16)
     result = train(cfg)
     looks = result["history"]
@@ -190,9 +190,9 @@ def test_timed_looks_are_saved_during_training_and_evaluated_after_it(tmp_path, 
     model, task, _ = load_trained(tmp_path / "run")
     model.load_state_dict(load_checkpoint(tmp_path / "run" / looks[0]["snapshot"])["ema"])
     x, y = common.evaluation_set(task, {"eval_seed": cfg.eval_seed}, cfg.eval_n)
-    assert evaluate(model, task, x, y)["by_step"] == looks[0]["by_step"]
+    assert common.summarize(rollout(model, task, x, y))["by_step"] == looks[0]["by_step"]
 
-    monkeypatch.setattr(common, "evaluate_model", evaluate)
+    monkeypatch.setattr(common, "rollout_metrics", rollout)
     resumed = train(type(cfg).from_dict({**cfg.__dict__, "minutes": 0.02}), resume=True)
     assert resumed["history"][:len(looks)] == looks and len(resumed["history"]) > len(looks)
 

@@ -114,7 +114,7 @@ def test_resume_continues_the_run_exactly(tmp_path):
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
     for k in a["model"]:
         assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
-    assert torch.equal(a["core"]["puzzle"], b["core"]["puzzle"])
+    assert torch.equal(a["ranks"][0]["core"]["puzzle"], b["ranks"][0]["core"]["puzzle"])
 
 
 def test_checkpoint_round_trip_is_atomic_and_safe(tmp_path, trained):
@@ -123,7 +123,8 @@ def test_checkpoint_round_trip_is_atomic_and_safe(tmp_path, trained):
     again = load_checkpoint(path)
     for k in state["model"]:
         assert torch.equal(state["model"][k], again["model"][k])
-    assert state["train_config"] == again["train_config"] and state["stream"]["rng"] == again["stream"]["rng"]
+    assert state["train_config"] == again["train_config"]
+    assert state["ranks"][0]["stream"]["rng"] == again["ranks"][0]["stream"]["rng"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.pt"]
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="not a readable checkpoint"):
@@ -137,7 +138,7 @@ def test_training_never_sees_held_out_puzzles(tmp_path):
     result = train(cfg)
     held_out = {row.tobytes() for row in SUDOKU4.generate(200, seed=cfg.eval_seed).inputs}
     state = load_checkpoint(tmp_path)
-    assert not any(row.numpy().tobytes() in held_out for row in state["core"]["puzzle"])
+    assert not any(row.numpy().tobytes() in held_out for row in state["ranks"][0]["core"]["puzzle"])
     assert result["examples_seen"] >= 32
 
 

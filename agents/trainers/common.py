@@ -9,6 +9,7 @@ and supervision steps are the same count.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import random
 import shutil
@@ -27,6 +28,7 @@ from recursion_env.tasks import Task, load_puzzles, make_task
 
 from ..checkpoint import StopRequest, load_checkpoint, load_newest_valid, save_checkpoint
 from ..data import PuzzleStream
+from ..distributed import Distributed
 from ..evaluation import evaluation_set, rollout_metrics, summarize
 from ..rollout import RecursionRunner
 from ..trm import TRM, TRMConfig
@@ -84,9 +86,11 @@ class TrainConfig:
     puzzle_emb_weight_decay: float | None = None  # None = weight_decay
     loss: str = "stablemax"  # or "ce"
     # data
-    dataset: str | None = None  # .npz / .csv / text file; None = generated on the fly
+    dataset: str | None = None  # .npz / .csv / text file / a `data convert` folder; None = generated on the fly
     n_train: int | None = None  # with no dataset: a fixed set of this many generated puzzles (None = endless)
     augment: bool = True
+    stream_chunk: int = field(default=256, metadata={"help": (
+        "puzzles drawn or generated at once; under torchrun rank r takes chunks r, r + W, ... of one stream")})
     eval_n: int = 1000
     eval_seed: int = 1_000_003
     final_eval: bool = True  # evaluate eval_n held-out puzzles at the end (the benchmark does its own)
@@ -119,6 +123,8 @@ class TrainConfig:
             raise ValueError(f"--minutes must be >= 0, got {self.minutes}")
         if self.keep < 1:
             raise ValueError(f"--keep must be >= 1, got {self.keep}")
+        if self.stream_chunk < 1:
+            raise ValueError(f"--stream-chunk must be >= 1, got {self.stream_chunk}")
 
     def model_config(self, task: Task) -> TRMConfig:
         """The network this run trains on ``task`` (a method may add to it: DIS embeds the step index)."""
@@ -226,14 +232,15 @@ def build_task(cfg: TrainConfig) -> Task:
 RUN_FILES = ("checkpoint.pt", "config.json", "train_metrics.json", "ppo_metrics.json", "tb", "plots", "looks")
 
 
-def prepare_run_folder(out: Path, overwrite: bool) -> None:
-    """A fresh run: refuse a folder that already holds a run, or with ``overwrite`` remove that run's files."""
+def prepare_run_folder(out: Path, overwrite: bool, remove: bool = True) -> None:
+    """A fresh run: refuse a folder that already holds a run, or with ``overwrite`` remove that run's files
+    (``remove=False``: only check, as every rank but the one that writes does)."""
     found = [name for name in RUN_FILES if (out / name).exists()]
     found += sorted(p.name for p in out.glob("checkpoint.pt.*") if p.suffix[1:].isdigit())
     if found and not overwrite:
         raise ValueError(f"{out} already holds a run ({', '.join(found)}): continue it with --resume, choose "
                          "another --out, or pass --overwrite to replace it")
-    for name in found:
+    for name in found if remove else ():
         target = out / name
         shutil.rmtree(target) if target.is_dir() else target.unlink()
 
@@ -247,10 +254,27 @@ def resume_budget(cfg: TrainConfig, state: dict) -> tuple[int | None, float | No
             None if cfg.minutes is None else state["elapsed"] / 60 + cfg.minutes)
 
 
+def parameters_sha256(model: torch.nn.Module) -> str:
+    """A fingerprint of the parameters: data-parallel ranks must agree on it at every checkpoint."""
+    h = hashlib.sha256()
+    for t in model.state_dict().values():
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Train ``cfg.method``. ``resume``: continue the run in ``cfg.out`` for ``cfg.steps`` more steps and/or
     ``cfg.minutes`` more minutes, from its newest valid checkpoint; otherwise ``cfg.out`` must not hold a run
-    (``overwrite`` replaces one)."""
+    (``overwrite`` replaces one). Under ``torchrun`` every process calls it: data-parallel over the processes
+    (``agents.distributed``), ``cfg.batch_size`` being the global batch."""
+    ddp, device = Distributed.start(cfg.device)
+    try:
+        return _train(cfg, resume, overwrite, ddp, device)
+    finally:
+        ddp.close()
+
+
+def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, device_name: str) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
     from . import config_from_dict, get_method
@@ -266,14 +290,24 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         steps, minutes = resume_budget(cfg, state)
         cfg = config_from_dict({**state["train_config"], "steps": steps, "minutes": minutes,
                                 **{k: getattr(cfg, k) for k in ("progress", "device")}}, strict=False)
+        per_rank = state.get("ranks") or [state]  # (checkpoints before torchrun support held one process's)
+        if len(per_rank) != ddp.world:
+            raise ValueError(f"{out} was trained by {len(per_rank)} process(es), and each one's data stream and "
+                             f"carried batch are in its checkpoint: resume it with {len(per_rank)} (torchrun "
+                             f"--nproc-per-node/--nnodes), not {ddp.world}")
+        mine = per_rank[ddp.rank]
     else:
-        prepare_run_folder(out, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(ckpt_path)
-    device = torch.device(cfg.device)
-    method = get_method(cfg.method)(cfg)
+        prepare_run_folder(out, overwrite, remove=ddp.is_main)
+    local_batch = ddp.shard(cfg.batch_size)
+    ddp.barrier()  # every rank has checked the folder before rank 0 writes to it
+    if ddp.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(ckpt_path)
+    device = torch.device(device_name)
+    method = get_method(cfg.method)(cfg, device=device, rank=ddp.rank)
+    main = ddp.is_main
 
-    # -- set up: seeds, task, data, model, optimizer ---------------------------------------------------------
+    # -- set up: seeds, task, data, model, optimizer (the same seed on every rank: the same network) ----------
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -284,9 +318,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     elif cfg.n_train:
         dataset = task.generate(cfg.n_train, seed=cfg.seed)
     eval_x, eval_y = evaluation_set(task, {"eval_seed": cfg.eval_seed}, cfg.eval_n)
-    stream = PuzzleStream(task, seed=cfg.seed, dataset=dataset, augment=cfg.augment, exclude=eval_x)
+    stream = PuzzleStream(task, seed=cfg.seed, dataset=dataset, augment=cfg.augment, exclude=eval_x,
+                          chunk=cfg.stream_chunk, shard=(ddp.rank, ddp.world))
     model_cfg = cfg.model_config(task)
     model = TRM(model_cfg).to(device)
+    ddp.broadcast_(model)
     ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)
     optimizers = model.configure_optimizers(
         cfg.lr, cfg.weight_decay, cfg.betas, optimizer=cfg.optimizer, weight_decay_scope=cfg.weight_decay_scope,
@@ -294,12 +330,14 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     # linear warm-up to each optimizer's own rate, then constant (official: lr_min_ratio 1.0)
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
                  for o in optimizers]
-    runner = RecursionRunner(model, task, cfg.batch_size, device)
+    runner = RecursionRunner(model, task, local_batch, device)
     forward = torch.compile(runner.forward) if cfg.compile else runner.forward
-    halt_rng = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
+    halt_rng = torch.Generator(device="cpu").manual_seed(cfg.seed + 1 + ddp.rank)
+    if ddp.active:  # each rank's own draws from here on (exploration, targets); the network is built
+        torch.manual_seed(cfg.seed + 1_000_003 * (1 + ddp.rank))
     step, elapsed, train_nfe = 0, 0.0, 0
     if state is None:
-        x, y = stream.take(cfg.batch_size)
+        x, y = stream.take(local_batch)
         runner.start(x, y)
         method.on_start(runner, None)
     else:
@@ -310,45 +348,68 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             o.load_state_dict(s)
         for o, s in zip(schedules, state["schedule"]):
             o.load_state_dict(s)
-        stream.load_state_dict(state["stream"])
-        runner.core.load_state_dict(state["core"])
-        method.load_state_dict(state["method"])
-        halt_rng.set_state(state["halt_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        stream.load_state_dict(mine["stream"])
+        runner.core.load_state_dict(mine["core"])
+        method.load_state_dict(mine["method"])
+        halt_rng.set_state(mine["halt_rng"])
+        torch.set_rng_state(mine["torch_rng"])
         step, elapsed, train_nfe = state["step"], state["elapsed"], state["train_nfe"]
 
     saved_at = [elapsed]  # training seconds at the last checkpoint
 
     def checkpoint() -> None:
+        """Every rank's stream, carried batch and RNG, gathered; written by rank 0; the others wait for it."""
         saved_at[0] = elapsed
-        save_checkpoint(ckpt_path, keep=cfg.keep, state={
-            "train_config": asdict(cfg), "model_config": model_cfg.to_dict(), "model": model.state_dict(),
-            "ema": ema.weights(model), "ema_updates": ema.updates, "optimizer": [o.state_dict() for o in optimizers],
-            "schedule": [o.state_dict() for o in schedules], "stream": stream.state_dict(),
-            "core": runner.core.state_dict(),
-            "method": method.state_dict(), "halt_rng": halt_rng.get_state(), "torch_rng": torch.get_rng_state(),
-            "step": step, "elapsed": elapsed, "train_nfe": train_nfe, "history": history, "task": task.name,
-            "task_kwargs": task.kwargs})
+        ranks = ddp.gather({"stream": stream.state_dict(), "core": runner.core.state_dict(),
+                            "method": method.state_dict(), "halt_rng": halt_rng.get_state(),
+                            "torch_rng": torch.get_rng_state(), "parameters_sha256": parameters_sha256(model)})
+        diverged = [r for r, s in enumerate(ranks) if s["parameters_sha256"] != ranks[0]["parameters_sha256"]]
+        if diverged:  # the all-reduce keeps them equal: a difference is a bug, not a state to save
+            raise RuntimeError(f"step {step}: the parameters of rank(s) {diverged} differ from rank 0's")
+        if main:
+            save_checkpoint(ckpt_path, keep=cfg.keep, state={
+                "train_config": asdict(cfg), "model_config": model_cfg.to_dict(), "model": model.state_dict(),
+                "ema": ema.weights(model), "ema_updates": ema.updates,
+                "optimizer": [o.state_dict() for o in optimizers], "schedule": [o.state_dict() for o in schedules],
+                "ranks": ranks, "step": step, "elapsed": elapsed, "train_nfe": train_nfe, "history": history,
+                "task": task.name, "task_kwargs": task.kwargs})
+        ddp.barrier()
 
-    (out / "config.json").write_text(json.dumps({"train": asdict(cfg), "model": model_cfg.to_dict()}, indent=2))
-    writer = SummaryWriter(str(out / "tb"))
+    if main:
+        (out / "config.json").write_text(json.dumps({"train": asdict(cfg), "model": model_cfg.to_dict(),
+                                                     "processes": ddp.world}, indent=2))
+    writer = SummaryWriter(str(out / "tb")) if main else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     budget_s = None if cfg.minutes is None else 60 * cfg.minutes
-    bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, desc=f"train {cfg.method}", unit="step")
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and main), desc=f"train {cfg.method}",
+               unit="step")
     history = [] if state is None else list(state.get("history", []))
     next_eval_s = 60 * cfg.eval_every_minutes * (1 + int(elapsed // (60 * cfg.eval_every_minutes))) \
         if cfg.eval_every_minutes else None
     last_loss = None
 
+    def evaluate(net: TRM, k: int) -> dict:
+        """The first ``k`` held-out puzzles, split across the ranks, gathered, summarised (the same on all)."""
+        mine_ = np.arange(ddp.rank, k, ddp.world)
+        parts = ddp.gather(rollout_metrics(net, task, eval_x[mine_], None if eval_y is None else eval_y[mine_],
+                                           device=device))
+        order = np.argsort(np.concatenate([np.arange(r, k, ddp.world) for r in range(ddp.world)]), kind="stable")
+        metrics = {key: (parts[0][key] if not isinstance(parts[0][key], np.ndarray)
+                         else np.concatenate([p[key] for p in parts], axis=1)[:, order])
+                   for key in parts[0]}
+        return summarize(metrics)
+
     def evaluate_look(net: TRM, at_step: int) -> dict:
-        k = min(cfg.eval_n, 256)  # a quick look; the final evaluation uses all
-        summary = evaluate_model(net, task, eval_x[:k], eval_y[:k], device)
-        writer.add_scalar("eval/best_exact_accuracy", max(r["exact_accuracy"] for r in summary["by_step"]), at_step)
-        writer.add_scalar("eval/halting_exact_accuracy", summary["halting"]["exact_accuracy"], at_step)
+        summary = evaluate(net, min(cfg.eval_n, 256))  # a quick look; the final evaluation uses all
+        if writer:
+            writer.add_scalar("eval/best_exact_accuracy", max(r["exact_accuracy"] for r in summary["by_step"]),
+                              at_step)
+            writer.add_scalar("eval/halting_exact_accuracy", summary["halting"]["exact_accuracy"], at_step)
         return summary
 
     # -- the loop: one supervision step of the carried batch per optimizer step --------------------------------
     t_start = time.perf_counter() - elapsed
+    stopped = False
     with StopRequest() as stop:
         while (cfg.steps is None or step < cfg.steps) and (budget_s is None or elapsed < budget_s):
             model.train()
@@ -358,6 +419,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             for o in optimizers:
                 o.zero_grad(set_to_none=True)
             loss.backward()
+            ddp.average_gradients(model.parameters())  # the global batch's mean (each rank's loss: its share's)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
             for o, sched in zip(optimizers, schedules):
                 o.step()
@@ -367,24 +429,36 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
 
             halt = method.halt(out_step, runner, halt_rng)
             res = runner.commit(out_step, halt)
-            train_nfe += runner.core.batch_size * model_cfg.nfe_per_supervision_step
+            train_nfe += cfg.batch_size * model_cfg.nfe_per_supervision_step  # the global batch's
             finished = res.terminated | res.truncated
+            logging = (step + 1) % cfg.log_every == 0
+            if logging:  # the episodes that end here (read before their examples are replaced)
+                episodes = (float(finished.sum()), float(res.info["solved"][finished].sum()),
+                            float(runner.core.step_count[finished].sum()))
             if finished.any():
-                metrics["episode_exact"] = float(res.info["solved"][finished].float().mean())
-                metrics["episode_steps"] = float(runner.core.step_count[finished].float().mean())
                 x, y = stream.take(int(finished.sum()))
                 runner.start(x, y, mask=finished)
                 method.on_start(runner, finished)
             step += 1
-            elapsed = time.perf_counter() - t_start
+            # one clock and one stop for all ranks, so they look, checkpoint and stop at the same step
+            elapsed, stopped = ddp.agree(time.perf_counter() - t_start, bool(stop.requested))
             bar.update(1)
 
-            if step % cfg.log_every == 0:
-                metrics |= {"loss": last_loss, "grad_norm": float(grad_norm), "lr": schedules[0].get_last_lr()[0]}
-                for k, v in metrics.items():
-                    writer.add_scalar(f"train/{k}", v, step)
-                bar.set_postfix(loss=f"{last_loss:.3f}", **({"exact": f"{metrics['episode_exact']:.2f}"}
-                                                          if "episode_exact" in metrics else {}))
+            if logging:
+                # sums over the ranks: the method's metrics are means over equal shares; episodes are counted
+                names = sorted(metrics)
+                totals = ddp.sum([metrics[k] for k in names] + [last_loss, *episodes])
+                metrics = {k: v / ddp.world for k, v in zip(names, totals)}
+                metrics |= {"loss": totals[len(names)] / ddp.world, "grad_norm": float(grad_norm),
+                            "lr": schedules[0].get_last_lr()[0]}
+                n_done, n_solved, n_steps = totals[-3:]
+                if n_done:
+                    metrics |= {"episode_exact": n_solved / n_done, "episode_steps": n_steps / n_done}
+                if writer:
+                    for k, v in metrics.items():
+                        writer.add_scalar(f"train/{k}", v, step)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", **({"exact": f"{metrics['episode_exact']:.2f}"}
+                                                                if "episode_exact" in metrics else {}))
             look = {"step": step, "elapsed_s": elapsed, "train_forward_passes": train_nfe}
             if cfg.eval_every and step % cfg.eval_every == 0:
                 t_eval = time.perf_counter()
@@ -392,28 +466,32 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                 t_start += time.perf_counter() - t_eval  # the look is not training time
             elif cfg.eval_every_minutes and elapsed >= next_eval_s:
                 snapshot = f"looks/step_{step:07d}.pt"
-                save_checkpoint(out / snapshot, {"ema": ema.weights(model)})
+                if main:
+                    save_checkpoint(out / snapshot, {"ema": ema.weights(model)})
                 history.append(look | {"snapshot": snapshot})  # evaluated after training, below
             while cfg.eval_every_minutes and next_eval_s <= elapsed:
                 next_eval_s += 60 * cfg.eval_every_minutes
             if step % cfg.checkpoint_every == 0 or elapsed - saved_at[0] >= 60 * CHECKPOINT_MINUTES:
                 checkpoint()
-            if stop.requested:  # SIGTERM / SIGINT: this step is done; the checkpoint below, then return
+            if stopped:  # SIGTERM / SIGINT (on any rank): this step is done; the checkpoint below, then return
                 break
     bar.close()
     if step == 0 or step % cfg.checkpoint_every:  # not saved at this step yet
         checkpoint()
-    if stop.requested:  # the looks and the final evaluation are left to the resumed run
-        writer.close()
-        stop.report(f"step {step}", out)
+    if stopped:  # the looks and the final evaluation are left to the resumed run
+        if writer:
+            writer.close()
+        if main:
+            stop.report(f"step {step}", out)
         return {"method": cfg.method, "optimizer_steps": step, "train_forward_passes": train_nfe,
-                "wall_clock_s": elapsed, "stopped_by": stop.requested}
+                "wall_clock_s": elapsed, "stopped_by": stop.requested or "a signal to another process"}
 
     # -- the looks saved during training, evaluated now that the training clock has stopped ---------------------
     pending = [i for i, h in enumerate(history) if "snapshot" in h and "by_step" not in h]
     if pending:
+        ddp.barrier()  # rank 0 has written every snapshot
         looker = copy.deepcopy(model)
-        for i in tqdm(pending, disable=not cfg.progress, desc="held-out looks", unit="look"):
+        for i in tqdm(pending, disable=not (cfg.progress and main), desc="held-out looks", unit="look"):
             looker.load_state_dict(load_checkpoint(out / history[i]["snapshot"], map_location=device)["ema"])
             history[i] |= evaluate_look(looker, history[i]["step"])
         checkpoint()  # a resume after this point does not evaluate them again
@@ -421,17 +499,18 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     # -- final evaluation with the EMA weights -------------------------------------------------------------------
     summary = {}
     if cfg.final_eval:
-        summary = evaluate_model(ema.copy_to(copy.deepcopy(model)), task, eval_x, eval_y, device)
+        summary = evaluate(ema.copy_to(copy.deepcopy(model)), len(eval_x))
+    emitted, dropped = ddp.sum([stream.emitted, stream.dropped])
     result = {"method": cfg.method, "task": task.name, "task_kwargs": task.kwargs, "optimizer_steps": step,
               "train_forward_passes": train_nfe, "wall_clock_s": elapsed, "last_loss": last_loss,
-              "examples_seen": stream.emitted, "held_out_dropped_from_training": stream.dropped,
-              **summary, "history": history}
-    (out / "train_metrics.json").write_text(json.dumps(result, indent=2))
-    if summary:
-        writer.add_scalar("eval/final_best_exact_accuracy", max(r["exact_accuracy"] for r in summary["by_step"]), step)
-    writer.close()
+              "examples_seen": int(emitted), "held_out_dropped_from_training": int(dropped),
+              "processes": ddp.world, **summary, "history": history}
+    if main:
+        (out / "train_metrics.json").write_text(json.dumps(result, indent=2))
+    if writer:
+        if summary:
+            writer.add_scalar("eval/final_best_exact_accuracy", max(r["exact_accuracy"] for r in summary["by_step"]),
+                              step)
+        writer.close()
+    ddp.barrier()
     return result
-
-
-def evaluate_model(model: TRM, task: Task, inputs: np.ndarray, labels: np.ndarray | None, device="cpu") -> dict:
-    return summarize(rollout_metrics(model, task, inputs, labels, device=device))

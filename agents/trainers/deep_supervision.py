@@ -28,8 +28,8 @@ class DeepSupervisionConfig(TrainConfig):
 
 class DeepSupervision:
 
-    def __init__(self, cfg: DeepSupervisionConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: DeepSupervisionConfig, device: str | torch.device = "cpu", rank: int = 0):
+        self.cfg = cfg  # (the halting draws are the loop's ``halt_rng``, one per rank)
 
     def on_start(self, runner: RecursionRunner, mask) -> None:
         """Nothing to prepare: the target of every step is the label the core holds."""

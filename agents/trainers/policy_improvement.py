@@ -74,10 +74,11 @@ class DISConfig(TrainConfig):
 
 class PolicyImprovement:
 
-    def __init__(self, cfg: DISConfig):
+    def __init__(self, cfg: DISConfig, device: str | torch.device = "cpu", rank: int = 0):
         self.cfg = cfg
         N_sup = cfg.model.N_sup
-        self.generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 2)  # draws the target paths
+        # draws the target paths; each data-parallel rank its own
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed + 2 + 1_000_003 * rank)
         self.targets: torch.Tensor | None = None  # [B, N_sup, L]
         s = torch.arange(1, N_sup + 1, dtype=torch.float32)
         self.step_weights = s / s.mean() if cfg.dis_step_weight == "linear" else torch.ones_like(s)

@@ -143,14 +143,23 @@ def load_dataset(path) -> tuple[Task, PuzzleBatch, dict]:
 
 
 def load_puzzles(path, task: Task | None = None) -> tuple[Task, PuzzleBatch]:
-    """Load puzzles from any supported file: a saved ``.npz`` dataset, a Sudoku-Extreme style ``.csv``
+    """Load puzzles from any supported file: a saved ``.npz`` dataset, a folder converted by ``data convert`` (a
+    memory-mapped :class:`~recursion_env.tasks.store.PuzzleStore`, read lazily), a Sudoku-Extreme style ``.csv``
     (``source,question,answer,rating``), or a text file of puzzle lines for ``task`` (labels by solver for
     Sudoku; zeros elsewhere, where only the verifier can judge)."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: no such file")
     if path.is_dir():
-        raise ValueError(f"{path}: is a folder, not a file of puzzles")
+        if not (path / "meta.json").exists() and not (path / "progress.json").exists():
+            raise ValueError(f"{path}: is a folder, not a file of puzzles nor a dataset converted by "
+                             "`recursion-env data convert`")
+        from .store import PuzzleStore
+
+        store = PuzzleStore(path)
+        if task is not None and (task.name, task.seq_len) != (store.task.name, store.task.seq_len):
+            raise ValueError(f"{path}: holds {store.task!r}, expected {task!r}")
+        return store.task, store
     if path.suffix == ".npz":
         loaded_task, batch, _ = load_dataset(path)
         if task is not None and (task.name, task.seq_len) != (loaded_task.name, loaded_task.seq_len):
