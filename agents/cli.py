@@ -1,4 +1,4 @@
-"""The ``recursion-env`` command line: ``demo`` (the main job), ``data``, ``train``, ``eval``, ``diagnose``,
+"""The ``recursion-env`` command line: ``demo`` (the main job), ``data``, ``train``, ``sweep``, ``eval``, ``diagnose``,
 ``bench``, ``import-official``."""
 
 from __future__ import annotations
@@ -65,6 +65,19 @@ def cmd_data_convert(args) -> int:
           f"{meta['rejected']} rejected (reasons in {Path(args.out) / meta['rejected_file']})")
     print(f"train from it with: recursion-env train --dataset {args.out} ...")
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import SUMMARY_KEYS, sweep
+
+    report = sweep(args.config, args.out, cpus=args.cpus, address=args.address, overwrite=args.overwrite)
+    for t in report["trials"]:
+        shown = {k: t.get(k) for k in SUMMARY_KEYS[2:4] if k in t}
+        print(f"{t['trial']}: {t['status']} {json.dumps(t['options'])} {json.dumps(shown)}")
+    failed = sum(t["status"] != "done" for t in report["trials"])
+    print(f"{len(report['trials'])} trials ({failed} failed): {args.out}/results.csv, {args.out}/sweep.json, "
+          f"{args.out}/accuracy_vs_nfe.png; each trial's run in {args.out}/trials/")
+    return 1 if failed else 0
 
 
 def cmd_data_show(args) -> int:
@@ -349,7 +362,7 @@ FLAGS = {"N_sup": ("--n-sup",), "L_layers": ("--layers",), "nfe_cost": ("--nfe-c
          "augment": ("--no-augment",), "final_eval": ("--no-final-eval",)}
 CHOICES = {"mixer": ["mlp", "attention"], "optimizer": ["adam_atan2", "adamw"],
            "weight_decay_scope": ["all", "matrices"], "loss": ["stablemax", "ce"], "step_weight": ["linear", "uniform"],
-           "mode": ["halting", "full"], "reward_mode": ["label", "verifier"], "collector": ["sync", "multisync"]}
+           "mode": ["halting", "full"], "reward_mode": ["label", "verifier"]}
 HELP = {
     "steps": "trm/dis: optimizer steps (with --resume: more steps)",
     "iterations": "ppo: iterations of collect + update (with --resume: more iterations)",
@@ -388,8 +401,8 @@ HELP = {
     "reward_mode": "ppo: label or label-free (the task's verifier)",
     "num_envs": "ppo: environments per batch",
     "entropy_coeff": "ppo: entropy bonus (default 0.01 halting, 0 full)",
-    "collector": "ppo: one process or --workers processes collecting in parallel",
-    "workers": "ppo --collector multisync: worker processes",
+    "collector": "ppo: one process, --workers processes (multisync) or --workers Ray actors (ray: the [ray] extra)",
+    "workers": "ppo --collector multisync/ray: worker processes or Ray actors",
     "gae_lambda": "ppo: GAE lambda (default 0.95 halting, 0 full: each step's answer gets its own credit)",
     "halt_readout": "ppo: the halting head reads the readout's confidence (least sure cell, mean doubt, mean entropy; "
                     "the halting default), y at position 0 (TRM), the mean of y, or what the model has (keep; the "
@@ -501,6 +514,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_task_arguments(show)
     show.add_argument("--count", type=int, default=3)
     show.set_defaults(func=cmd_data_show)
+
+    sw = sub.add_parser("sweep", help="a grid or random search over train options with Ray Tune (the [ray] extra)",
+                        description="CONFIG (YAML): method, base, grid, random, num_samples, resources; see "
+                        "agents/sweep.py. Each trial is an ordinary run folder in OUT/trials/.")
+    sw.add_argument("config", help="the sweep file (YAML or JSON)")
+    sw.add_argument("--out", required=True, help="the sweep's folder: trials/, results.csv, sweep.json, a plot")
+    sw.add_argument("--cpus", type=int, default=None, help="CPUs Ray may use on this machine (default: all)")
+    sw.add_argument("--address", default=None, help="join a running Ray cluster (e.g. auto) instead")
+    sw.add_argument("--overwrite", action="store_true", help="replace a sweep already in --out")
+    sw.set_defaults(func=cmd_sweep)
 
     tr = sub.add_parser("train", help="train a TRM: deep supervision (trm), policy improvement (dis) or PPO (ppo)",
                         description="Options come from the methods' config dataclasses (agents/trainers): an option "

@@ -111,7 +111,9 @@ def evaluation_set(task: Task, train_config: dict, n: int, puzzles=None) -> tupl
     if puzzles is not None:
         _, batch = load_puzzles(puzzles, task)
         labels_known = batch.meta.get("labels_known", True) is not False
-        return batch.inputs[:n], (batch.labels[:n] if labels_known else None)
+        # (a converted folder's rows are uint8 on disk: read the first n, as tokens)
+        return (np.asarray(batch.inputs[:n], dtype=np.int64),
+                np.asarray(batch.labels[:n], dtype=np.int64) if labels_known else None)
     held_out = train_config.get("eval_n")
     if held_out is not None and n > held_out:  # the generator is prefix-stable: the first eval_n were held out
         raise ValueError(f"this run held out {held_out} puzzles (--eval-n when it was trained); evaluate at most "

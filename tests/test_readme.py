@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from agents.cli import build_parser, check_arguments, main
+from recursion_env.tasks import make_task
+from recursion_env.tasks.store import write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -32,6 +34,8 @@ def commands() -> list[list[str]]:
 
 
 CLI = [c for c in commands() if c[0] == ".venv/bin/recursion-env"]
+#: ``.venv/bin/torchrun [launcher options] .venv/bin/recursion-env train ...``: the recursion-env part
+TORCHRUN = [c[c.index(".venv/bin/recursion-env"):] for c in commands() if c[0] == ".venv/bin/torchrun"]
 SCRIPTS = [c for c in commands() if c[0] == ".venv/bin/python" and c[1].endswith(".py")]
 
 
@@ -46,7 +50,11 @@ def test_python_snippets_run(i, tmp_path, monkeypatch):
     exec(compile(blocks("python")[i], f"README.md python block {i}", "exec"), {})
 
 
-@pytest.mark.parametrize("cmd", CLI, ids=lambda c: " ".join(c[1:4]))
+def test_the_torchrun_commands_launch_recursion_env():
+    assert len(TORCHRUN) >= 3 and all(c[1] == "train" for c in TORCHRUN)
+
+
+@pytest.mark.parametrize("cmd", CLI + TORCHRUN, ids=lambda c: " ".join(c[1:4]))
 def test_every_recursion_env_command_parses(cmd):
     try:
         args = build_parser().parse_args(cmd[1:])
@@ -108,6 +116,10 @@ def test_the_readme_training_commands_run_in_order(tmp_path, monkeypatch):
                 continue  # a run the README gets elsewhere (import-official needs an official checkpoint)
             if cmd[1] == "train":
                 trained.add(cmd[cmd.index("--out") + 1])
+            if cmd[1:3] == ["data", "convert"] and not Path(cmd[3]).exists():  # the README's CSV, made small
+                task = make_task("sudoku", size=9)
+                batch = task.generate(20, seed=0)
+                write_csv(cmd[3], task, batch.inputs, batch.labels)
             argv = small(cmd)
             assert main(argv) == 0, f"README command failed: {' '.join(cmd)} (run as {' '.join(argv)})"
             ran.append(argv[0])

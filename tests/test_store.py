@@ -112,3 +112,11 @@ def test_training_streams_from_the_converted_folder_lazily_and_ranks_take_disjoi
     result = train(DISConfig(task_kwargs={"size": 6}, dataset=str(tmp_path / "store"), model={"hidden": 16},
                                batch_size=8, steps=3, eval_n=8, out=str(tmp_path / "run"), progress=False))
     assert result["optimizer_steps"] == 3
+    from agents.evaluation import evaluate_run
+
+    assert evaluate_run(tmp_path / "run", n=20, puzzles=str(tmp_path / "store"))["n_puzzles"] == 20  # eval from it
+    from agents.trainers import PPOConfig, train_ppo
+
+    with pytest.raises(ValueError, match="a converted folder is streamed by --method trm/dis"):
+        train_ppo(PPOConfig(task_kwargs={"size": 6}, dataset=str(tmp_path / "store"), model={"hidden": 16},
+                            iterations=1, out=str(tmp_path / "ppo"), progress=False))

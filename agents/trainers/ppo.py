@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import os
 import time
 import warnings
 from dataclasses import InitVar, asdict, dataclass, field, replace
@@ -50,13 +51,16 @@ from torch import nn
 from tqdm import tqdm
 
 from recursion_env.atomic import remove_stale_temporaries
-from recursion_env.tasks import load_puzzles, make_task
+from recursion_env.tasks import PuzzleBatch, load_puzzles, make_task
 
 from ..checkpoint import StopRequest, save_checkpoint
 from ..data import outside, puzzle_keys
 from ..evaluation import evaluation_set, load_trained
 from ..trm import HALT_READOUTS, TRM, TRMConfig
 from .common import Method, config_kwargs, resolve_model
+
+#: the collectors PPO can use (``--collector``)
+COLLECTORS = ("sync", "multisync", "ray")
 
 
 @dataclass
@@ -89,9 +93,10 @@ class PPOConfig:
     eval_seed: int = 1_000_003  # the held-out puzzles (the supervised trainers' default too)
     num_envs: int = 64
     rollout_len: int = 8
-    #: "sync" (one process: SyncDataCollector, named Collector in torchrl >= 0.14) or "multisync" (``workers``
-    #: processes, each stepping num_envs / workers envs: MultiSyncDataCollector / MultiSyncCollector)
-    collector: str = "sync"
+    #: "sync" (one process: SyncDataCollector, named Collector in torchrl >= 0.14), "multisync" (``workers``
+    #: processes, each stepping num_envs / workers envs: MultiSyncDataCollector / MultiSyncCollector) or "ray"
+    #: (``workers`` Ray actors, on this machine or a cluster: TorchRL's RayCollector; the [ray] extra)
+    collector: str = field(default="sync", metadata={"choices": COLLECTORS})
     workers: int = 2
     iterations: int | None = 50
     minutes: float | None = None
@@ -121,10 +126,11 @@ class PPOConfig:
             self.nfe_cost = lam
         if self.mode not in ("halting", "full"):
             raise ValueError(f"mode must be 'halting' or 'full', got {self.mode!r}")
-        if self.collector not in ("sync", "multisync"):
-            raise ValueError(f"collector must be 'sync' or 'multisync', got {self.collector!r}")
-        if self.collector == "multisync" and (self.workers < 1 or self.num_envs % self.workers):
-            raise ValueError(f"multisync: num_envs ({self.num_envs}) must split evenly over workers ({self.workers})")
+        if self.collector not in COLLECTORS:
+            raise ValueError(f"collector must be one of {', '.join(COLLECTORS)}, got {self.collector!r}")
+        if self.collector != "sync" and (self.workers < 1 or self.num_envs % self.workers):
+            raise ValueError(f"{self.collector}: num_envs ({self.num_envs}) must split evenly over workers "
+                             f"({self.workers})")
         if self.gae_lambda is None:
             self.gae_lambda = 0.95 if self.mode == "halting" else 0.0
         if self.entropy_coeff is None:
@@ -249,6 +255,8 @@ def make_collector(cfg: PPOConfig, env_fn, policy, frames: int):
     env seed; the names changed in torchrl 0.14 (Collector, MultiSyncCollector)."""
     import torchrl.collectors as collectors
 
+    if cfg.collector == "ray":
+        return make_ray_collector(cfg, env_fn, policy, frames)
     if cfg.collector == "sync":
         cls = getattr(collectors, "SyncDataCollector", None) or collectors.Collector
         create = env_fn(num_envs=cfg.num_envs, seed=cfg.seed)
@@ -259,6 +267,25 @@ def make_collector(cfg: PPOConfig, env_fn, policy, frames: int):
     quiet = ({"auto_register_policy_transforms": False}
              if "auto_register_policy_transforms" in inspect.signature(cls.__init__).parameters else {})
     return cls(create, policy, frames_per_batch=frames, total_frames=-1, **quiet)
+
+
+def make_ray_collector(cfg: PPOConfig, env_fn, policy, frames: int):
+    """TorchRL's ``RayCollector``: ``cfg.workers`` Ray actors (one CPU each), each stepping num_envs / workers
+    envs with its own seed, their batches concatenated each iteration (``sync``); the policy's weights are sent
+    to them after every update. Ray starts on this machine unless a cluster is running (``RAY_ADDRESS``)."""
+    try:
+        import ray  # noqa: F401
+        from torchrl.collectors.distributed import RayCollector
+    except ImportError as e:
+        raise ValueError(f"--collector ray needs Ray, an optional extra: pip install -e '.[ray]' ({e})") from None
+    create = [partial(env_fn, num_envs=cfg.num_envs // cfg.workers, seed=cfg.seed + i) for i in range(cfg.workers)]
+    init = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if not os.environ.get("RAY_ADDRESS"):
+        init["num_cpus"] = cfg.workers
+    # (it reads total_frames=-1 as "none": the loop below decides when to stop)
+    return RayCollector(create, policy, frames_per_batch=frames // cfg.workers, total_frames=2**62, sync=True,
+                        num_collectors=cfg.workers, ray_init_config=init,
+                        remote_configs={"num_cpus": 1, "num_gpus": 0, "memory": 2 * 1024**3})
 
 
 def ppo_resume_config(cfg: PPOConfig, state: dict) -> PPOConfig:
@@ -320,6 +347,9 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
     held_out = puzzle_keys(evaluation_set(task, {"eval_seed": cfg.eval_seed}, cfg.eval_n)[0])
     if cfg.dataset:
         pool = load_puzzles(cfg.dataset, task)[1]
+        if not isinstance(pool, PuzzleBatch):
+            raise ValueError(f"--dataset {cfg.dataset}: a converted folder is streamed by --method trm/dis; PPO's "
+                             "environments hold their puzzles in memory: give it a .npz, .csv or text file")
     else:  # a generated pool
         pool = task.generate(cfg.train_pool, seed=[cfg.seed, 7])
     keep = outside(pool.inputs, held_out)  # the held-out puzzles taken out, as the supervised trainers do
@@ -415,7 +445,10 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
                     optimizer.step()
                     kl.append(float(losses.get("kl_approx", torch.tensor(0.0))))
                     clip_fraction.append(float(losses.get("clip_fraction", torch.tensor(0.0))))
-            stats |= {"kl": sum(kl) / len(kl), "clip_fraction": sum(clip_fraction) / len(clip_fraction),
+            # first_kl: the first minibatch's, before this iteration's updates; 0 when the collector acted with
+            # the learner's weights (a lagging worker shows here)
+            stats |= {"kl": sum(kl) / len(kl), "first_kl": kl[0],
+                      "clip_fraction": sum(clip_fraction) / len(clip_fraction),
                       "loss": loss.item(), "elapsed_s": time.perf_counter() - t0}
             for k, v in stats.items():
                 writer.add_scalar(f"ppo/{k}", v, it)
