@@ -32,8 +32,9 @@ import torch.distributed as dist
 class Distributed:
     """This process's place among ``world`` training processes (``rank`` 0 writes files and logs)."""
 
-    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0):
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, device: str = "cpu"):
         self.rank, self.world, self.local_rank = rank, world, local_rank
+        self.device = torch.device(device)  # where the small collectives' tensors live (NCCL takes CUDA ones only)
 
     @property
     def active(self) -> bool:
@@ -57,7 +58,7 @@ class Distributed:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.startswith("cuda") else "gloo",
                                     timeout=datetime.timedelta(minutes=30))
-        return cls(rank, world, local_rank), device
+        return cls(rank, world, local_rank, device), device
 
     def close(self) -> None:
         if self.active and dist.is_initialized():
@@ -103,15 +104,16 @@ class Distributed:
         """Rank 0's clock, and whether any rank was asked to stop: the same answer on every rank."""
         if not self.active:
             return elapsed, stop
-        t = torch.tensor([elapsed if self.is_main else 0.0, float(stop)], dtype=torch.float64)
+        t = torch.tensor([elapsed if self.is_main else 0.0, float(stop)], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
-        return float(t[0]), bool(t[1] > 0)
+        elapsed, stop = t.tolist()
+        return elapsed, stop > 0
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sums over the ranks (metrics are reduced as sums and counts, then divided)."""
         if not self.active:
             return list(values)
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return t.tolist()
 
