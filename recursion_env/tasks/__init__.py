@@ -15,18 +15,20 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write
+from .arc import ARCTask
 from .base import PuzzleBatch, Task
 from .maze import MazeTask
 from .nqueens import NQueensTask
 from .sudoku import SudokuTask
 
-TASKS: dict[str, type[Task]] = {"sudoku": SudokuTask, "maze": MazeTask, "nqueens": NQueensTask}
+TASKS: dict[str, type[Task]] = {"sudoku": SudokuTask, "maze": MazeTask, "nqueens": NQueensTask, "arc": ARCTask}
 DATASET_VERSION = 1
 
 
 def make_task(name: str, **kwargs) -> Task:
     """Build a task by name: ``sudoku`` (size, box, min_givens, max_givens), ``maze`` (size, loop_fraction,
-    min_path) or ``nqueens`` (board, min_given, max_given)."""
+    min_path), ``nqueens`` (board, min_given, max_given) or ``arc`` (version, split, num_aug, seed, translate;
+    the ``[arc]`` extra)."""
     try:
         cls = TASKS[name.lower().replace("-", "")]
     except KeyError:
@@ -181,5 +183,5 @@ def load_puzzles(path, task: Task | None = None) -> tuple[Task, PuzzleBatch]:
     return task, PuzzleBatch(task.name, inputs, np.zeros_like(inputs), {"labels_known": False})
 
 
-__all__ = ["Task", "PuzzleBatch", "SudokuTask", "MazeTask", "NQueensTask", "TASKS", "make_task",
+__all__ = ["Task", "PuzzleBatch", "SudokuTask", "MazeTask", "NQueensTask", "ARCTask", "TASKS", "make_task",
            "build_dataset", "save_dataset", "load_dataset", "load_puzzles"]

@@ -74,6 +74,13 @@ class Task:
     name: str = ""
     seq_len: int = 0
     vocab_size: int = 0
+    #: the answer keeps the input's non-zero cells (the givens); False where the input is not part of the answer
+    #: (ARC: an output grid is drawn from the input, every cell the model's)
+    keeps_givens: bool = True
+    #: a label token the loss and the scores skip (ARC's PAD around the grid); None = every cell counts
+    ignore_label: int | None = None
+    #: rule_counts checks an answer without the label (False: ARC, where only the stored output says)
+    has_rule_verifier: bool = True
     #: how a board is laid out for rendering: (rows, cols) with rows * cols == seq_len
     grid_shape: tuple[int, int] = (0, 0)
 
