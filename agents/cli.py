@@ -22,6 +22,8 @@ def _task_kwargs(args) -> dict:
         kw = {"size": args.size or 9, "min_givens": args.min_givens, "max_givens": args.max_givens}
     elif args.task == "maze":
         kw = {"size": args.size or 9, "loop_fraction": args.loop_fraction}
+    elif args.task == "arc":
+        kw = {"version": args.version, "num_aug": args.num_aug}
     else:
         kw = {"board": args.board, "min_given": args.min_given, "max_given": args.max_given}
     return {k: v for k, v in kw.items() if v is not None}
@@ -32,7 +34,7 @@ def _number_or_keep(text: str):
 
 
 def add_task_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", choices=["sudoku", "maze", "nqueens"], default="sudoku")
+    p.add_argument("--task", choices=["sudoku", "maze", "nqueens", "arc"], default="sudoku")
     p.add_argument("--size", type=int, default=None, help="sudoku side (4, 6, 9) or maze side (default 9)")
     p.add_argument("--min-givens", type=int, default=None, help="sudoku: fewest givens")
     p.add_argument("--max-givens", type=int, default=None, help="sudoku: most givens")
@@ -40,6 +42,9 @@ def add_task_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--board", type=int, default=8, help="nqueens: board side")
     p.add_argument("--min-given", type=int, default=None, help="nqueens: fewest given queens")
     p.add_argument("--max-given", type=int, default=None, help="nqueens: most given queens")
+    p.add_argument("--version", choices=["arc1", "arc2"], default=None, help="arc: ARC-AGI-1 (default) or -2")
+    p.add_argument("--num-aug", type=int, default=None,
+                   help="arc: augmented variants per task besides the original (default 8; official 1000)")
 
 
 def cmd_data_build(args) -> int:
@@ -156,7 +161,8 @@ def ppo_iterations(args) -> int | None:
 
 def cmd_train(args) -> int:
     from .evaluation import torch_device
-    from .trainers import PAPER_PRESET, TrainConfig, method, train
+    from .trainers import ARC_PRESET, PAPER_PRESET, TrainConfig, method, train
+    from .trainers.common import ARC_CPU, ARC_PRESET_TASK
 
     if args.resume:
         if args.overwrite:
@@ -180,9 +186,12 @@ def cmd_train(args) -> int:
     if args.resume:
         result = train(TrainConfig(out=args.out, steps=args.steps, minutes=args.minutes, device=device), resume=True)
     else:
-        values = dict(PAPER_PRESET) if args.preset == "paper" else {}
+        values = {"paper": PAPER_PRESET, "arc": ARC_PRESET}.get(args.preset, ARC_CPU if args.task == "arc" else {})
+        if args.preset == "arc" and args.task != "arc":
+            raise ValueError("--preset arc is the paper's ARC recipe: give --task arc")
         values |= given_options(args, args.method)
-        values |= {"task": args.task, "task_kwargs": _task_kwargs(args), "out": args.out, "device": device}
+        task_kwargs = ({**ARC_PRESET_TASK, **_task_kwargs(args)} if args.preset == "arc" else _task_kwargs(args))
+        values |= {"task": args.task, "task_kwargs": task_kwargs, "out": args.out, "device": device}
         trainer = method(args.method)
         cfg = trainer.config.from_dict(values)
         if cfg.steps is None and cfg.minutes is None:
@@ -234,6 +243,8 @@ def cmd_eval(args) -> int:
 
     from .evaluation import evaluate_run, torch_device
 
+    if args.task == "arc":
+        return cmd_eval_arc(args)
     guidance = [float(w) for w in args.guidance.split(",")] if args.guidance else None
     result = evaluate_run(args.run, n=args.n, puzzles=args.puzzles, halting=args.halting, guidance=guidance,
                           device=torch_device(args.device))
@@ -247,10 +258,37 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_eval_arc(args) -> int:
+    from .evaluation import load_trained, torch_device
+    from .voting import evaluate_arc
+
+    device = torch_device(args.device)
+    model, task, train_config = load_trained(args.run, device)
+    if task.name != "arc":
+        raise ValueError(f"{args.run} is a {task.name} run: eval --task arc evaluates ARC runs")
+    result = evaluate_arc(model, task, n_tasks=args.n, device=device)
+    result |= {"method": train_config.get("method", "trm"), "run": str(args.run)}
+    print(f"ARC ({result['version']}), {result['tasks']} held-out tasks, {result['test_inputs']} test inputs, "
+          f"{result['predictions']} predictions (every variant), voted:")
+    print(f"{'N_sup':>6}{'NFE':>7}{'pass@1':>9}{'pass@2':>9}{'exact':>9}{'cell':>9}")
+    for row in result["by_step"]:
+        print(f"{row['supervision_step']:>6}{row['nfe']:>7}{row['pass@1']:>9.3f}{row['pass@2']:>9.3f}"
+              f"{row['exact_accuracy']:>9.3f}{row['cell_accuracy']:>9.3f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_import_official(args) -> int:
     from .official import import_official
 
     task_kwargs = _task_kwargs(args) if args.task else None
+    if args.identifiers:
+        if args.task != "arc":
+            raise ValueError("--identifiers is the identifier table of ARC data: give --task arc")
+        task_kwargs["identifiers"] = str(Path(args.identifiers).resolve())
     out = import_official(args.checkpoint, args.out, config=args.config, task=args.task, task_kwargs=task_kwargs,
                           overwrite=args.overwrite)
     print(f"wrote {out / 'checkpoint.pt'}; evaluate with: recursion-env eval {out} --halting")
@@ -533,9 +571,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--method", choices=list(METHODS), default="trm")
     add_task_arguments(tr)
     tr.add_argument("--out", required=True)
-    tr.add_argument("--preset", choices=["cpu", "paper"], default="cpu",
-                    help="trm/dis: cpu (small sizes, clipping and EMA warm-up) or paper (the official Sudoku "
-                         "recipe, for a GPU); options given override the preset")
+    tr.add_argument("--preset", choices=["cpu", "paper", "arc"], default="cpu",
+                    help="trm/dis: cpu (small sizes, clipping and EMA warm-up; with --task arc also attention, "
+                         "batch 16 and 64 held-out examples), paper (the official Sudoku recipe, for a GPU) or arc "
+                         "(the official ARC-AGI recipe, for GPUs: with --task arc); options given override the preset")
     tr.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its newest valid checkpoint, for --steps more steps and/or "
                          "--minutes more minutes")
@@ -547,7 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a trained run")
     ev.add_argument("run")
     ev.add_argument("--puzzles", default=None, help="a file of puzzles (task's text form, .csv or .npz)")
-    ev.add_argument("--n", type=int, default=1000)
+    ev.add_argument("--n", type=int, default=1000, help="held-out puzzles; with --task arc: held-out tasks")
+    ev.add_argument("--task", choices=["arc"], default=None,
+                    help="arc: the voting evaluation (every variant of each test input, inverted, voted; pass@1/2)")
     ev.add_argument("--halting", action="store_true", help="also stop each puzzle when its halting head says so")
     ev.add_argument("--guidance", default=None, help="comma-separated guidance weights w, e.g. 0,0.5,1,2")
     ev.add_argument("--json", default=None)
@@ -559,6 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", required=True, help="the run folder to write")
     imp.add_argument("--config", default=None, help="its all_config.yaml (default: the one beside the checkpoint)")
     add_task_arguments(imp)
+    imp.add_argument("--identifiers", default=None,
+                     help="arc: the identifiers.json of the official data the checkpoint was trained on")
     imp.set_defaults(task=None)
     imp.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     imp.set_defaults(func=cmd_import_official)

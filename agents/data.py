@@ -19,12 +19,13 @@ def outside(inputs: np.ndarray, keys: set[bytes]) -> np.ndarray:
 
 
 class PuzzleStream:
-    """``take(k)`` returns ``k`` fresh (inputs, labels). The stream is a sequence of chunks of ``chunk`` puzzles,
-    chunk ``c`` a pure function of (``seed``, ``c``): drawn uniformly with replacement from a dataset, or
-    generated, then augmented. ``exclude`` holds puzzles (``inputs`` rows) that must never be emitted, e.g. the
-    evaluation set: a training puzzle equal to one is dropped (before augmentation, and after it, since a symmetry
-    can map a puzzle onto a held-out one). ``dataset`` is a :class:`PuzzleBatch` in memory or a memory-mapped
-    :class:`~recursion_env.tasks.store.PuzzleStore`, whose rows are read (and filtered) a chunk at a time.
+    """``take(k)`` returns ``k`` fresh (inputs, labels, puzzle identifiers; 0 where the data has none). The stream is a
+    sequence of chunks of ``chunk`` puzzles, chunk ``c`` a pure function of (``seed``, ``c``): drawn uniformly with
+    replacement from a dataset, or generated, then augmented. ``exclude`` holds puzzles (``inputs`` rows) that must
+    never be emitted, e.g. the evaluation set: a training puzzle equal to one is dropped (before augmentation, and
+    after it, since a symmetry can map a puzzle onto a held-out one). ``dataset`` is a :class:`PuzzleBatch` in
+    memory or a memory-mapped :class:`~recursion_env.tasks.store.PuzzleStore`, whose rows are read (and filtered) a
+    chunk at a time.
 
     ``shard=(rank, world)`` splits one stream among data-parallel ranks: rank ``r`` takes chunks ``r, r + world,
     ...`` (a shared seed, disjoint draws, and each rank generates only its own chunks), so ``world`` ranks taking
@@ -46,6 +47,7 @@ class PuzzleStream:
         self.dropped = 0
         self._x = np.zeros((0, task.seq_len), dtype=np.int64)
         self._y = np.zeros((0, task.seq_len), dtype=np.int64)
+        self._ids = np.zeros(0, dtype=np.int64)
         # a memory-mapped store is filtered chunk by chunk as it is read (below), not read whole here
         self.lazy = dataset is not None and not isinstance(dataset, PuzzleBatch)
         if dataset is not None and not self.lazy:
@@ -72,35 +74,40 @@ class PuzzleStream:
             order = rng.permutation(self.chunk)
             x = np.asarray(self.dataset.inputs[idx], dtype=np.int64)[order]
             y = np.asarray(self.dataset.labels[idx], dtype=np.int64)[order]
+            ids = self.dataset.meta.get("puzzle_identifiers") if isinstance(self.dataset, PuzzleBatch) else None
+            ids = np.zeros(len(x), np.int64) if ids is None else np.asarray(ids, np.int64)[idx][order]
             if self.lazy and self.exclude:
                 keep = outside(x, self.exclude)
                 self.dropped += int((~keep).sum())
-                x, y = x[keep], y[keep]
+                x, y, ids = x[keep], y[keep], ids[keep]
         else:
             b = self.task.generate(self.chunk, seed=seed)
             x, y = b.inputs, b.labels
+            ids = np.asarray(b.meta.get("puzzle_identifiers", np.zeros(len(x))), dtype=np.int64)
         if self.augment:
             x, y = self.task.augment(x, y, rng)
         if self.exclude:
             keep = outside(x, self.exclude)
             self.dropped += int((~keep).sum())
-            x, y = x[keep], y[keep]
+            x, y, ids = x[keep], y[keep], ids[keep]
         self._x, self._y = np.concatenate([self._x, x]), np.concatenate([self._y, y])
+        self._ids = np.concatenate([self._ids, ids])
 
-    def take(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def take(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         while len(self._x) < k:
             self._refill()
-        x, y = self._x[:k], self._y[:k]
-        self._x, self._y = self._x[k:], self._y[k:]
+        x, y, ids = self._x[:k], self._y[:k], self._ids[:k]
+        self._x, self._y, self._ids = self._x[k:], self._y[k:], self._ids[k:]
         self.emitted += k
-        return x, y
+        return x, y, ids
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state, "chunks": self.chunks, "x": self._x.copy(),
-                "y": self._y.copy(), "emitted": self.emitted, "dropped": self.dropped}
+                "y": self._y.copy(), "ids": self._ids.copy(), "emitted": self.emitted, "dropped": self.dropped}
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
         self._x, self._y = np.asarray(state["x"], dtype=np.int64), np.asarray(state["y"], dtype=np.int64)
+        self._ids = np.asarray(state.get("ids", np.zeros(len(self._x))), dtype=np.int64)
         self.emitted, self.dropped = int(state["emitted"]), int(state["dropped"])
         self.chunks = int(state.get("chunks", 0))  # (streams saved before sharding were one rank's)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recursion_env.tasks import Task, load_puzzles, make_task
+from recursion_env.tasks import PuzzleBatch, Task, load_puzzles, make_task
 
 from .checkpoint import load_checkpoint
 from .rollout import RecursionRunner
@@ -18,7 +18,7 @@ from .trm import TRM, TRMConfig
 @torch.no_grad()
 def rollout_metrics(model: TRM, task: Task, inputs: np.ndarray, labels: np.ndarray | None = None,
                     batch_size: int = 256, device="cpu", guidance: float = 1.0,
-                    on_step: Callable | None = None) -> dict:
+                    on_step: Callable | None = None, puzzle_ids: np.ndarray | None = None) -> dict:
     """Run every puzzle for ``N_sup`` supervision steps through the core (no halting) and record, per step,
     ``solved`` (the rule verifier), blank-cell accuracy, and whether the halting head says stop.
 
@@ -41,7 +41,8 @@ def rollout_metrics(model: TRM, task: Task, inputs: np.ndarray, labels: np.ndarr
         k = sl.stop - sl.start
         # without labels the verifier scores (a task like N-Queens has no single label to derive)
         runner = RecursionRunner(model, task, k, device, **({"reward_mode": "verifier"} if labels is None else {}))
-        runner.start(inputs[sl], None if labels is None else labels[sl])
+        runner.start(inputs[sl], None if labels is None else labels[sl],
+                     puzzle_ids=None if puzzle_ids is None else puzzle_ids[sl])
         for s in range(N_sup):
             out = runner.forward()
             res = runner.commit(out, w=guidance)
@@ -104,22 +105,28 @@ def load_trained(run, device="cpu", weights: str = "ema") -> tuple[TRM, Task, di
     return model.eval(), task, state["train_config"]
 
 
-def evaluation_set(task: Task, train_config: dict, n: int, puzzles=None) -> tuple[np.ndarray, np.ndarray | None]:
+def evaluation_batch(task: Task, train_config: dict, n: int, puzzles=None) -> PuzzleBatch:
     """The held-out puzzles a run was trained without: the first ``n`` of those ``task.generate(eval_n,
-    eval_seed)`` gives for the run's task (training excluded exactly these), or a user's file.
-    Labels of a user file: solved for Sudoku, canonical for Maze, none for N-Queens (the verifier judges)."""
+    eval_seed)`` gives for the run's task (training excluded exactly these; for ARC, of the held-out split), or a
+    user's file. Labels of a user file: solved for Sudoku, canonical for Maze, none for N-Queens (the verifier
+    judges: ``meta["labels_known"]`` False)."""
     if puzzles is not None:
         _, batch = load_puzzles(puzzles, task)
         labels_known = batch.meta.get("labels_known", True) is not False
         # (a converted folder's rows are uint8 on disk: read the first n, as tokens)
-        return (np.asarray(batch.inputs[:n], dtype=np.int64),
-                np.asarray(batch.labels[:n], dtype=np.int64) if labels_known else None)
+        return PuzzleBatch(task.name, np.asarray(batch.inputs[:n], dtype=np.int64),
+                           np.asarray(batch.labels[:n], dtype=np.int64), {"labels_known": labels_known})
     held_out = train_config.get("eval_n")
     if held_out is not None and n > held_out:  # the generator is prefix-stable: the first eval_n were held out
         raise ValueError(f"this run held out {held_out} puzzles (--eval-n when it was trained); evaluate at most "
                          f"that many (--n {held_out}) or pass your own --puzzles")
-    batch = task.generate(n, seed=train_config.get("eval_seed", 1_000_003))
-    return batch.inputs, batch.labels
+    return task.held_out().generate(n, seed=train_config.get("eval_seed", 1_000_003))
+
+
+def evaluation_set(task: Task, train_config: dict, n: int, puzzles=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(inputs, labels or None) of :func:`evaluation_batch`."""
+    batch = evaluation_batch(task, train_config, n, puzzles)
+    return batch.inputs, (batch.labels if batch.meta.get("labels_known", True) is not False else None)
 
 
 def evaluate_run(run, n: int = 1000, puzzles=None, halting: bool = False, guidance=None, device="cpu",

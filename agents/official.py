@@ -5,7 +5,9 @@ keys under ``model.inner.`` (prefixed ``_orig_mod.`` when the model was compiled
 ``all_config.yaml`` beside it whose ``arch`` section holds the network's settings. The vocabulary and the number
 of puzzle identifiers come from the weights' shapes; the task from the command line (default: inferred from the
 vocabulary). Official token ids are ours shifted: id 0 is PAD (its embedding and logit are dropped), Sudoku's
-blank is 1 and its digits 2..size+1 (ours: 0 and 1..size); Maze's ``# SGo`` are 1..5 (ours: ``.#SGo`` = 0..4).
+blank is 1 and its digits 2..size+1 (ours: 0 and 1..size); Maze's ``# SGo`` are 1..5 (ours: ``.#SGo`` = 0..4);
+ARC's are ours (PAD, EOS, colours), and its identifier table comes from the data's ``identifiers.json``
+(``--identifiers``), row for row.
 
     recursion-env import-official step_123456 --out runs/official --task sudoku --size 9
 """
@@ -26,6 +28,7 @@ from .trm import TRM, TRMConfig
 TOKEN_MAPS = {
     "sudoku": lambda task: list(range(1, task.vocab_size + 1)),
     "maze": lambda task: [2, 1, 3, 4, 5],  # ours . # S G o  ->  official ' ' '#' 'S' 'G' 'o'
+    "arc": lambda task: list(range(task.vocab_size)),  # the same: PAD 0, EOS 1, colours 2..11
 }
 
 #: official arch fields read from all_config.yaml, and where they go
@@ -102,9 +105,9 @@ def official_model_config(arch: dict, state: dict[str, torch.Tensor], task: Task
     if "embed_tokens.embedding_weight" not in state:
         raise CheckpointMismatch("checkpoint lacks model.inner.embed_tokens.embedding_weight")
     vocab, hidden = state["embed_tokens.embedding_weight"].shape
-    if vocab != len(token_ids) + 1:
+    if vocab != max(token_ids) + 1:
         raise CheckpointMismatch(f"official vocabulary of {vocab} tokens does not match {task!r} (expected "
-                           f"{len(token_ids) + 1}: PAD + {len(token_ids)}); check --task / --size")
+                                 f"{max(token_ids) + 1}); check --task / --size")
     if hidden != arch["hidden_size"]:
         raise CheckpointMismatch(f"embed_tokens width {hidden} disagrees with arch.hidden_size {arch['hidden_size']}")
     kw = {ours: arch[theirs] for theirs, ours in _ARCH.items() if theirs in arch}
@@ -116,8 +119,13 @@ def official_model_config(arch: dict, state: dict[str, torch.Tensor], task: Task
         raise CheckpointMismatch(f"arch.puzzle_emb_ndim is {ndim} but the checkpoint has no "
                                  "model.inner.puzzle_emb.weights")
     kw["num_puzzle_ids"] = int(state["puzzle_emb.weights"].shape[0]) if ndim else 1
+    table = getattr(task, "identifiers", None)
+    if ndim and table is not None and len(table) != kw["num_puzzle_ids"]:
+        raise CheckpointMismatch(f"the checkpoint's identifier table has {kw['num_puzzle_ids']} rows, the task's "
+                                 f"{len(table)}: pass the identifiers.json of the data it was trained on "
+                                 "(--identifiers)")
     try:
-        cfg = TRMConfig(seq_len=task.seq_len, vocab_size=task.vocab_size, **kw)
+        cfg = TRMConfig(seq_len=task.seq_len, vocab_size=task.vocab_size, keeps_givens=task.keeps_givens, **kw)
     except (TypeError, ValueError) as e:
         raise CheckpointMismatch(f"arch does not make a valid network: {e}") from None
     return cfg, token_ids

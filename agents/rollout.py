@@ -52,17 +52,18 @@ class RecursionRunner:
     def device(self) -> torch.device:
         return self.core.device
 
-    def start(self, puzzles, labels=None, mask=None) -> None:
-        """Begin episodes: all envs, or those in ``mask`` (with one puzzle per masked env)."""
+    def start(self, puzzles, labels=None, mask=None, puzzle_ids=None) -> None:
+        """Begin episodes: all envs, or those in ``mask`` (with one puzzle, and identifier, per masked env)."""
         puzzles = torch.as_tensor(np.asarray(puzzles) if not isinstance(puzzles, torch.Tensor) else puzzles,
                                   device=self.device)
         with torch.no_grad():
             latent = self.model.initial_latent(puzzles)
-        self.core.reset(mask, puzzles=puzzles, labels=labels, latent=latent, owned=True)  # a fresh stack
+        self.core.reset(mask, puzzles=puzzles, labels=labels, latent=latent, owned=True,  # a fresh stack
+                        puzzle_ids=puzzle_ids)
 
     def forward(self) -> SupervisionOutput:
         core = self.core
-        return self.model(core.puzzle, core.latent, core.step_count, core.answer)
+        return self.model(core.puzzle, core.latent, core.step_count, core.answer, core.puzzle_id)
 
     def commit(self, out: SupervisionOutput, halt: torch.Tensor | None = None, w: float = 1.0,
                mask=None) -> StepResult:

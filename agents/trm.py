@@ -55,6 +55,7 @@ class TRMConfig:
     num_puzzle_ids: int = 1  # identifiers in the table (Sudoku and Maze data have one)
     step_embedding: int = 0  # supervision steps embedded into x (0 = none; DIS uses N_sup)
     input_from_answer: bool = False  # x embeds the previous decoded answer instead of the puzzle (DIS option)
+    keeps_givens: bool = True  # the task's: a decoded answer keeps the puzzle's non-zero cells (not in ARC)
     #: what the halting head reads: y at position 0 (TRM), the mean of y ("mean"), or the readout's confidence
     #: ("confidence", see `confidence_features`)
     halt_readout: str = "first"
@@ -102,7 +103,10 @@ class TRMConfig:
     def for_task(self, task, **changes) -> TRMConfig:
         """This network sized for ``task``'s sequence and vocabulary (plus ``changes``, e.g. a method's
         step embedding)."""
-        return replace(self, seq_len=task.seq_len, vocab_size=task.vocab_size, **changes)
+        sized = {"seq_len": task.seq_len, "vocab_size": task.vocab_size, "keeps_givens": task.keeps_givens}
+        if getattr(task, "identifiers", None) is not None and self.puzzle_emb_ndim != 0:  # ARC: one per variant
+            sized["num_puzzle_ids"] = len(task.identifiers)
+        return replace(self, **sized, **changes)
 
 
 def trunc_normal_(tensor: torch.Tensor, std: float = 1.0) -> torch.Tensor:
@@ -330,19 +334,22 @@ class TRM(nn.Module):
         return self.embed_scale * x
 
     def step_input(self, puzzle: torch.Tensor, answer: torch.Tensor | None = None,
-                   step_index: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+                   step_index: torch.Tensor | None = None, y: torch.Tensor | None = None,
+                   puzzle_id: torch.Tensor | None = None) -> torch.Tensor:
         """x for a supervision step: the puzzle, or with ``input_from_answer`` the previous decoded answer, plus
         the step index (ignored without a step embedding). A caller that keeps no answer (the halting env) gives
         y instead: the answer is then y's readout with the givens kept, and the puzzle before the first step."""
         if not self.cfg.input_from_answer:
-            return self.embed(puzzle, step_index)
+            return self.embed(puzzle, step_index, puzzle_id)
         if answer is None:
             if y is None:
                 raise ValueError("input_from_answer: step_input needs the previous answer or y to decode it from")
-            answer = torch.where(puzzle != 0, puzzle, self.output_head(y[:, self.cfg.puzzle_emb_len:]).argmax(-1))
+            answer = self.output_head(y[:, self.cfg.puzzle_emb_len:]).argmax(-1)
+            if self.cfg.keeps_givens:
+                answer = torch.where(puzzle != 0, puzzle, answer)
             if step_index is not None:
                 answer = torch.where(step_index.reshape(-1, 1) == 0, puzzle, answer)
-        return self.embed(answer, step_index)
+        return self.embed(answer, step_index, puzzle_id)
 
     def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (batch, self.cfg.latent_len, self.cfg.hidden)
@@ -405,12 +412,12 @@ class TRM(nn.Module):
         return logits, self.halt_head(halt_in).squeeze(-1), self.value_head(value_in).squeeze(-1)
 
     def forward(self, puzzle: torch.Tensor, latent: torch.Tensor, step_index: torch.Tensor | None = None,
-                answer: torch.Tensor | None = None) -> SupervisionOutput:
+                answer: torch.Tensor | None = None, puzzle_id: torch.Tensor | None = None) -> SupervisionOutput:
         """One supervision step from the MDP state: the puzzle, the latent ``[B, 2, latent_len, D]`` (y, z), the
-        step count and the current answer (see :meth:`step_input`). The trainers, evaluation, the env policy and
-        PPO's actor all act through this one call."""
+        step count, the current answer (see :meth:`step_input`) and the puzzle's identifier (ARC's variants; 0
+        when None). The trainers, evaluation, the env policy and PPO's actor all act through this one call."""
         y, z = latent[:, 0], latent[:, 1]
-        return self.supervision_step(self.step_input(puzzle, answer, step_index, y), y, z)
+        return self.supervision_step(self.step_input(puzzle, answer, step_index, y, puzzle_id), y, z)
 
     def supervision_step(self, x, y, z, T: int | None = None, n: int | None = None) -> SupervisionOutput:
         """One supervision step from carry (y, z): the reference logits before it, the conditional ones after."""

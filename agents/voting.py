@@ -9,6 +9,7 @@ the mean over tasks.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from recursion_env.tasks.arc import ARCTask, Pair, crop, grid_key
 
@@ -50,3 +51,40 @@ def self_check(task: ARCTask) -> dict:
     every augmentation each vote is the true output, so pass@1 must be 1."""
     batch, rows = task.evaluation_examples()
     return vote(task, rows, batch.labels, np.ones(len(rows)))
+
+
+def evaluate_arc(model, task: ARCTask, n_tasks: int | None = None, device="cpu", batch_size: int = 64) -> dict:
+    """The voting evaluation of a trained network on ``task``'s held-out split: every variant of every test input
+    of the first ``n_tasks`` evaluation tasks (all by default), run for N_sup supervision steps; pass@1/pass@2
+    after each step (accuracy vs NFE) and, at the last step, per task; ``exact_accuracy`` is the unvoted fraction
+    of variants answered exactly."""
+    from .evaluation import rollout_metrics
+
+    test = task.held_out()
+    batch, rows = test.evaluation_examples()
+    if n_tasks is not None:
+        kept = list(dict.fromkeys(p.task_id for p, _ in rows))[:n_tasks]
+        keep = np.array([p.task_id in set(kept) for p, _ in rows], dtype=bool)
+        batch, rows = batch[np.flatnonzero(keep)], [r for r, k in zip(rows, keep) if k]
+    N_sup, n = model.cfg.N_sup, len(rows)
+    answers = np.zeros((N_sup, n, test.seq_len), dtype=np.uint8)
+    confidence = np.zeros((N_sup, n))
+
+    def record(s, sl, out, runner):
+        answers[s, sl] = runner.core.answer.cpu().numpy()
+        confidence[s, sl] = torch.sigmoid(out.halt_logit.double()).cpu().numpy()
+
+    metrics = rollout_metrics(model, test, batch.inputs, batch.labels, batch_size=batch_size, device=device,
+                              on_step=record, puzzle_ids=batch.meta["puzzle_identifiers"])
+    k = metrics["nfe_per_step"]
+    by_step = []
+    for s in range(N_sup):
+        voted = vote(test, rows, answers[s], confidence[s])
+        by_step.append({"supervision_step": s + 1, "nfe": (s + 1) * k, "pass@1": voted["pass@1"],
+                        "pass@2": voted["pass@2"], "exact_accuracy": float(metrics["solved"][s].mean()),
+                        "cell_accuracy": float(metrics["cell_accuracy"][s].mean())})
+    final = vote(test, rows, answers[-1], confidence[-1])
+    return {"task": "arc", "version": test.version, "num_aug": test.num_aug, "tasks": final["tasks"],
+            "test_inputs": final["test_inputs"], "predictions": n, "pass@1": final["pass@1"],
+            "pass@2": final["pass@2"], "by_step": by_step, "per_task": final["per_task"],
+            "per_input": final["per_input"]}

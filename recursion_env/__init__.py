@@ -1,7 +1,7 @@
 """recursion-env: the latent recursion of Tiny Recursive Models as a reinforcement-learning problem.
 
 Importing the package registers the Gymnasium ids ``TRMRecursion-Sudoku-v0``, ``TRMRecursion-Maze-v0``,
-``TRMRecursion-NQueens-v0`` and ``TRMHalting-Sudoku-v0``.
+``TRMRecursion-NQueens-v0``, ``TRMRecursion-ARC-v0`` (the ``[arc]`` extra) and ``TRMHalting-Sudoku-v0``.
 """
 
 import gymnasium as _gym
@@ -14,7 +14,7 @@ from .tasks import PuzzleBatch, Task, load_dataset, load_puzzles, make_task, sav
 __version__ = "0.1.0"
 
 _RECURSION_IDS = {"TRMRecursion-Sudoku-v0": "sudoku", "TRMRecursion-Maze-v0": "maze",
-                  "TRMRecursion-NQueens-v0": "nqueens"}
+                  "TRMRecursion-NQueens-v0": "nqueens", "TRMRecursion-ARC-v0": "arc"}
 for _id, _task in _RECURSION_IDS.items():
     if _id not in _gym.registry:
         _gym.register(id=_id, entry_point="recursion_env.gym_env:RecursionGymEnv",

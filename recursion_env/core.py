@@ -114,7 +114,7 @@ class PuzzleSource:
 
     def __init__(self, task: Task, batch: PuzzleBatch | None = None, seed: int = 0, cache_size: int = 4096):
         self.task, self.batch, self.seed, self.cache_size = task, batch, int(seed), cache_size
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache: OrderedDict[int, tuple] = OrderedDict()
         if batch is not None and len(batch) == 0:
             raise ValueError("PuzzleSource: the dataset holds no puzzles")
 
@@ -122,7 +122,7 @@ class PuzzleSource:
         hit = self._cache.get(i)
         if hit is None:
             b = self.task.generate(1, seed=[self.seed, i])
-            hit = (b.inputs[0], b.labels[0])
+            hit = (b.inputs[0], b.labels[0], np.int64(b.meta.get("puzzle_identifiers", [0])[0]))
             self._cache[i] = hit
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
@@ -130,12 +130,15 @@ class PuzzleSource:
             self._cache.move_to_end(i)
         return hit
 
-    def draw(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def draw(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``n`` (puzzles, labels, puzzle identifiers); the identifier is 0 where the data has none."""
         if self.batch is not None:
             idx = rng.integers(len(self.batch), size=n)
-            return self.batch.inputs[idx], self.batch.labels[idx]
-        pairs = [self._generated(int(i)) for i in rng.integers(2**62, size=n)]
-        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+            ids = self.batch.meta.get("puzzle_identifiers")
+            return self.batch.inputs[idx], self.batch.labels[idx], (np.zeros(n, np.int64) if ids is None
+                                                                    else np.asarray(ids, np.int64)[idx])
+        triples = [self._generated(int(i)) for i in rng.integers(2**62, size=n)]
+        return tuple(np.stack([t[k] for t in triples]) for k in range(3))
 
 
 _CPU = torch.device("cpu")
@@ -216,6 +219,8 @@ class RecursionCore:
         self.puzzle = torch.zeros(B, L, dtype=torch.int64, device=dev)
         self.label = torch.zeros(B, L, dtype=torch.int64, device=dev)
         self.givens = torch.zeros(B, L, dtype=torch.bool, device=dev)
+        #: each puzzle's identifier (ARC's augmented variants; 0 where the data has one puzzle family)
+        self.puzzle_id = torch.zeros(B, dtype=torch.int64, device=dev)
         self.answer = torch.zeros(B, L, dtype=torch.int64, device=dev)
         self.latent = torch.zeros(B, *self.latent_shape, dtype=torch.float32, device=dev)
         self.step_count = torch.zeros(B, dtype=torch.int64, device=dev)
@@ -230,6 +235,9 @@ class RecursionCore:
         # an episode that ended (or never began) must be reset before it is stepped
         self.done = torch.ones(B, dtype=torch.bool, device=dev)
         self._label_score = config.reward_mode == "label"
+        if not task.has_rule_verifier and not self._label_score:
+            raise ValueError(f"{task.name} has no rule verifier: reward_mode 'verifier' needs one; an answer is "
+                             "scored against the stored output (reward_mode 'label')")
         # a single env's Python halt flag as a tensor, made once (a new tensor per step is a quarter of the
         # step's cost at B=1); the core never writes into its flags
         self._halt_flags = (torch.zeros(1, dtype=torch.bool, device=dev), torch.ones(1, dtype=torch.bool, device=dev))
@@ -239,17 +247,27 @@ class RecursionCore:
         """(score S, cell accuracy, solved) of answers; one place for the reward's ingredients.
 
         Cell accuracy is the fraction of scored cells (see :meth:`_scored_cells`) whose answer equals the label."""
-        cell_acc = (answer == scored_label).sum(-1) / n_scored
+        right = (answer == scored_label).sum(-1)
+        cell_acc = right / n_scored
+        if not self.task.has_rule_verifier:  # (ARC) solved: every scored cell shows the stored output
+            return cell_acc, cell_acc, right >= n_scored
         satisfied, total = self.task.rule_counts(puzzle, answer, context)
         solved = satisfied >= total  # (in counts: exact on every device, and the label reward needs no fraction)
         return (cell_acc if self._label_score else rule_fraction(satisfied, total)), cell_acc, solved
 
+    def _givens(self, puzzle: torch.Tensor) -> torch.Tensor:
+        """The cells the answer keeps: the puzzle's non-zero ones, or none where the input is not part of the
+        answer (``task.keeps_givens`` False: ARC)."""
+        return puzzle != 0 if self.task.keeps_givens else torch.zeros_like(puzzle, dtype=torch.bool)
+
     def _scored_cells(self, puzzle, label):
         """(scored label, count): the label on the cells that are scored and -1, which no token equals, elsewhere.
-        The scored cells are the blanks, or every cell of a puzzle without blanks (it scores 1)."""
-        blank = puzzle == 0
-        n_blank = blank.sum(-1)
-        scored = blank | (n_blank == 0)[:, None]
+        The scored cells are the ones to decide (not given), without the label's ``task.ignore_label`` cells, or
+        every cell of a puzzle without any (it scores 1)."""
+        open_ = ~self._givens(puzzle)
+        if self.task.ignore_label is not None:
+            open_ &= label != self.task.ignore_label
+        scored = open_ | (open_.sum(-1) == 0)[:, None]
         return torch.where(scored, label, -1), scored.sum(-1).to(torch.float32)
 
     # -- reset ------------------------------------------------------------------------------------------
@@ -272,7 +290,7 @@ class RecursionCore:
                                "call reset() first")
 
     def reset(self, mask=None, *, seed: int | None = None, puzzles=None, labels=None, latent=None,
-              owned: bool = False):
+              owned: bool = False, puzzle_ids=None):
         """Start new episodes for the envs in ``mask`` (all by default) and return the observation of the whole
         batch. Puzzles are drawn from the source unless given (``puzzles``/``labels`` ``[n, L]``, ``n`` the
         number of envs reset); ``latent`` ``[n, 2, latent_len, D]`` replaces the zero initial state.
@@ -287,8 +305,9 @@ class RecursionCore:
         if puzzles is None:
             if labels is not None:
                 raise ValueError("reset: labels given without puzzles")
-            x, y = self.source.draw(n, self.rng)
+            x, y, ids = self.source.draw(n, self.rng)
             puzzles, labels = torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
+            puzzle_ids = ids if puzzle_ids is None else puzzle_ids
         else:
             # kept as state: never the caller's tensor itself (a NumPy array is copied by _as_tensor)
             copy = isinstance(puzzles, torch.Tensor)
@@ -302,12 +321,16 @@ class RecursionCore:
             latent = torch.zeros(n, *self.latent_shape, device=self.device)
         else:
             latent = self._kept(self._check_latent(latent, n, "reset latent"), latent, owned)
-        labels = torch.where(puzzles != 0, puzzles, labels)
+        givens = self._givens(puzzles)
+        labels = torch.where(givens, puzzles, labels)
         scored_label, n_scored = self._scored_cells(puzzles, labels)
+        puzzle_ids = (torch.zeros(n, dtype=torch.int64, device=self.device) if puzzle_ids is None
+                      else _as_tensor(puzzle_ids, "puzzle_ids", self.device).to(torch.int64).reshape(n))
         context = self.task.rule_context(puzzles)
         score, cell_acc, solved = self._evaluate(puzzles, puzzles, context, scored_label, n_scored)
         zeros = torch.zeros(n, dtype=torch.int64, device=self.device)
-        updates = {"puzzle": puzzles, "givens": puzzles != 0, "label": labels, "answer": puzzles.clone(),
+        updates = {"puzzle": puzzles, "givens": givens, "puzzle_id": puzzle_ids, "label": labels,
+                   "answer": puzzles.clone(),
                    "latent": latent, "step_count": zeros, "nfe": zeros, "score": score, "cell_accuracy": cell_acc,
                    "solved": solved, "potential": score + self.config.solve_bonus * solved,
                    "scored_label": scored_label, "n_scored": n_scored,
@@ -462,8 +485,8 @@ class RecursionCore:
         return StepResult(self.observation(), zeros, active.clone(), torch.zeros_like(active), self.info())
 
     # -- persistence ------------------------------------------------------------------------------------------
-    _STATE = ("puzzle", "givens", "label", "answer", "latent", "step_count", "nfe", "score", "cell_accuracy",
-              "solved", "potential", "done")
+    _STATE = ("puzzle", "givens", "puzzle_id", "label", "answer", "latent", "step_count", "nfe", "score",
+              "cell_accuracy", "solved", "potential", "done")
 
     def state_dict(self) -> dict:
         """Every per-env tensor plus the puzzle-draw generator: enough to continue exactly where it stood (what
@@ -474,6 +497,8 @@ class RecursionCore:
 
     def load_state_dict(self, state: dict) -> None:
         for k in self._STATE:
+            if k == "puzzle_id" and k not in state:  # (saved before identifiers: one puzzle family)
+                continue
             v = torch.as_tensor(state[k], device=self.device)
             if v.shape != getattr(self, k).shape:
                 raise ValueError(

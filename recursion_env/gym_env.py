@@ -76,7 +76,8 @@ _readonly_warning_spent = False
 class RecursionGymEnv(gym.Env):
     """Latent recursion of a TRM as a Gymnasium env: one puzzle per episode.
 
-    Registered as ``TRMRecursion-Sudoku-v0``, ``TRMRecursion-Maze-v0``, ``TRMRecursion-NQueens-v0``.
+    Registered as ``TRMRecursion-Sudoku-v0``, ``TRMRecursion-Maze-v0``, ``TRMRecursion-NQueens-v0``,
+    ``TRMRecursion-ARC-v0``.
 
     Spaces (L = ``task.seq_len``, V = ``task.vocab_size``, D = ``latent_dim``, P = ``latent_len``, default L)::
 

@@ -155,10 +155,11 @@ class RecursionHaltingEnv(gym.Env):
             if isinstance(label, str):
                 label = self.task.parse(label)
             y = None if label is None else np.asarray(label, dtype=np.int64).reshape(1, -1)
+            ids = None
         else:
-            x, y = self.core.source.draw(1, self.core.rng)
+            x, y, ids = self.core.source.draw(1, self.core.rng)
         puzzle = torch.from_numpy(x).to(self.core.device)
-        self.core.reset(puzzles=puzzle, labels=y, latent=self.policy.initial_latent(puzzle))
+        self.core.reset(puzzles=puzzle, labels=y, latent=self.policy.initial_latent(puzzle), puzzle_ids=ids)
         V = self.task.vocab_size
         self._probs = torch.full((1, self.task.seq_len, V), 1.0 / V, device=self.core.device)
         self._changed = None

@@ -11,7 +11,7 @@ _FILLS = {"given": (200, 200, 200), "blank": (255, 255, 255), "decided": (255, 2
           "right": (190, 235, 190), "wrong": (245, 185, 185)}
 
 
-def cell_states(puzzle, answer, label=None) -> np.ndarray:
+def cell_states(puzzle, answer, label=None, keeps_givens: bool = True) -> np.ndarray:
     """Per cell, what text and image both show: "given", "blank" (nothing decided: token 0), "right" or "wrong"
     (a decided token equal to / different from a known label; a label of all zeros is no label), or "decided"
     (no label to judge by). A Maze answer marking an open cell the path does not take is wrong."""
@@ -20,7 +20,8 @@ def cell_states(puzzle, answer, label=None) -> np.ndarray:
     if label is not None and np.asarray(label).any():
         states[:] = np.where(answer == np.asarray(label).reshape(-1), "right", "wrong")
     states[answer == 0] = "blank"
-    states[puzzle != 0] = "given"
+    if keeps_givens:  # (ARC's input is not part of its answer: nothing there is given)
+        states[puzzle != 0] = "given"
     return states
 
 
@@ -29,8 +30,8 @@ def board_text(task: Task, puzzle, answer, label=None, changed=None) -> str:
     (non-zero) token disagrees with a known label, else ``*`` where ``changed`` marks them (e.g. changed by
     the last step)."""
     rows, cols = task.grid_shape
-    chars = task.to_line(answer)
-    states = cell_states(puzzle, answer, label)
+    chars = task.cell_chars(answer)
+    states = cell_states(puzzle, answer, label, task.keeps_givens)
     lines = []
     for r in range(rows):
         cells = []
@@ -52,8 +53,8 @@ def board_image(task: Task, puzzle, answer, label=None, cell: int = 24, changed=
     from PIL import Image, ImageDraw
 
     rows, cols = task.grid_shape
-    chars = task.to_line(answer)
-    states = cell_states(puzzle, answer, label)
+    chars = task.cell_chars(answer)
+    states = cell_states(puzzle, answer, label, task.keeps_givens)
     img = Image.new("RGB", (cols * cell + 1, rows * cell + 1), (0, 0, 0))
     draw = ImageDraw.Draw(img)
     for r in range(rows):

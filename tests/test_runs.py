@@ -189,7 +189,9 @@ def test_timed_looks_are_saved_during_training_and_evaluated_after_it(tmp_path, 
         assert (tmp_path / "run" / h["snapshot"]).exists() and h["elapsed_s"] <= result["wall_clock_s"]
     model, task, _ = load_trained(tmp_path / "run")
     model.load_state_dict(load_checkpoint(tmp_path / "run" / looks[0]["snapshot"])["ema"])
-    x, y = common.evaluation_set(task, {"eval_seed": cfg.eval_seed}, cfg.eval_n)
+    from agents.evaluation import evaluation_set
+
+    x, y = evaluation_set(task, {"eval_seed": cfg.eval_seed}, cfg.eval_n)
     assert common.summarize(rollout(model, task, x, y))["by_step"] == looks[0]["by_step"]
 
     monkeypatch.setattr(common, "rollout_metrics", rollout)

@@ -96,7 +96,8 @@ def test_training_streams_from_the_converted_folder_lazily_and_ranks_take_disjoi
 
     one = PuzzleStream(loaded_task, seed=3, dataset=store, augment=False, chunk=8)
     assert one.dataset is store  # not copied into memory
-    x, y = one.take(16)
+    x, y, ids = one.take(16)
+    assert not ids.any()  # one puzzle family
     assert loaded_task.verify(x, y).all() and x.dtype == np.int64
     ranks = [PuzzleStream(loaded_task, seed=3, dataset=store, augment=False, chunk=8, shard=(r, 2)) for r in (0, 1)]
     halves = [s.take(8) for s in ranks]

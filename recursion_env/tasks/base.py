@@ -93,6 +93,11 @@ class Task:
     def generate(self, n: int, seed) -> PuzzleBatch:
         raise NotImplementedError
 
+    def held_out(self) -> Task:
+        """The task whose ``generate`` draws held-out evaluation puzzles: this one (fresh puzzles, which training
+        then excludes), or for a fixed data set its held-out split (ARC's evaluation test pairs)."""
+        return self
+
     def rule_context(self, inputs: torch.Tensor) -> torch.Tensor | None:
         """Per-puzzle facts :meth:`rule_counts` needs that depend on the puzzle alone (computed once per reset
         by the MDP core); ``None`` when there are none. A tensor whose first axis is the batch."""
@@ -170,6 +175,10 @@ class Task:
     def to_line(self, tokens) -> str:
         """The compact one-line form (``seq_len`` characters) that :meth:`parse` and the file readers take."""
         raise NotImplementedError
+
+    def cell_chars(self, tokens) -> str:
+        """One character per cell (``seq_len`` of them), as the renderers draw the board."""
+        return self.to_line(tokens)
 
     def read_lines(self, path) -> np.ndarray:
         """Read a text file of puzzles, one a line in :meth:`to_line` form; ``#`` starts a comment line. UTF-8,
