@@ -573,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True)
     tr.add_argument("--preset", choices=["cpu", "paper", "arc"], default="cpu",
                     help="trm/dis: cpu (small sizes, clipping and EMA warm-up; with --task arc also attention, "
-                         "batch 16 and 64 held-out examples), paper (the official Sudoku recipe, for a GPU) or arc "
+                         "batch 16 and 16 held-out examples), paper (the official Sudoku recipe, for a GPU) or arc "
                          "(the official ARC-AGI recipe, for GPUs: with --task arc); options given override the preset")
     tr.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its newest valid checkpoint, for --steps more steps and/or "
