@@ -98,9 +98,9 @@ class TRMPolicy:
 
     @torch.no_grad()
     def step(self, puzzle: torch.Tensor, latent: torch.Tensor, step_index: torch.Tensor | None = None,
-             answer: torch.Tensor | None = None) -> RecursionOutput:
+             answer: torch.Tensor | None = None, puzzle_id: torch.Tensor | None = None) -> RecursionOutput:
         """One supervision step (the halting env's interface)."""
-        out = self.model(puzzle, latent, step_index, answer)
+        out = self.model(puzzle, latent, step_index, answer, puzzle_id)
         return RecursionOutput(torch.stack([out.y, out.z], 1), out.logits, out.halt_logit)
 
     @torch.no_grad()
@@ -108,9 +108,10 @@ class TRMPolicy:
         """Action for a batched observation (tensors with a leading batch dimension)."""
         model, cfg = self.model, self.model.cfg
         puzzle, latent, step = obs["puzzle"], obs["latent"], obs["step"].reshape(-1)
+        puzzle_id = obs["puzzle_id"].reshape(-1) if "puzzle_id" in obs else None  # (ARC's variants)
         B = puzzle.shape[0]
         if self.granularity == "supervision_step":
-            out = self.step(puzzle, latent, step, obs.get("answer"))
+            out = self.step(puzzle, latent, step, obs.get("answer"), puzzle_id)
             halt = (out.halt_logit > 0) if self.use_halting else torch.zeros(B, dtype=torch.bool)
             return {"latent": out.latent, "answer": out.logits.argmax(-1), "halt": halt.long()}
         # one call of f, chosen by the position in the T x (n + 1) schedule
@@ -120,7 +121,7 @@ class TRMPolicy:
             raise ValueError("call granularity needs every env of the batch at the same position in the schedule")
         sup_index = step // per_sup
         y, z = latent[:, 0], latent[:, 1]
-        x = model.step_input(puzzle, obs.get("answer"), sup_index, y)
+        x = model.step_input(puzzle, obs.get("answer"), sup_index, y, puzzle_id)
         answer = obs["answer"]
         halt = torch.zeros(B, dtype=torch.long, device=puzzle.device)
         y, z = model.recursion_call(c % (cfg.n + 1), x, y, z)

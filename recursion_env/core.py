@@ -509,9 +509,19 @@ class RecursionCore:
         self.rng.bit_generator.state = state["rng"]
 
     # -- views ------------------------------------------------------------------------------------------
+    @property
+    def num_puzzle_ids(self) -> int | None:
+        """How many puzzle identifiers the task's data has (ARC's variants), or None: then the observation holds
+        no ``puzzle_id``."""
+        table = getattr(self.task, "identifiers", None)
+        return None if table is None else len(table)
+
     def observation(self) -> dict[str, torch.Tensor]:
-        return {"puzzle": self.puzzle, "answer": self.answer, "latent": self.latent,
-                "step": self.step_count, "nfe": self.nfe}
+        obs = {"puzzle": self.puzzle, "answer": self.answer, "latent": self.latent,
+               "step": self.step_count, "nfe": self.nfe}
+        if self.num_puzzle_ids is not None:
+            obs["puzzle_id"] = self.puzzle_id
+        return obs
 
     def info(self) -> dict[str, torch.Tensor]:
         return {"nfe": self.nfe, "cell_accuracy": self.cell_accuracy, "solved": self.solved, "score": self.score}

@@ -28,6 +28,9 @@ def single_spaces(core: RecursionCore) -> tuple[spaces.Dict, spaces.Dict]:
         # counters of shape (1,), not (): Stable-Baselines3's checker (and its NumPy-2 code) cannot take 0-d Boxes
         "step": spaces.Box(0, cfg.max_steps, shape=(1,), dtype=np.int64),
         "nfe": spaces.Box(0, cfg.max_steps * cfg.nfe_per_step, shape=(1,), dtype=np.int64),
+        # the puzzle's identifier, where the data has them (ARC's augmented variants)
+        **({} if core.num_puzzle_ids is None else
+           {"puzzle_id": spaces.Box(0, core.num_puzzle_ids - 1, shape=(1,), dtype=np.int64)}),
     })
     action = spaces.Dict({"latent": latent, "answer": tokens, "halt": spaces.Discrete(2)})
     return observation, action
@@ -85,7 +88,8 @@ class RecursionGymEnv(gym.Env):
                           answer: MultiDiscrete([V]*L)    the current decoded answer (givens kept)
                           latent: Box(float32, (2, P, D)) y (answer embedding) and z (reasoning latent)
                           step:   Box(int64, (1,))        transitions taken
-                          nfe:    Box(int64, (1,))        forward passes charged)
+                          nfe:    Box(int64, (1,))        forward passes charged
+                          puzzle_id: Box(int64, (1,))     only where the data has identifiers (ARC's variants))
         action       Dict(latent: Box(float32, (2, P, D)), answer: MultiDiscrete([V]*L), halt: Discrete(2))
 
     Each step is one latent refinement charged ``nfe_per_step`` forward passes; the reward is the score gain
@@ -205,7 +209,9 @@ class RecursionVectorEnv(VectorEnv):
 
     def _obs(self) -> dict[str, np.ndarray]:
         obs = _numpy(self.core.observation(), self.copy)
-        obs["step"], obs["nfe"] = obs["step"].reshape(-1, 1), obs["nfe"].reshape(-1, 1)  # views: [B] -> [B, 1]
+        for k in ("step", "nfe", "puzzle_id"):  # views: [B] -> [B, 1]
+            if k in obs:
+                obs[k] = obs[k].reshape(-1, 1)
         return obs
 
     def step(self, actions):

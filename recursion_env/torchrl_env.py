@@ -88,6 +88,8 @@ class RecursionTorchRLEnv(EnvBase):
             cell_accuracy=Bounded(0.0, 1.0, shape=(B,), dtype=torch.float32, device=dev),
             score=Bounded(0.0, 1.0, shape=(B,), dtype=torch.float32, device=dev),
             solved=Categorical(2, shape=(B,), dtype=torch.bool, device=dev),
+            **({} if core.num_puzzle_ids is None else
+               {"puzzle_id": Bounded(0, core.num_puzzle_ids - 1, shape=(B,), dtype=torch.int64, device=dev)}),
             shape=(B,), device=dev,
         )
         # nested under "action": "latent" and "answer" are observations too, and a policy writing its action at

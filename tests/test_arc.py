@@ -128,6 +128,8 @@ def test_the_arc_env_passes_the_gymnasium_and_torchrl_checkers(arc, render_mode)
     obs, info = env.reset(seed=0)
     assert obs["puzzle"].shape == (900,) and env.unwrapped.core.puzzle_id.item() > 0  # its variant's identifier
     assert not env.unwrapped.core.givens.any()  # the input is not part of the answer
+    assert env.observation_space["puzzle_id"].contains(obs["puzzle_id"])
+    assert int(obs["puzzle_id"][0]) == env.unwrapped.core.puzzle_id.item()
     core = env.unwrapped.core
     label = core.label.clone()
     out = core.step({"latent": core.latent.clone(), "answer": label, "halt": torch.tensor([1])})
@@ -139,7 +141,9 @@ def test_the_arc_env_passes_the_gymnasium_and_torchrl_checkers(arc, render_mode)
     out = core.step({"latent": core.latent.clone(), "answer": wrong, "halt": torch.tensor([1])})
     assert not bool(out.info["solved"]) and 0.9 < float(out.info["cell_accuracy"]) < 1.0
     torch.manual_seed(0)
-    check_env_specs(RecursionTorchRLEnv(task="arc", num_aug=1, num_envs=2, latent_dim=4, seed=0, max_steps=2))
+    torchrl_env = RecursionTorchRLEnv(task="arc", num_aug=1, num_envs=2, latent_dim=4, seed=0, max_steps=2)
+    check_env_specs(torchrl_env)
+    assert (torchrl_env.reset()["puzzle_id"] > 0).all()
     with pytest.raises(ValueError, match="arc has no rule verifier"):
         gym.make("TRMRecursion-ARC-v0", latent_dim=4, num_aug=1, reward_mode="verifier")
 
@@ -197,3 +201,29 @@ def test_an_official_arc_checkpoint_imports_with_its_identifier_table_and_evalua
     assert torch.equal(model.token_embedding.weight, sd["model.inner.embed_tokens.embedding_weight"])
     result = evaluate_arc(model, task, n_tasks=1)
     assert result["tasks"] == 1 and len(result["by_step"]) == 4
+
+
+def test_an_env_side_agent_acts_with_the_puzzle_identifier_from_the_observation(arc):
+    """The observation carries ARC's identifier, and the TRM acting through the env reads its embedding: the
+    answer equals the network's with that identifier (and differs from identifier 0's)."""
+    import gymnasium as gym
+
+    import recursion_env  # noqa: F401
+    from agents.rollout import TRMPolicy
+    from agents.trm import TRM, TRMConfig
+
+    train, _ = arc
+    torch.manual_seed(0)
+    model = TRM(TRMConfig(hidden=16, heads=2, mixer="attention", N_sup=2, T=1, n=1).for_task(train)).eval()
+    torch.nn.init.normal_(model.puzzle_embedding.weight, std=3.0)  # (zero at initialisation, as official)
+    env = gym.make("TRMRecursion-ARC-v0", latent_dim=16, latent_len=model.cfg.latent_len, num_aug=3)
+    obs, _ = env.reset(seed=1)
+    batched = {k: torch.as_tensor(v)[None] for k, v in obs.items()}
+    action = TRMPolicy(model).act(batched)
+    ident = batched["puzzle_id"].reshape(-1)
+    with torch.no_grad():
+        own = model(batched["puzzle"], batched["latent"], batched["step"].reshape(-1), batched["answer"], ident)
+        blank = model(batched["puzzle"], batched["latent"], batched["step"].reshape(-1), batched["answer"])
+    assert torch.equal(action["answer"], own.logits.argmax(-1))
+    assert not torch.equal(own.logits, blank.logits)
+    env.step({k: v[0].numpy() for k, v in action.items()})
