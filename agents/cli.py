@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
 import time
 import typing
@@ -73,11 +72,11 @@ def cmd_data_convert(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import SUMMARY_KEYS, sweep
+    from .sweep import sweep
 
     report = sweep(args.config, args.out, cpus=args.cpus, address=args.address, overwrite=args.overwrite)
     for t in report["trials"]:
-        shown = {k: t.get(k) for k in SUMMARY_KEYS[2:4] if k in t}
+        shown = {k: t[k] for k in ("best_exact_accuracy", "best_at_nfe") if k in t}
         print(f"{t['trial']}: {t['status']} {json.dumps(t['options'])} {json.dumps(shown)}")
     failed = sum(t["status"] != "done" for t in report["trials"])
     print(f"{len(report['trials'])} trials ({failed} failed): {args.out}/results.csv, {args.out}/sweep.json, "
@@ -160,6 +159,7 @@ def ppo_iterations(args) -> int | None:
 
 
 def cmd_train(args) -> int:
+    from .distributed import launched_rank, launched_world
     from .evaluation import torch_device
     from .trainers import ARC_PRESET, PAPER_PRESET, TrainConfig, method, train
     from .trainers.common import ARC_CPU, ARC_PRESET_TASK
@@ -176,7 +176,7 @@ def cmd_train(args) -> int:
             if state.get("train_config", {}).get("method") == "ppo":
                 args.method = "ppo"
     if args.method == "ppo":
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if launched_world() > 1:
             raise ValueError("train --method ppo runs in one process (its collectors spread the environments over "
                              "workers: --collector); torchrun is for --method trm/dis")
         return cmd_train_ppo(args)
@@ -197,7 +197,7 @@ def cmd_train(args) -> int:
         if cfg.steps is None and cfg.minutes is None:
             raise ValueError("train needs a budget: --steps N and/or --minutes M")
         result = trainer.train(cfg, overwrite=args.overwrite)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+    if launched_rank() != 0:  # under torchrun, rank 0 reports
         return 0
     if "by_step" in result:
         _print_table(result)
@@ -251,11 +251,16 @@ def cmd_eval(args) -> int:
     _print_table(result)
     for row in result.get("guidance", []):
         print(f"guidance w={row['w']:<5} exact {row['exact_accuracy']:.3f}  cell {row['cell_accuracy']:.3f}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+    _write_json(args.json, result)
     return 0
+
+
+def _write_json(path, result: dict) -> None:
+    """``eval --json PATH``: the result, its folder made; nothing without a path."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2))
+        print(f"wrote {path}")
 
 
 def cmd_eval_arc(args) -> int:
@@ -274,10 +279,7 @@ def cmd_eval_arc(args) -> int:
     for row in result["by_step"]:
         print(f"{row['supervision_step']:>6}{row['nfe']:>7}{row['pass@1']:>9.3f}{row['pass@2']:>9.3f}"
               f"{row['exact_accuracy']:>9.3f}{row['cell_accuracy']:>9.3f}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+    _write_json(args.json, result)
     return 0
 
 

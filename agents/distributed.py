@@ -29,6 +29,16 @@ import torch
 import torch.distributed as dist
 
 
+def launched_world() -> int:
+    """How many processes torchrun started (``WORLD_SIZE``; 1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launched_rank() -> int:
+    """This process's rank among them (``RANK``; 0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 class Distributed:
     """This process's place among ``world`` training processes (``rank`` 0 writes files and logs)."""
 
@@ -48,10 +58,10 @@ class Distributed:
     def start(cls, device: str) -> tuple[Distributed, str]:
         """Join torchrun's process group when launched by it (``WORLD_SIZE`` > 1); returns this process's place
         and its device (``cuda`` becomes ``cuda:LOCAL_RANK``)."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        world = launched_world()
         if world <= 1:
             return cls(), device
-        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        rank, local_rank = launched_rank(), int(os.environ.get("LOCAL_RANK", "0"))
         if torch.device(device).type == "cuda":
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)

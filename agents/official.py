@@ -119,7 +119,7 @@ def official_model_config(arch: dict, state: dict[str, torch.Tensor], task: Task
         raise CheckpointMismatch(f"arch.puzzle_emb_ndim is {ndim} but the checkpoint has no "
                                  "model.inner.puzzle_emb.weights")
     kw["num_puzzle_ids"] = int(state["puzzle_emb.weights"].shape[0]) if ndim else 1
-    table = getattr(task, "identifiers", None)
+    table = task.identifiers
     if ndim and table is not None and len(table) != kw["num_puzzle_ids"]:
         raise CheckpointMismatch(f"the checkpoint's identifier table has {kw['num_puzzle_ids']} rows, the task's "
                                  f"{len(table)}: pass the identifiers.json of the data it was trained on "

@@ -148,9 +148,8 @@ def sweep(path, out, cpus: int | None = None, address: str | None = None, overwr
                              "--overwrite to replace them")
         shutil.rmtree(out / "trials")
     (out / "trials").mkdir(parents=True, exist_ok=True)
-    for key in ("dataset",):  # paths in the options are the user's, relative to where they run the sweep
-        if key in spec["base"] and spec["base"][key]:
-            spec["base"][key] = str(Path(spec["base"][key]).resolve())
+    if spec["base"].get("dataset"):  # the user's path, relative to where they run the sweep, not to a trial's
+        spec["base"]["dataset"] = str(Path(spec["base"]["dataset"]).resolve())
     samplers = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint,
                 "choice": tune.choice}
     space = dict(spec["base"])

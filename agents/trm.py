@@ -104,7 +104,7 @@ class TRMConfig:
         """This network sized for ``task``'s sequence and vocabulary (plus ``changes``, e.g. a method's
         step embedding)."""
         sized = {"seq_len": task.seq_len, "vocab_size": task.vocab_size, "keeps_givens": task.keeps_givens}
-        if getattr(task, "identifiers", None) is not None and self.puzzle_emb_ndim != 0:  # ARC: one per variant
+        if task.identifiers is not None and self.puzzle_emb_ndim != 0:  # ARC: one per variant
             sized["num_puzzle_ids"] = len(task.identifiers)
         return replace(self, **sized, **changes)
 

@@ -230,8 +230,11 @@ class RecursionCore:
         self.solved = torch.zeros(B, dtype=torch.bool, device=dev)
         #: S + solve_bonus * [solved]; a transition's reward is the change of this potential minus the compute
         self.potential = torch.zeros(B, dtype=torch.float32, device=dev)
-        self.scored_label, self.n_scored = self._scored_cells(self.puzzle, self.label)
+        self.scored_label, self.n_scored = self._scored_cells(self.givens, self.label)
         self.context = task.rule_context(self.puzzle)
+        #: how many puzzle identifiers the task's data has (ARC's variants), or None: then the observation holds
+        #: no ``puzzle_id``
+        self.num_puzzle_ids = None if task.identifiers is None else len(task.identifiers)
         # an episode that ended (or never began) must be reset before it is stepped
         self.done = torch.ones(B, dtype=torch.bool, device=dev)
         self._label_score = config.reward_mode == "label"
@@ -260,11 +263,11 @@ class RecursionCore:
         answer (``task.keeps_givens`` False: ARC)."""
         return puzzle != 0 if self.task.keeps_givens else torch.zeros_like(puzzle, dtype=torch.bool)
 
-    def _scored_cells(self, puzzle, label):
+    def _scored_cells(self, givens, label):
         """(scored label, count): the label on the cells that are scored and -1, which no token equals, elsewhere.
-        The scored cells are the ones to decide (not given), without the label's ``task.ignore_label`` cells, or
-        every cell of a puzzle without any (it scores 1)."""
-        open_ = ~self._givens(puzzle)
+        The scored cells are the ones to decide (not ``givens``), without the label's ``task.ignore_label`` cells,
+        or every cell of a puzzle without any (it scores 1)."""
+        open_ = ~givens
         if self.task.ignore_label is not None:
             open_ &= label != self.task.ignore_label
         scored = open_ | (open_.sum(-1) == 0)[:, None]
@@ -323,7 +326,7 @@ class RecursionCore:
             latent = self._kept(self._check_latent(latent, n, "reset latent"), latent, owned)
         givens = self._givens(puzzles)
         labels = torch.where(givens, puzzles, labels)
-        scored_label, n_scored = self._scored_cells(puzzles, labels)
+        scored_label, n_scored = self._scored_cells(givens, labels)
         puzzle_ids = (torch.zeros(n, dtype=torch.int64, device=self.device) if puzzle_ids is None
                       else _as_tensor(puzzle_ids, "puzzle_ids", self.device).to(torch.int64).reshape(n))
         context = self.task.rule_context(puzzles)
@@ -504,18 +507,11 @@ class RecursionCore:
                 raise ValueError(
                     f"core state {k!r}: expected shape {tuple(getattr(self, k).shape)}, got {tuple(v.shape)}")
             setattr(self, k, v.to(getattr(self, k).dtype))
-        self.scored_label, self.n_scored = self._scored_cells(self.puzzle, self.label)
+        self.scored_label, self.n_scored = self._scored_cells(self.givens, self.label)
         self.context = self.task.rule_context(self.puzzle)
         self.rng.bit_generator.state = state["rng"]
 
     # -- views ------------------------------------------------------------------------------------------
-    @property
-    def num_puzzle_ids(self) -> int | None:
-        """How many puzzle identifiers the task's data has (ARC's variants), or None: then the observation holds
-        no ``puzzle_id``."""
-        table = getattr(self.task, "identifiers", None)
-        return None if table is None else len(table)
-
     def observation(self) -> dict[str, torch.Tensor]:
         obs = {"puzzle": self.puzzle, "answer": self.answer, "latent": self.latent,
                "step": self.step_count, "nfe": self.nfe}

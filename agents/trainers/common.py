@@ -224,6 +224,12 @@ def counted_cells(runner) -> torch.Tensor | None:
     return None if ignore is None else runner.core.label != ignore
 
 
+def exactly_right(logits: torch.Tensor, targets: torch.Tensor, counted: torch.Tensor | None) -> torch.Tensor:
+    """``bool [B]``: the readout's argmax equals ``targets`` on every counted cell."""
+    right = logits.detach().argmax(-1) == targets
+    return (right if counted is None else right | ~counted).all(-1)
+
+
 class EMA:
     """Exponential moving average of the trained weights, as the official ``EMAHelper``: over the parameters the
     network's optimizer trains (not the identifier embedding, which, like every buffer, is taken as it is), the
@@ -391,10 +397,12 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
     def checkpoint() -> None:
         """Every rank's stream, carried batch and RNG, gathered; written by rank 0; the others wait for it."""
         saved_at[0] = elapsed
-        ranks = ddp.gather({"stream": stream.state_dict(), "core": runner.core.state_dict(),
-                            "method": method.state_dict(), "halt_rng": halt_rng.get_state(),
-                            "torch_rng": torch.get_rng_state(), "parameters_sha256": parameters_sha256(model)})
-        diverged = [r for r, s in enumerate(ranks) if s["parameters_sha256"] != ranks[0]["parameters_sha256"]]
+        mine = {"stream": stream.state_dict(), "core": runner.core.state_dict(), "method": method.state_dict(),
+                "halt_rng": halt_rng.get_state(), "torch_rng": torch.get_rng_state()}
+        if ddp.active:  # (hashing every parameter, the identifier table included, only where ranks can differ)
+            mine["parameters_sha256"] = parameters_sha256(model)
+        ranks = ddp.gather(mine)
+        diverged = [r for r, s in enumerate(ranks) if s.get("parameters_sha256") != ranks[0].get("parameters_sha256")]
         if diverged:  # the all-reduce keeps them equal: a difference is a bug, not a state to save
             raise RuntimeError(f"step {step}: the parameters of rank(s) {diverged} differ from rank 0's")
         if main:

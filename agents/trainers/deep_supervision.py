@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..rollout import RecursionRunner
 from ..trm import SupervisionOutput
-from .common import Method, TrainConfig, counted_cells, token_loss, train
+from .common import Method, TrainConfig, counted_cells, exactly_right, token_loss, train
 
 
 @dataclass
@@ -37,8 +37,7 @@ class DeepSupervision:
     def loss(self, out: SupervisionOutput, runner: RecursionRunner):
         labels, counted = runner.core.label, counted_cells(runner)
         lm_loss = token_loss(self.cfg, out.logits, labels, counted).mean()
-        right = out.logits.detach().argmax(-1) == labels
-        correct = (right if counted is None else right | ~counted).all(-1)
+        correct = exactly_right(out.logits, labels, counted)
         halt_loss = F.binary_cross_entropy_with_logits(out.halt_logit.float(), correct.float())
         metrics = {"lm_loss": lm_loss.item(), "halt_loss": halt_loss.item(),
                    "train_exact": float(correct.float().mean()),

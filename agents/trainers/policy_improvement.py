@@ -22,7 +22,7 @@ import torch
 from ..rollout import RecursionRunner
 from ..targets import GENERATORS, make_targets
 from ..trm import SupervisionOutput, TRMConfig
-from .common import Method, TrainConfig, counted_cells, token_loss, train
+from .common import Method, TrainConfig, counted_cells, exactly_right, token_loss, train
 
 #: the two DIS recipes (see DISConfig.recipe)
 DIS_RECIPES = {"paper": {"step_weight": "linear", "autoregressive": False},
@@ -104,8 +104,7 @@ class PolicyImprovement:
         loss = (weights * per_example).mean()
         if self.cfg.anytime_weight:  # anytime variant: every readout also leans toward the final solution
             loss = loss + self.cfg.anytime_weight * token_loss(self.cfg, out.logits, core.label, counted).mean()
-        right = out.logits.detach().argmax(-1) == target
-        hit = (right if counted is None else right | ~counted).all(-1).float().mean()
+        hit = exactly_right(out.logits, target, counted).float().mean()
         return loss, {"dis_loss": per_example.mean().item(), "target_exact": float(hit)}
 
     def halt(self, out: SupervisionOutput, runner: RecursionRunner, rng: torch.Generator) -> torch.Tensor:

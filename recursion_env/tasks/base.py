@@ -81,6 +81,9 @@ class Task:
     ignore_label: int | None = None
     #: rule_counts checks an answer without the label (False: ARC, where only the stored output says)
     has_rule_verifier: bool = True
+    #: the names of the data's puzzle identifiers (ARC's augmented variants; index 0 the blank one), or None: one
+    #: puzzle family, identifier 0
+    identifiers: list[str] | None = None
     #: how a board is laid out for rendering: (rows, cols) with rows * cols == seq_len
     grid_shape: tuple[int, int] = (0, 0)
 
