@@ -34,6 +34,8 @@ import torch
 
 from recursion_env.tasks import build_dataset, make_task, save_dataset
 
+from .precision import cpu_bf16_units, cpu_model
+
 TRM_PREFIXES = (1, 2, 4, 8, 16)
 DEPTH_POINTS = 0.05  # a task needs depth when TRM@336 >= TRM@21 + 5 points
 WITHIN = 0.01  # "matches": within 1 point
@@ -68,6 +70,7 @@ class BenchConfig:
     eval_every_minutes: float | None = None  # held-out looks during training; None = every tenth of the budget
     parallel: bool = True
     device: str = "cpu"
+    precision: str = "auto"  # every trm/dis run's --precision (and their evaluation's: the run's own)
     preset: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -123,7 +126,8 @@ def _task_flags(cfg: BenchConfig) -> list[str]:
 def training_runs(cfg: BenchConfig) -> dict[str, list[str]]:
     """name -> the ``train`` flags of each trained method (the PPO runs come after, from these)."""
     common = [*_task_flags(cfg), "--hidden", str(cfg.hidden), "--batch-size", str(cfg.batch_size), "--seed",
-              str(cfg.seed), "--eval-n", str(cfg.eval_n), "--device", cfg.device, "--no-final-eval",
+              str(cfg.seed), "--eval-n", str(cfg.eval_n), "--device", cfg.device, "--precision", cfg.precision,
+              "--no-final-eval",
               "--eval-every-minutes", str(cfg.eval_every_minutes or max(cfg.minutes / 10, 0.01))]
     runs = {"trm": ["--method", "trm", "--T", "3", "--n", "6", "--n-sup", "16", *common]}
     dis = ["--method", "dis", "--T", "1", "--n", "2", "--n-sup", "6", *common]
@@ -252,6 +256,7 @@ def run(cfg: BenchConfig, progress=print, overwrite: bool = False) -> dict:
         results[name] = {"by_step": rows, "halting": ev["halting"] if name == "trm" else None,
                          "guidance": ev.get("guidance"),
                          "optimizer_steps": train_metrics["optimizer_steps"],
+                         "precision": train_metrics.get("precision"), "compiled": train_metrics.get("compiled"),
                          "train_forward_passes": train_metrics["train_forward_passes"],
                          "wall_clock_s": train_metrics["wall_clock_s"], "examples_seen": train_metrics["examples_seen"],
                          "held_out_dropped_from_training": train_metrics["held_out_dropped_from_training"],
@@ -271,7 +276,8 @@ def run(cfg: BenchConfig, progress=print, overwrite: bool = False) -> dict:
                "task": task.kwargs, "wall_clock_training_s": wall_s,
                "machine_sharing": ("concurrent, one thread per run: equal shares of the machine for the same "
                                    "wall-clock" if cfg.parallel else "sequential, every thread per run"),
-               "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+               "machine": {"cpu": cpu_model(), "cpu_native_bf16": cpu_bf16_units(), "cores": os.cpu_count(),
+                           "python": platform.python_version(),
                            "torch": torch.__version__, "numpy": np.__version__,
                            "gpu": torch.cuda.get_device_name() if cfg.device.startswith("cuda") else None},
                "command": " ".join(sys.argv), "methods": results}
@@ -440,12 +446,3 @@ def _plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

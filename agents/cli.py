@@ -14,6 +14,17 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import NamedTuple
 
+PRECISION_HELP = ("bf16 (autocast, fp32 master weights), fp32, or auto: bf16 on CUDA and on a CPU with native "
+                  "bf16 units (AMX or AVX512-BF16), else fp32")
+
+
+def add_precision_argument(p: argparse.ArgumentParser, what: str, default: str | None = "auto") -> None:
+    from .precision import PRECISIONS
+
+    p.add_argument("--precision", choices=list(PRECISIONS), default=default,
+                   help=f"{what}: {PRECISION_HELP}" + (f" (default {default})" if default
+                                                       else " (default: the precision the run trained in)"))
+
 
 def _task_kwargs(args) -> dict:
     """Task options from the command line, keeping only those the chosen task takes."""
@@ -105,6 +116,7 @@ def cmd_demo(args) -> int:
 
     from .diagnostics import diagnose, save_plots
     from .evaluation import load_trained
+    from .precision import autocast
     from .rollout import RecursionRunner
     from .trainers import DISConfig, train
 
@@ -112,7 +124,7 @@ def cmd_demo(args) -> int:
     print(f"Training DIS (policy improvement: {6} supervision steps x 1 recursion x 3 calls = 18 forward passes) on "
           f"generated 6x6 Sudoku for {args.minutes} min on {args.device}.")
     cfg = DISConfig(task_kwargs={"size": 6}, model={"hidden": args.hidden}, minutes=args.minutes, seed=args.seed,
-                    out=str(out), eval_n=args.eval_n, device=args.device, final_eval=False)
+                    out=str(out), eval_n=args.eval_n, device=args.device, final_eval=False, precision=args.precision)
     if (out / "checkpoint.pt").exists():
         print(f"(replacing the previous demo run in {out})")
     result = train(cfg, overwrite=True)
@@ -124,7 +136,7 @@ def cmd_demo(args) -> int:
     for r in report["steps"]:
         print(f"{r['supervision_step']:>5}{r['nfe']:>6}{r['exact_accuracy']:>9.3f}{r['cell_accuracy']:>9.3f}")
 
-    model, task, _ = load_trained(out, args.device)
+    model, task, trained = load_trained(out, args.device)
     puzzle = task.generate(1, seed=args.seed + 77).inputs  # a fresh puzzle, not from training
     label = task.solve(puzzle[0])
     runner = RecursionRunner(model, task, 1, args.device)
@@ -134,7 +146,9 @@ def cmd_demo(args) -> int:
     print(board_text(task, puzzle[0], previous, label) + "\n")
     with torch.no_grad():
         for s in range(model.cfg.N_sup):
-            res = runner.commit(runner.forward())
+            with autocast(trained["precision"], args.device):
+                out_step = runner.forward()
+            res = runner.commit(out_step)
             answer = runner.core.answer[0].cpu().numpy()
             accuracy = float(res.info["cell_accuracy"][0])
             status = "solved" if bool(res.info["solved"][0]) else f"{accuracy:.0%} of blanks right"
@@ -247,7 +261,7 @@ def cmd_eval(args) -> int:
         return cmd_eval_arc(args)
     guidance = [float(w) for w in args.guidance.split(",")] if args.guidance else None
     result = evaluate_run(args.run, n=args.n, puzzles=args.puzzles, halting=args.halting, guidance=guidance,
-                          device=torch_device(args.device))
+                          device=torch_device(args.device), precision=args.precision)
     _print_table(result)
     for row in result.get("guidance", []):
         print(f"guidance w={row['w']:<5} exact {row['exact_accuracy']:.3f}  cell {row['cell_accuracy']:.3f}")
@@ -301,7 +315,8 @@ def cmd_diagnose(args) -> int:
     from .diagnostics import diagnose, summary_text, write_report
     from .evaluation import torch_device
 
-    report = diagnose(args.run, n=args.n, w=args.w, device=torch_device(args.device), puzzles=args.puzzles)
+    report = diagnose(args.run, n=args.n, w=args.w, device=torch_device(args.device), puzzles=args.puzzles,
+                      precision=args.precision)
     print(summary_text(report))
     for path in write_report(report, args.json, args.plots):
         print(f"wrote {path}")
@@ -330,6 +345,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sequential", action="store_true", help="train methods one after another, all cores each")
     p.add_argument("--device", default=None, help="cpu (default) or cuda (the gpu preset's)")
+    add_precision_argument(p, "every run of the bench")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in --out (by default a rerun continues the benchmark there)")
     p.add_argument("--report-only", action="store_true",
@@ -348,7 +364,8 @@ def cmd_bench(args) -> int:
     if args.quick and args.preset not in (None, "quick"):
         raise ValueError(f"--quick and --preset {args.preset}: choose one")
     kw = {"out": args.out, "seed": args.seed, "parallel": not args.sequential}
-    for name in ("minutes", "ppo_minutes", "hidden", "batch_size", "pool", "eval_n", "device", "anytime_weight"):
+    for name in ("minutes", "ppo_minutes", "hidden", "batch_size", "pool", "eval_n", "device", "anytime_weight",
+                 "precision"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     for name in ("targets", "recipes"):
@@ -429,7 +446,10 @@ HELP = {
     "eval_every": "evaluate 256 held-out puzzles every N steps",
     "eval_every_minutes": "... and/or save a look every M training minutes, evaluated on 256 held-out puzzles after "
                           "training (so a look costs the runs beside it nothing)",
-    "compile": "torch.compile the supervision step",
+    "compile": "torch.compile the shared network f (static shapes, compiled before the training clock starts: "
+               "about 25-40 s on a 2-core CPU): on, off, or auto (runs of at least 10 minutes or 2000 steps, where a "
+               "C++ compiler or CUDA is found)",
+    "precision": PRECISION_HELP,
     "targets": "dis: intermediate-target generator",
     "recipe": "dis: 'official-code' (the official DIS code: the previous decoded answer as input, uniform step "
               "weights) or 'paper' (the puzzle as every step's input, linearly increasing weights)",
@@ -595,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--guidance", default=None, help="comma-separated guidance weights w, e.g. 0,0.5,1,2")
     ev.add_argument("--json", default=None)
     ev.add_argument("--device", default="cpu")
+    add_precision_argument(ev, "the network's precision", default=None)
     ev.set_defaults(func=cmd_eval)
 
     imp = sub.add_parser("import-official", help="turn a checkpoint of the official TRM code into a run folder")
@@ -616,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--json", default=None)
     dg.add_argument("--plots", default=None, help="folder for accuracy_vs_nfe.png and margin_per_step.png")
     dg.add_argument("--device", default="cpu")
+    add_precision_argument(dg, "the network's precision", default=None)
     dg.set_defaults(func=cmd_diagnose)
 
     bench = sub.add_parser("bench", help="measured comparisons")
@@ -632,6 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--eval-n", type=int, default=500)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu")
+    add_precision_argument(demo, "training and evaluation")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -3,7 +3,10 @@ with the task's augmentations, never emitting a held-out puzzle."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import torch
 
 from recursion_env.tasks import PuzzleBatch, Task
 
@@ -111,3 +114,69 @@ class PuzzleStream:
         self._ids = np.asarray(state.get("ids", np.zeros(len(self._x))), dtype=np.int64)
         self.emitted, self.dropped = int(state["emitted"]), int(state["dropped"])
         self.chunks = int(state.get("chunks", 0))  # (streams saved before sharding were one rank's)
+
+
+class DeviceFeed:
+    """The stream's next puzzles, already on the training device, so a training loop replaces its finished rows
+    without asking the host how many finished (the official carry's ``torch.where`` swap in a fixed-size batch).
+
+    :meth:`take` hands the k-th finished row of the batch the k-th unused puzzle, in stream order (the order the
+    stream gives them: the same puzzles in the same rows as taking ``finished.sum()`` puzzles would), as full-batch
+    tensors, and advances a position kept on the device. :meth:`top_up` (the host's turn: at log points) drops what
+    was used and holds ``reserve`` unused puzzles again; a loop that tops up every ``k`` steps of batch ``B`` needs
+    ``reserve >= k * B``, and a feed that ran dry is an error there, never a repeated puzzle.
+
+    ``prepare(puzzles, labels)`` (tensors on the device), when given, makes per-puzzle extras as puzzles enter the
+    feed (DIS's target paths), handed out with them."""
+
+    def __init__(self, stream: PuzzleStream, device: str | torch.device, reserve: int,
+                 prepare: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None):
+        self.stream, self.device, self.reserve, self.prepare = stream, torch.device(device), int(reserve), prepare
+        L = stream.task.seq_len
+        self.x = torch.zeros(0, L, dtype=torch.int64, device=self.device)
+        self.y = torch.zeros(0, L, dtype=torch.int64, device=self.device)
+        self.ids = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self.extra: torch.Tensor | None = None
+        self.head = torch.zeros((), dtype=torch.int64, device=self.device)  # puzzles used since the last top-up
+
+    def __len__(self) -> int:
+        """Unused puzzles held (reads the device's position)."""
+        return len(self.x) - int(self.head)
+
+    def top_up(self) -> None:
+        used = int(self.head)
+        if used > len(self.x):
+            raise RuntimeError(f"the device feed ran dry: {used} puzzles taken of {len(self.x)} held (top it up "
+                               "more often, or hold a larger reserve)")
+        keep = slice(used, None)
+        self.x, self.y, self.ids = self.x[keep], self.y[keep], self.ids[keep]
+        self.extra = None if self.extra is None else self.extra[keep]
+        self.head = torch.zeros_like(self.head)
+        missing = self.reserve - len(self.x)
+        if missing > 0:
+            x, y, ids = (torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+                         for a in self.stream.take(missing))
+            extra = None if self.prepare is None else self.prepare(x, y)
+            self.x, self.y, self.ids = torch.cat([self.x, x]), torch.cat([self.y, y]), torch.cat([self.ids, ids])
+            if extra is not None:
+                self.extra = extra if self.extra is None else torch.cat([self.extra, extra])
+
+    def take(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(puzzles, labels, identifiers, extras) for a batch whose rows ``mask`` (bool ``[B]``) start anew: row
+        ``i`` holds the next unused puzzle if ``mask[i]``, else a row to ignore."""
+        index = (self.head + mask.cumsum(0) - 1).clamp(0, max(len(self.x) - 1, 0))
+        self.head = self.head + mask.sum()
+        return self.x[index], self.y[index], self.ids[index], None if self.extra is None else self.extra[index]
+
+    def state_dict(self) -> dict:
+        """The unused puzzles (and extras), on the CPU: with the stream's state, where the feed stands."""
+        used = int(self.head)
+        state = {"x": self.x[used:].cpu(), "y": self.y[used:].cpu(), "ids": self.ids[used:].cpu()}
+        if self.extra is not None:
+            state["extra"] = self.extra[used:].cpu()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.x, self.y, self.ids = (state[k].to(self.device) for k in ("x", "y", "ids"))
+        self.extra = state["extra"].to(self.device) if "extra" in state else None
+        self.head = torch.zeros_like(self.head)

@@ -62,19 +62,20 @@ def step_diagnostics(out: SupervisionOutput, puzzle: torch.Tensor, label: torch.
             float(improvement[blank].sum()))
 
 
-def diagnose(run, n: int = 1000, w: float = 1.0, device="cpu", puzzles=None) -> dict:
+def diagnose(run, n: int = 1000, w: float = 1.0, device="cpu", puzzles=None, precision: str | None = None) -> dict:
     """Per supervision step on held-out puzzles: accuracy, mean advantage margin, changed fraction, dead flag."""
-    return evaluate_run(run, n=n, puzzles=puzzles, device=device, diagnostics=True, w=w)["diagnostics"]
+    return evaluate_run(run, n=n, puzzles=puzzles, device=device, diagnostics=True, w=w,
+                        precision=precision)["diagnostics"]
 
 
-def diagnose_model(model, task, inputs, labels, w: float = 1.0, device="cpu") -> dict:
+def diagnose_model(model, task, inputs, labels, w: float = 1.0, device="cpu", precision: str = "fp32") -> dict:
     N_sup = model.cfg.N_sup
     sums = np.zeros((N_sup, 4))
 
     def on_step(s: int, sl, out: SupervisionOutput, runner: RecursionRunner) -> None:
         sums[s] += step_diagnostics(out, runner.core.puzzle, runner.core.label, w)
 
-    metrics = rollout_metrics(model, task, inputs, labels, device=device, on_step=on_step)
+    metrics = rollout_metrics(model, task, inputs, labels, device=device, on_step=on_step, precision=precision)
     k = metrics["nfe_per_step"]
     steps = []
     for s in range(N_sup):

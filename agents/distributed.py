@@ -12,8 +12,10 @@ The supervised loop uses it for:
 * gradients averaged over the global batch (:meth:`average_gradients`, one all-reduce of every gradient);
   each rank's loss is a mean over its equal share, so the average is the global batch's mean; the optimizer
   step and the EMA are then identical on every rank;
-* one clock and one stop: rank 0's training seconds and any rank's SIGTERM (:meth:`agree`), so every rank
-  stops, looks and checkpoints at the same step;
+* one clock and one stop: rank 0's training seconds and any rank's SIGTERM (:meth:`agree`, at the log points),
+  so every rank stops, looks and checkpoints at the same step;
+* the identifier embedding's rows: each rank's identifiers and row gradients gathered (:meth:`all_gather`), so
+  the sparse sign-SGD applies every rank's rows, as the official optimizer;
 * metrics as sums, not means of means (:meth:`sum`), and evaluation split across ranks and gathered
   (:meth:`gather`) before it is summarised;
 * checkpoints written by rank 0 behind a barrier, holding every rank's stream, carried batch and RNG, so
@@ -109,6 +111,15 @@ class Distributed:
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``tensor`` (the same shape on all), concatenated along the first axis in rank order: the
+        identifier embedding's rows and their gradients, exchanged instead of an all-reduce of the whole table."""
+        if not self.active:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
 
     def agree(self, elapsed: float, stop: bool) -> tuple[float, bool]:
         """Rank 0's clock, and whether any rank was asked to stop: the same answer on every rank."""

@@ -11,6 +11,7 @@ import torch
 from recursion_env.tasks import PuzzleBatch, Task, load_puzzles, make_task
 
 from .checkpoint import load_checkpoint
+from .precision import autocast, resolve_precision, trained_precision
 from .rollout import RecursionRunner
 from .trm import TRM, TRMConfig
 
@@ -18,7 +19,8 @@ from .trm import TRM, TRMConfig
 @torch.no_grad()
 def rollout_metrics(model: TRM, task: Task, inputs: np.ndarray, labels: np.ndarray | None = None,
                     batch_size: int = 256, device="cpu", guidance: float = 1.0,
-                    on_step: Callable | None = None, puzzle_ids: np.ndarray | None = None) -> dict:
+                    on_step: Callable | None = None, puzzle_ids: np.ndarray | None = None,
+                    precision: str = "fp32") -> dict:
     """Run every puzzle for ``N_sup`` supervision steps through the core (no halting) and record, per step,
     ``solved`` (the rule verifier), blank-cell accuracy, and whether the halting head says stop.
 
@@ -28,14 +30,12 @@ def rollout_metrics(model: TRM, task: Task, inputs: np.ndarray, labels: np.ndarr
     Halting at evaluation is read off these (see :func:`summarize`): an example halts at the first step its
     halting policy says stop (or the last), with that step's answer, and spends
     (step + 1) * nfe_per_step forward passes; later steps cannot change an earlier step's answer.
+    The network runs in ``precision`` (``bf16`` or ``fp32``); each batch's records are read back once, at its end.
     """
     model.eval()
     N_sup = model.cfg.N_sup
     n = len(inputs)
-    solved = np.zeros((N_sup, n), dtype=bool)
-    cell = np.zeros((N_sup, n), dtype=np.float32)
-    halt_logit = np.zeros((N_sup, n), dtype=np.float32)
-    label_match = None if labels is None else np.zeros((N_sup, n), dtype=bool)
+    records = {"solved": [], "cell_accuracy": [], "halt_logit": [], "label_match": []}
     for start in range(0, n, batch_size):
         sl = slice(start, min(n, start + batch_size))
         k = sl.stop - sl.start
@@ -43,18 +43,33 @@ def rollout_metrics(model: TRM, task: Task, inputs: np.ndarray, labels: np.ndarr
         runner = RecursionRunner(model, task, k, device, **({"reward_mode": "verifier"} if labels is None else {}))
         runner.start(inputs[sl], None if labels is None else labels[sl],
                      puzzle_ids=None if puzzle_ids is None else puzzle_ids[sl])
+        batch = {key: [] for key in records}
         for s in range(N_sup):
-            out = runner.forward()
+            with autocast(precision, device):
+                out = runner.forward()
             res = runner.commit(out, w=guidance)
-            solved[s, sl] = res.info["solved"].cpu().numpy()
-            cell[s, sl] = res.info["cell_accuracy"].cpu().numpy()
-            halt_logit[s, sl] = out.halt_logit.float().cpu().numpy()
-            if label_match is not None:
-                label_match[s, sl] = (runner.core.answer == runner.core.label).all(1).cpu().numpy()
+            batch["solved"].append(res.info["solved"])
+            batch["cell_accuracy"].append(res.info["cell_accuracy"])
+            batch["halt_logit"].append(out.halt_logit.float())
+            if labels is not None:
+                batch["label_match"].append((runner.core.answer == runner.core.label).all(1))
             if on_step is not None:
                 on_step(s, sl, out, runner)
-    return {"solved": solved, "cell_accuracy": cell, "halt_logit": halt_logit, "label_match": label_match,
-            "nfe_per_step": model.cfg.nfe_per_supervision_step}
+        for key, rows in batch.items():
+            if rows:
+                records[key].append(torch.stack(rows).cpu().numpy())
+    dtypes = {"solved": bool, "cell_accuracy": np.float32, "halt_logit": np.float32, "label_match": bool}
+    result = {key: (np.concatenate(parts, 1) if parts else np.zeros((N_sup, 0), dtypes[key])).astype(dtypes[key])
+              for key, parts in records.items()}
+    if labels is None:
+        result["label_match"] = None
+    return result | {"nfe_per_step": model.cfg.nfe_per_supervision_step}
+
+
+def run_precision(train_config: dict, precision: str | None, device) -> str:
+    """The precision to evaluate a run in: ``precision`` (``auto``: the machine's choice), or by default the one
+    the run was trained in (``load_trained`` puts it in the train config)."""
+    return resolve_precision(precision or train_config.get("precision") or "fp32", device)
 
 
 def _halting(solved, cell, halt, k, match=None) -> dict:
@@ -102,7 +117,7 @@ def load_trained(run, device="cpu", weights: str = "ema") -> tuple[TRM, Task, di
         task = make_task(state["task"], **state["task_kwargs"])
     except (TypeError, RuntimeError) as e:  # unknown config fields; missing, unexpected or mis-shaped weights
         raise ValueError(f"{run}: checkpoint does not fit its own config ({str(e).strip()[:500]})") from None
-    return model.eval(), task, state["train_config"]
+    return model.eval(), task, {**state["train_config"], "precision": trained_precision(state)}
 
 
 def evaluation_batch(task: Task, train_config: dict, n: int, puzzles=None) -> PuzzleBatch:
@@ -130,11 +145,13 @@ def evaluation_set(task: Task, train_config: dict, n: int, puzzles=None) -> tupl
 
 
 def evaluate_run(run, n: int = 1000, puzzles=None, halting: bool = False, guidance=None, device="cpu",
-                 batch_size: int = 256, diagnostics: bool = False, w: float = 1.0) -> dict:
+                 batch_size: int = 256, diagnostics: bool = False, w: float = 1.0,
+                 precision: str | None = None) -> dict:
     """The ``recursion-env eval`` JSON: method, task, n_puzzles, by_step, and halting / guidance on request.
     ``diagnostics=True`` adds the dead-compute report (``agents.diagnostics``, its margin taken under guidance
-    weight ``w``) from the same rollout."""
+    weight ``w``) from the same rollout. ``precision``: bf16, fp32, auto (the machine's), or None: the run's."""
     model, task, train_config = load_trained(run, device)
+    precision = run_precision(train_config, precision, device)
     inputs, labels = evaluation_set(task, train_config, n, puzzles)
     report = None
     if diagnostics:
@@ -142,12 +159,14 @@ def evaluate_run(run, n: int = 1000, puzzles=None, halting: bool = False, guidan
 
         if labels is None:
             raise ValueError("diagnostics need labels (the margin is measured at the solution token)")
-        report = diagnose_model(model, task, inputs, labels, w, device)
+        report = diagnose_model(model, task, inputs, labels, w, device, precision=precision)
         summary = report.pop("summary")
         report |= {"run": str(run), "method": train_config.get("method", "trm")}
     else:
-        summary = summarize(rollout_metrics(model, task, inputs, labels, batch_size=batch_size, device=device))
+        summary = summarize(rollout_metrics(model, task, inputs, labels, batch_size=batch_size, device=device,
+                                            precision=precision))
     result = {"method": train_config.get("method", "trm"), "task": task.name, "task_kwargs": task.kwargs,
+              "precision": precision,
               "run": str(Path(run)), "n_puzzles": summary["n_puzzles"], "by_step": summary["by_step"],
               "exact_accuracy_judged_by": "rule verifier", "labels_known": labels is not None}
     if labels is None:
@@ -160,8 +179,8 @@ def evaluate_run(run, n: int = 1000, puzzles=None, halting: bool = False, guidan
         rows = []
         for w in guidance:
             # w = 1 is plain decoding: the rollout above already is that
-            g = summary if w == 1.0 else summarize(rollout_metrics(model, task, inputs, labels,
-                                                                   batch_size=batch_size, device=device, guidance=w))
+            g = summary if w == 1.0 else summarize(rollout_metrics(
+                model, task, inputs, labels, batch_size=batch_size, device=device, guidance=w, precision=precision))
             if labels is None:  # no label, no cell accuracy (as for the plain rows above)
                 for row in g["by_step"]:
                     row["cell_accuracy"] = None

@@ -20,6 +20,7 @@ from recursion_env import RecursionCore, StepResult
 from recursion_env.halting_env import RecursionOutput
 from recursion_env.tasks import Task
 
+from .precision import autocast, resolve_precision
 from .trm import TRM, SupervisionOutput
 
 
@@ -61,6 +62,15 @@ class RecursionRunner:
         self.core.reset(mask, puzzles=puzzles, labels=labels, latent=latent, owned=True,  # a fresh stack
                         puzzle_ids=puzzle_ids)
 
+    def restart(self, mask: torch.Tensor | None, puzzles: torch.Tensor, labels: torch.Tensor,
+                puzzle_ids: torch.Tensor) -> None:
+        """Begin episodes in the rows of ``mask`` (all when None) from full-batch tensors on the device, the other
+        rows ignored: the training loop's in-place replacement of finished rows (``RecursionCore.restart``: no
+        checks, no host synchronisation, fixed shapes)."""
+        with torch.no_grad():
+            latent = torch.stack(self.model.initial_state(1), 1)
+        self.core.restart(mask, puzzles, labels, latent, puzzle_ids)
+
     def forward(self) -> SupervisionOutput:
         core = self.core
         return self.model(core.puzzle, core.latent, core.step_count, core.answer, core.puzzle_id)
@@ -84,10 +94,13 @@ class TRMPolicy:
     each supervision step, and halting is decided there.
     """
 
-    def __init__(self, model: TRM, granularity: str = "supervision_step", use_halting: bool = True):
+    def __init__(self, model: TRM, granularity: str = "supervision_step", use_halting: bool = True,
+                 precision: str = "auto"):
         if granularity not in ("supervision_step", "call"):
             raise ValueError(f"granularity must be 'supervision_step' or 'call', got {granularity!r}")
         self.model, self.granularity, self.use_halting = model.eval(), granularity, use_halting
+        #: bf16 autocast or fp32 (``auto``: bf16 where the model's device has native bf16 units)
+        self.precision = resolve_precision(precision, model.output_head.weight.device)
         cfg = model.cfg
         self.latent_shape = (2, cfg.latent_len, cfg.hidden)
         self.nfe_per_step = cfg.nfe_per_supervision_step if granularity == "supervision_step" else 1
@@ -100,8 +113,9 @@ class TRMPolicy:
     def step(self, puzzle: torch.Tensor, latent: torch.Tensor, step_index: torch.Tensor | None = None,
              answer: torch.Tensor | None = None, puzzle_id: torch.Tensor | None = None) -> RecursionOutput:
         """One supervision step (the halting env's interface)."""
-        out = self.model(puzzle, latent, step_index, answer, puzzle_id)
-        return RecursionOutput(torch.stack([out.y, out.z], 1), out.logits, out.halt_logit)
+        with autocast(self.precision, puzzle.device):
+            out = self.model(puzzle, latent, step_index, answer, puzzle_id)
+        return RecursionOutput(torch.stack([out.y, out.z], 1).float(), out.logits.float(), out.halt_logit.float())
 
     @torch.no_grad()
     def act(self, obs: dict) -> dict:
@@ -121,13 +135,14 @@ class TRMPolicy:
             raise ValueError("call granularity needs every env of the batch at the same position in the schedule")
         sup_index = step // per_sup
         y, z = latent[:, 0], latent[:, 1]
-        x = model.step_input(puzzle, obs.get("answer"), sup_index, y, puzzle_id)
         answer = obs["answer"]
         halt = torch.zeros(B, dtype=torch.long, device=puzzle.device)
-        y, z = model.recursion_call(c % (cfg.n + 1), x, y, z)
-        if c == per_sup - 1:  # the supervision step is complete: read out
-            logits, halt_logit, _ = model.readout(y)
-            answer = logits.argmax(-1)
-            if self.use_halting:
-                halt = (halt_logit > 0).long()
-        return {"latent": torch.stack([y, z], 1), "answer": answer, "halt": halt}
+        with autocast(self.precision, puzzle.device):
+            x = model.step_input(puzzle, obs.get("answer"), sup_index, y, puzzle_id)
+            y, z = model.recursion_call(c % (cfg.n + 1), x, y, z)
+            if c == per_sup - 1:  # the supervision step is complete: read out
+                logits, halt_logit, _ = model.readout(y)
+                answer = logits.argmax(-1)
+                if self.use_halting:
+                    halt = (halt_logit > 0).long()
+        return {"latent": torch.stack([y, z], 1).float(), "answer": answer, "halt": halt}

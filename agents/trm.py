@@ -18,6 +18,7 @@ DIS's step embedding (the official DIS code's ``timestep_embed``) and input from
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import NamedTuple
@@ -215,6 +216,25 @@ class Block(nn.Module):
         return rms_norm(h + self.ffn(h), self.eps)
 
 
+class SparseEmbedding(nn.Module):
+    """The per-identifier embedding as the official ``CastedSparseEmbedding``: the table is a buffer (no gradient,
+    no optimizer state the size of the table); in training the batch's rows are gathered into a local tensor that
+    carries the gradient, and :class:`~agents.optim.SignSGD` updates those rows only. Evaluation reads the table.
+    As official, one gathered batch per optimizer step: a second call before the step replaces the first."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim))
+        self.local: tuple[torch.Tensor, torch.Tensor] | None = None  # (ids, rows with gradient) of the last batch
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.weight[ids]
+        if self.training and torch.is_grad_enabled():
+            rows.requires_grad_()
+            self.local = (ids, rows)
+        return rows
+
+
 class SupervisionOutput(NamedTuple):
     y: torch.Tensor  # answer embedding after the step (carries gradient from the last recursion)
     z: torch.Tensor
@@ -223,6 +243,19 @@ class SupervisionOutput(NamedTuple):
     halt_logit: torch.Tensor  # [B]
     value: torch.Tensor  # [B]
     nfe: int
+
+
+def _forward_pass(model: TRM, h: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
+    rope = (model.rope_cos, model.rope_sin) if model.cfg.pos == "rope" else None
+    h = h + injection
+    for layer in model.layers:
+        h = layer(h, rope)
+    return h
+
+
+@functools.cache
+def _compiled_forward_pass():
+    return torch.compile(_forward_pass, dynamic=False)
 
 
 class TRM(nn.Module):
@@ -237,8 +270,7 @@ class TRM(nn.Module):
         trunc_normal_(self.token_embedding.weight, 1.0 / self.embed_scale)
         if cfg.puzzle_emb_ndim:
             # the per-identifier embedding: zero at start, trained by sign-SGD (see `configure_optimizers`)
-            self.puzzle_embedding = nn.Embedding(cfg.num_puzzle_ids, cfg.puzzle_emb_ndim)
-            nn.init.zeros_(self.puzzle_embedding.weight)
+            self.puzzle_embedding = SparseEmbedding(cfg.num_puzzle_ids, cfg.puzzle_emb_ndim)
         if cfg.pos == "learned":
             self.position_embedding = nn.Parameter(trunc_normal_(torch.empty(cfg.latent_len, D),
                                                                  1.0 / self.embed_scale))
@@ -256,6 +288,7 @@ class TRM(nn.Module):
         self.register_buffer("z_init", trunc_normal_(torch.empty(D), 1.0))
         self.output_head = lecun_linear(D, cfg.vocab_size)
         self._new_heads()
+        self.compiled = False  # see compile_f
 
     def _new_heads(self) -> None:
         """The halting (Q) head and the value head, on y or, with ``halt_readout="confidence"``, on the readout's
@@ -281,33 +314,32 @@ class TRM(nn.Module):
 
     def configure_optimizers(self, lr: float, weight_decay: float, betas=(0.9, 0.95), optimizer: str = "adam_atan2",
                              weight_decay_scope: str = "all", puzzle_emb_lr: float | None = None,
-                             puzzle_emb_weight_decay: float | None = None) -> list[torch.optim.Optimizer]:
+                             puzzle_emb_weight_decay: float | None = None,
+                             gather=None) -> list[torch.optim.Optimizer]:
         """The optimizers, as the official ``pretrain.py`` builds them: Adam-atan2 (or AdamW) with weight decay on
         every parameter (``weight_decay_scope="matrices"``: only on matrices other than embeddings, our older
         choice), and sign-SGD with decoupled weight decay on the per-identifier embedding, at its own learning rate
-        (default: ``lr``) and weight decay (default: ``weight_decay``)."""
+        (default: ``lr``) and weight decay (default: ``weight_decay``), on the rows of the batch only; ``gather``
+        (data-parallel) concatenates a tensor over the ranks, so every rank applies every rank's rows."""
         from .optim import OPTIMIZERS, SignSGD
 
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
         if weight_decay_scope not in ("all", "matrices"):
             raise ValueError(f"weight_decay_scope must be 'all' or 'matrices', got {weight_decay_scope!r}")
-        sparse = [self.puzzle_embedding.weight] if self.cfg.puzzle_emb_ndim else []
         embeddings = [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]
         decay, no_decay = [], []
-        for p in self.parameters():
-            if any(p is s for s in sparse):
-                continue
+        for p in self.parameters():  # (the identifier table is a buffer: SignSGD's, below)
             keep = weight_decay_scope == "matrices" and (p.ndim < 2 or any(p is e for e in embeddings))
             (no_decay if keep else decay).append(p)
         groups = [{"params": decay, "weight_decay": weight_decay}]
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
         optimizers = [OPTIMIZERS[optimizer](groups, lr=lr, betas=tuple(betas))]
-        if sparse:
-            optimizers.append(SignSGD(sparse, lr=lr if puzzle_emb_lr is None else puzzle_emb_lr,
+        if self.cfg.puzzle_emb_ndim:
+            optimizers.append(SignSGD([self.puzzle_embedding], lr=lr if puzzle_emb_lr is None else puzzle_emb_lr,
                                       weight_decay=weight_decay if puzzle_emb_weight_decay is None
-                                      else puzzle_emb_weight_decay))
+                                      else puzzle_emb_weight_decay, gather=gather))
         return optimizers
 
     # -- embeddings and state -----------------------------------------------------------------------------
@@ -361,12 +393,14 @@ class TRM(nn.Module):
 
     # -- the recursion ----------------------------------------------------------------------------------------
     def f(self, h: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
-        """The shared network: one forward pass (one NFE)."""
-        rope = (self.rope_cos, self.rope_sin) if self.cfg.pos == "rope" else None
-        h = h + injection
-        for layer in self.layers:
-            h = layer(h, rope)
-        return h
+        """The shared network: one forward pass (one NFE); compiled after :meth:`compile_f`."""
+        return (_compiled_forward_pass() if self.compiled else _forward_pass)(self, h, injection)
+
+    def compile_f(self, enabled: bool = True) -> TRM:
+        """Run f through ``torch.compile`` (static shapes; one graph serves every call of every TRM of the
+        process, as the weights are its inputs). A flag, so a copy of the model (the EMA's) is compiled too."""
+        self.compiled = enabled
+        return self
 
     def recursion_call(self, c: int, x, y, z, n: int | None = None):
         """Call ``c`` (0 ... n) of a latent recursion, one forward pass: z = f(z, y + x) n times, then y = f(y, z)."""

@@ -6,6 +6,8 @@
 2. DIS training for ``--minutes`` on 6x6 Sudoku on ``cuda``, then held-out evaluation on ``cuda``.
 3. PPO on ``cuda``: halting mode from that run, and full mode from scratch on 4x4, a few iterations each.
 4. Env throughput on ``cuda`` (``benchmarks/env_throughput.py --device cuda``).
+5. No host synchronisation in the training loop: TRM and DIS, 20 steps between two log points under
+   ``torch.cuda.set_sync_debug_mode("error")`` (any call that waits for the device raises), bf16, compiled.
 
 Writes ``cuda_check.json`` (figures and pass/fail of each step); exits non-zero if a check fails.
 """
@@ -28,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/bench/cuda_check")
     p.add_argument("--minutes", type=float, default=1.0, help="DIS training budget")
     p.add_argument("--only", default=None, help="comma-separated checks to run (mdp, dis_train_eval, ppo, "
-                                                 "env_throughput); ppo needs dis_train_eval's run")
+                                                 "env_throughput, no_sync); ppo needs dis_train_eval's run")
     p.add_argument("--device", default="cuda", help="cuda; cpu runs the same checks as a dry run of this script")
     args = p.parse_args(argv)
     dev = args.device
@@ -101,7 +103,44 @@ def main(argv=None) -> int:
                         "--single-steps", "1000", "--steps", "100"], check=True)
         return json.loads((out / "env_throughput.json").read_text())["steps_per_s"]
 
-    checks = {"mdp": mdp, "dis_train_eval": train_and_eval, "ppo": ppo, "env_throughput": throughput}
+    def no_sync():
+        from agents.data import DeviceFeed
+        from agents.rollout import RecursionRunner
+        from agents.trainers import config_from_dict, train
+
+        forward, top_up = RecursionRunner.forward, DeviceFeed.top_up
+        calls = {"forward": 0}
+
+        def watched_forward(self):  # from step 21 on, a sync raises, until the top-up of step 40
+            calls["forward"] += 1
+            if calls["forward"] == 21 and dev == "cuda":
+                torch.cuda.set_sync_debug_mode("error")
+            return forward(self)
+
+        def watched_top_up(self):
+            if dev == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+            return top_up(self)
+
+        RecursionRunner.forward, DeviceFeed.top_up = watched_forward, watched_top_up
+        try:
+            results = {}
+            for method, schedule in (("trm", {"T": 3, "n": 6, "N_sup": 16}), ("dis", {})):
+                calls["forward"] = 0
+                r = train(config_from_dict({"method": method, "task_kwargs": {"size": 6}, "steps": 40, "log_every": 20,
+                                            "device": dev, "precision": "auto", "compile": "on", "progress": False,
+                                            "final_eval": False, "eval_n": 16, "checkpoint_every": 10**6,
+                                            "out": str(out / f"no_sync_{method}"), **schedule}), overwrite=True)
+                results[method] = {"optimizer_steps": r["optimizer_steps"], "precision": r["precision"],
+                                   "compile_s": r["compile_s"]}
+            return results
+        finally:
+            RecursionRunner.forward, DeviceFeed.top_up = forward, top_up
+            if dev == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+
+    checks = {"mdp": mdp, "dis_train_eval": train_and_eval, "ppo": ppo, "env_throughput": throughput,
+              "no_sync": no_sync}
     for name in (args.only.split(",") if args.only else checks):
         check(name, checks[name])
     (out / "cuda_check.json").write_text(json.dumps(report, indent=2, default=str))

@@ -258,7 +258,7 @@ class RecursionCore:
         solved = satisfied >= total  # (in counts: exact on every device, and the label reward needs no fraction)
         return (cell_acc if self._label_score else rule_fraction(satisfied, total)), cell_acc, solved
 
-    def _givens(self, puzzle: torch.Tensor) -> torch.Tensor:
+    def givens_of(self, puzzle: torch.Tensor) -> torch.Tensor:
         """The cells the answer keeps: the puzzle's non-zero ones, or none where the input is not part of the
         answer (``task.keeps_givens`` False: ARC)."""
         return puzzle != 0 if self.task.keeps_givens else torch.zeros_like(puzzle, dtype=torch.bool)
@@ -324,20 +324,10 @@ class RecursionCore:
             latent = torch.zeros(n, *self.latent_shape, device=self.device)
         else:
             latent = self._kept(self._check_latent(latent, n, "reset latent"), latent, owned)
-        givens = self._givens(puzzles)
-        labels = torch.where(givens, puzzles, labels)
-        scored_label, n_scored = self._scored_cells(givens, labels)
         puzzle_ids = (torch.zeros(n, dtype=torch.int64, device=self.device) if puzzle_ids is None
                       else _as_tensor(puzzle_ids, "puzzle_ids", self.device).to(torch.int64).reshape(n))
-        context = self.task.rule_context(puzzles)
-        score, cell_acc, solved = self._evaluate(puzzles, puzzles, context, scored_label, n_scored)
-        zeros = torch.zeros(n, dtype=torch.int64, device=self.device)
-        updates = {"puzzle": puzzles, "givens": givens, "puzzle_id": puzzle_ids, "label": labels,
-                   "answer": puzzles.clone(),
-                   "latent": latent, "step_count": zeros, "nfe": zeros, "score": score, "cell_accuracy": cell_acc,
-                   "solved": solved, "potential": score + self.config.solve_bonus * solved,
-                   "scored_label": scored_label, "n_scored": n_scored,
-                   "done": torch.zeros(n, dtype=torch.bool, device=self.device)}
+        updates, context = self._episode_start(puzzles, labels, latent, puzzle_ids)
+        updates["answer"] = puzzles.clone()
         if idx is None:
             for k, v in updates.items():
                 setattr(self, k, v)
@@ -352,6 +342,40 @@ class RecursionCore:
                 ctx[idx] = context
                 self.context = ctx
         return self.observation()
+
+    def _episode_start(self, puzzles, labels, latent, puzzle_ids) -> tuple[dict, torch.Tensor | None]:
+        """The state of episodes that start on ``puzzles`` (the rules of a reset), and their rule context."""
+        givens = self.givens_of(puzzles)
+        labels = torch.where(givens, puzzles, labels)
+        scored_label, n_scored = self._scored_cells(givens, labels)
+        context = self.task.rule_context(puzzles)
+        score, cell_acc, solved = self._evaluate(puzzles, puzzles, context, scored_label, n_scored)
+        zeros = torch.zeros_like(puzzle_ids)
+        return {"puzzle": puzzles, "givens": givens, "puzzle_id": puzzle_ids, "label": labels, "answer": puzzles,
+                "latent": latent, "step_count": zeros, "nfe": zeros, "score": score, "cell_accuracy": cell_acc,
+                "solved": solved, "potential": score + self.config.solve_bonus * solved,
+                "scored_label": scored_label, "n_scored": n_scored,
+                "done": torch.zeros_like(puzzle_ids, dtype=torch.bool)}, context
+
+    def restart(self, mask: torch.Tensor | None, puzzles: torch.Tensor, labels: torch.Tensor, latent: torch.Tensor,
+                puzzle_ids: torch.Tensor) -> None:
+        """Start new episodes in the envs of ``mask`` (all when None) from full-batch tensors, the other rows
+        ignored: ``puzzles``/``labels [B, L]`` int64, ``latent [B, 2, latent_len, D]`` float32 (broadcastable),
+        ``puzzle_ids [B]`` int64. The trusted counterpart of :meth:`reset`, as :meth:`transition` is of
+        :meth:`step`: no validation, no copies, no host synchronisation, the shapes never change (a training loop
+        that replaces its finished rows in place keeps one compiled graph)."""
+        updates, context = self._episode_start(puzzles, labels, latent.expand(self.batch_size, *self.latent_shape),
+                                               puzzle_ids)
+        if mask is None:  # (the answer changes, the puzzle stays; the latent gets memory of its own, every row's)
+            updates["answer"], updates["latent"] = puzzles.clone(), updates["latent"].contiguous()
+            for k, v in updates.items():
+                setattr(self, k, v)
+            self.context = context
+            return
+        for k, v in updates.items():
+            setattr(self, k, torch.where(mask.view(-1, *[1] * (v.ndim - 1)), v, getattr(self, k)))
+        if self.context is not None:
+            self.context = torch.where(mask.view(-1, *[1] * (context.ndim - 1)), context, self.context)
 
     def _derive_labels(self, puzzles: torch.Tensor):
         """Labels for puzzles given without: the task's (solution, canonical path). Where the task has none, label

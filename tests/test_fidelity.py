@@ -360,10 +360,15 @@ def test_adam_atan2_is_the_official_update():
 
 
 def test_sign_sgd_moves_only_the_rows_in_use():
-    table = torch.nn.Parameter(torch.ones(3, 2))
-    table.grad = torch.tensor([[0.5, -2.0], [0.0, 0.0], [-1e-3, 0.0]])
+    from agents.trm import SparseEmbedding
+
+    table = SparseEmbedding(4, 2).train()
+    table.weight.fill_(1.0)
+    rows = table(torch.tensor([0, 2, 0]))
+    (rows * torch.tensor([[0.5, -2.0], [-1e-3, 0.0], [0.0, 0.0]])).sum().backward()
     SignSGD([table], lr=0.1, weight_decay=1.0).step()
-    assert torch.allclose(table.detach(), torch.tensor([[0.8, 1.0], [1.0, 1.0], [1.0, 0.9]]))
+    # row 0: gradient (0.5, -2) summed over its two uses; row 2: (-1e-3, 0); rows 1 and 3 not in the batch
+    assert torch.allclose(table.weight, torch.tensor([[0.8, 1.0], [1.0, 1.0], [1.0, 0.9], [1.0, 1.0]]))
 
 
 def test_configure_optimizers_decays_every_parameter_officially():
@@ -371,7 +376,7 @@ def test_configure_optimizers_decays_every_parameter_officially():
     adam, sign = model.configure_optimizers(1e-3, 0.1, puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.3)
     assert isinstance(adam, AdamATan2) and isinstance(sign, SignSGD)
     assert len(adam.param_groups) == 1 and adam.param_groups[0]["weight_decay"] == 0.1
-    assert len(adam.param_groups[0]["params"]) == sum(1 for _ in model.parameters()) - 1
+    assert len(adam.param_groups[0]["params"]) == sum(1 for _ in model.parameters())  # (the table: a buffer)
     assert sign.param_groups[0]["params"][0] is model.puzzle_embedding.weight
     assert sign.param_groups[0]["lr"] == 1e-2 and sign.param_groups[0]["weight_decay"] == 0.3
     adamw = model.configure_optimizers(1e-3, 0.1, optimizer="adamw", weight_decay_scope="matrices")[0]

@@ -196,7 +196,7 @@ def test_trm_through_gym_env_reproduces_direct_calls(trained, granularity):
 
 def test_trm_through_torchrl_env_and_runner_agree(trained):
     model, task, _ = load_trained(trained)
-    policy = TRMPolicy(model, use_halting=False)
+    policy = TRMPolicy(model, use_halting=False, precision="fp32")  # (as the runner below and direct_predictions)
     env = RecursionTorchRLEnv(task, num_envs=8, latent_dim=model.cfg.hidden, latent_len=model.cfg.latent_len,
                               nfe_per_step=model.cfg.nfe_per_supervision_step, max_steps=model.cfg.N_sup, seed=0)
     td = env.reset()
@@ -253,13 +253,14 @@ def test_every_role_acts_through_the_one_trm_step(monkeypatch, input_from_answer
         core = runner.core
         state = (core.puzzle, core.latent.clone(), core.step_count.clone(), core.answer.clone())
         calls.clear()
-        outputs = [runner.forward(), TRMPolicy(model).step(*state), TRMActor(model, "halting")(*state)]
+        outputs = [runner.forward(), TRMPolicy(model, precision="fp32").step(*state),
+                   TRMActor(model, "halting")(*state)]
     assert len(calls) == 3
     (ref, pol, act) = outputs
     assert torch.equal(pol.latent, torch.stack([ref.y, ref.z], 1)) and torch.equal(pol.logits, ref.logits)
     assert torch.equal(act[0], torch.stack([ref.y, ref.z], 1)) and torch.equal(act[1], ref.logits)
     # the halting env keeps no answer: the model decodes it from y, the answer the core holds
-    no_answer = TRMPolicy(model).step(*state[:3])
+    no_answer = TRMPolicy(model, precision="fp32").step(*state[:3])
     assert torch.equal(no_answer.logits, ref.logits)
 
 

@@ -27,9 +27,18 @@ from recursion_env.atomic import remove_stale_temporaries
 from recursion_env.tasks import Task, load_puzzles, make_task
 
 from ..checkpoint import StopRequest, load_checkpoint, load_newest_valid, save_checkpoint
-from ..data import PuzzleStream
+from ..data import DeviceFeed, PuzzleStream
 from ..distributed import Distributed
 from ..evaluation import evaluation_batch, rollout_metrics, summarize
+from ..precision import (
+    COMPILE_MODES,
+    PRECISIONS,
+    autocast,
+    describe,
+    resolve_compile,
+    resolve_precision,
+    trained_precision,
+)
 from ..rollout import RecursionRunner
 from ..trm import TRM, TRMConfig
 
@@ -99,7 +108,13 @@ class TrainConfig:
     minutes: float | None = None
     seed: int = 0
     device: str = "cpu"
-    compile: bool = False
+    #: bf16 autocast (fp32 master weights, fp32 norms and loss) or fp32; auto: bf16 where the machine has native
+    #: bf16 units (CUDA; a CPU with AMX or AVX512-BF16), else fp32
+    precision: str = field(default="auto", metadata={"choices": PRECISIONS})
+    #: torch.compile the shared network f: on, off, or auto (runs of at least COMPILE_AUTO_MINUTES minutes or
+    #: COMPILE_AUTO_STEPS steps, where a compiler is found; compiling takes 25-40 s on a 2-core CPU, outside the
+    #: training clock)
+    compile: str = field(default="auto", metadata={"choices": COMPILE_MODES})
     eval_every: int = 0  # 0 = only at the end
     #: also look at the held-out accuracy every this many training minutes (0 = off): equal looks for methods of
     #: unequal step costs. A look saves the EMA weights (``looks/step_NNNNNNN.pt``) and is evaluated after training
@@ -125,6 +140,14 @@ class TrainConfig:
             raise ValueError(f"--keep must be >= 1, got {self.keep}")
         if self.stream_chunk < 1:
             raise ValueError(f"--stream-chunk must be >= 1, got {self.stream_chunk}")
+        if isinstance(self.compile, bool):  # (configs written when --compile was a switch)
+            self.compile = "on" if self.compile else "off"
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.log_every < 1:
+            raise ValueError(f"--log-every must be >= 1, got {self.log_every}")
 
     def model_config(self, task: Task) -> TRMConfig:
         """The network this run trains on ``task`` (a method may add to it: DIS embeds the step index)."""
@@ -238,18 +261,17 @@ class EMA:
 
     def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = True):
         self.decay, self.warmup, self.updates = decay, warmup, 0
-        self.shadow = {k: p.detach().clone() for k, p in self._tracked(model)}
-
-    @staticmethod
-    def _tracked(model: torch.nn.Module):
-        return [(k, p) for k, p in model.named_parameters() if not k.startswith("puzzle_embedding.")]
+        # (the identifier table is a buffer, not a parameter: not averaged)
+        self.shadow = {k: p.detach().clone() for k, p in model.named_parameters()}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        """shadow <- d shadow + (1 - d) parameter, every tensor at once (``torch._foreach_*``)."""
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
-        for k, p in self._tracked(model):
-            self.shadow[k].mul_(d).add_(p.detach(), alpha=1 - d)
+        shadow = list(self.shadow.values())
+        torch._foreach_mul_(shadow, d)
+        torch._foreach_add_(shadow, [p.detach() for p in model.parameters()], alpha=1 - d)
 
     def weights(self, model: torch.nn.Module) -> dict:
         """The model's state dict with the averaged parameters in place of the trained ones."""
@@ -324,7 +346,11 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
             raise ValueError(f"{out} is a {state.get('train_config', {}).get('method')!r} run, not a trm/dis one "
                              "(resume PPO runs with train_ppo(resume=True) or the CLI's train --resume)")
         steps, minutes = resume_budget(cfg, state)
-        cfg = config_from_dict({**state["train_config"], "steps": steps, "minutes": minutes,
+        # in the precision it trained in, compiled as it was, whatever ``auto`` would pick for the rest
+        saved = state["train_config"]
+        cfg = config_from_dict({**saved, "steps": steps, "minutes": minutes, "precision": trained_precision(state),
+                                "compile": ("on" if state["compiled"] else "off") if "compiled" in state
+                                else saved.get("compile", "off"),
                                 **{k: getattr(cfg, k) for k in ("progress", "device")}}, strict=False)
         per_rank = state.get("ranks") or [state]  # (checkpoints before torchrun support held one process's)
         if len(per_rank) != ddp.world:
@@ -363,20 +389,27 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
     ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)
     optimizers = model.configure_optimizers(
         cfg.lr, cfg.weight_decay, cfg.betas, optimizer=cfg.optimizer, weight_decay_scope=cfg.weight_decay_scope,
-        puzzle_emb_lr=cfg.puzzle_emb_lr, puzzle_emb_weight_decay=cfg.puzzle_emb_weight_decay)
+        puzzle_emb_lr=cfg.puzzle_emb_lr, puzzle_emb_weight_decay=cfg.puzzle_emb_weight_decay,
+        gather=ddp.all_gather if ddp.active else None)
     # linear warm-up to each optimizer's own rate, then constant (official: lr_min_ratio 1.0)
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
                  for o in optimizers]
     runner = RecursionRunner(model, task, local_batch, device)
-    forward = torch.compile(runner.forward) if cfg.compile else runner.forward
-    halt_rng = torch.Generator(device="cpu").manual_seed(cfg.seed + 1 + ddp.rank)
+    precision = resolve_precision(cfg.precision, device)
+    compiled = resolve_compile(cfg.compile, device, cfg.steps, cfg.minutes)
+    model.compile_f(compiled)
+    # the stream's next puzzles on the device, topped up at the log points: enough for log_every steps
+    feed = DeviceFeed(stream, device, reserve=local_batch * (cfg.log_every + 1),
+                      prepare=lambda x, y: method.prepare(runner, x, y))
+    halt_rng = torch.Generator(device=device).manual_seed(cfg.seed + 1 + ddp.rank)
     if ddp.active:  # each rank's own draws from here on (exploration, targets); the network is built
         torch.manual_seed(cfg.seed + 1_000_003 * (1 + ddp.rank))
     step, elapsed, train_nfe = 0, 0.0, 0
     if state is None:
-        x, y, ids = stream.take(local_batch)
-        runner.start(x, y, puzzle_ids=ids)
-        method.on_start(runner, None)
+        feed.top_up()
+        x, y, ids, extra = feed.take(torch.ones(local_batch, dtype=torch.bool, device=device))
+        runner.restart(None, x, y, ids)
+        method.on_start(runner, None, extra)
     else:
         model.load_state_dict(state["model"])
         ema.shadow = {k: state["ema"][k].to(device) for k in ema.shadow}
@@ -386,19 +419,32 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
         for o, s in zip(schedules, state["schedule"]):
             o.load_state_dict(s)
         stream.load_state_dict(mine["stream"])
+        # the feed as it stood (its next top-up at the same step as the uninterrupted run's: the same draws);
+        # checkpoints from before the feed took puzzles from the stream as needed
+        if "feed" in mine:
+            feed.load_state_dict(mine["feed"])
+        else:
+            feed.top_up()
         runner.core.load_state_dict(mine["core"])
         method.load_state_dict(mine["method"])
         halt_rng.set_state(mine["halt_rng"])
         torch.set_rng_state(mine["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in mine:
+            torch.cuda.set_rng_state(mine["cuda_rng"], device)
         step, elapsed, train_nfe = state["step"], state["elapsed"], state["train_nfe"]
+    if main:
+        print(f"train {cfg.method}: {describe(precision, device)}, torch.compile {'on' if compiled else 'off'}",
+              flush=True)
 
     saved_at = [elapsed]  # training seconds at the last checkpoint
 
     def checkpoint() -> None:
         """Every rank's stream, carried batch and RNG, gathered; written by rank 0; the others wait for it."""
         saved_at[0] = elapsed
-        mine = {"stream": stream.state_dict(), "core": runner.core.state_dict(), "method": method.state_dict(),
-                "halt_rng": halt_rng.get_state(), "torch_rng": torch.get_rng_state()}
+        mine = {"stream": stream.state_dict(), "feed": feed.state_dict(), "core": runner.core.state_dict(),
+                "method": method.state_dict(), "halt_rng": halt_rng.get_state(), "torch_rng": torch.get_rng_state()}
+        if device.type == "cuda":
+            mine["cuda_rng"] = torch.cuda.get_rng_state(device)
         if ddp.active:  # (hashing every parameter, the identifier table included, only where ranks can differ)
             mine["parameters_sha256"] = parameters_sha256(model)
         ranks = ddp.gather(mine)
@@ -408,7 +454,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
         if main:
             save_checkpoint(ckpt_path, keep=cfg.keep, state={
                 "train_config": asdict(cfg), "model_config": model_cfg.to_dict(), "model": model.state_dict(),
-                "ema": ema.weights(model), "ema_updates": ema.updates,
+                "ema": ema.weights(model), "ema_updates": ema.updates, "precision": precision, "compiled": compiled,
                 "optimizer": [o.state_dict() for o in optimizers], "schedule": [o.state_dict() for o in schedules],
                 "ranks": ranks, "step": step, "elapsed": elapsed, "train_nfe": train_nfe, "history": history,
                 "task": task.name, "task_kwargs": task.kwargs})
@@ -416,9 +462,9 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
 
     if main:
         (out / "config.json").write_text(json.dumps({"train": asdict(cfg), "model": model_cfg.to_dict(),
-                                                     "processes": ddp.world}, indent=2))
+                                                     "processes": ddp.world, "precision": precision,
+                                                     "compiled": compiled}, indent=2))
     writer = SummaryWriter(str(out / "tb")) if main else None
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     budget_s = None if cfg.minutes is None else 60 * cfg.minutes
     bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and main), desc=f"train {cfg.method}",
                unit="step")
@@ -431,7 +477,8 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
         """The first ``k`` held-out puzzles, split across the ranks, gathered, summarised (the same on all)."""
         mine_ = np.arange(ddp.rank, k, ddp.world)
         parts = ddp.gather(rollout_metrics(net, task, eval_x[mine_], None if eval_y is None else eval_y[mine_],
-                                           device=device, puzzle_ids=None if eval_ids is None else eval_ids[mine_]))
+                                           device=device, puzzle_ids=None if eval_ids is None else eval_ids[mine_],
+                                           precision=precision))
         order = np.argsort(np.concatenate([np.arange(r, k, ddp.world) for r in range(ddp.world)]), kind="stable")
         metrics = {key: (parts[0][key] if not isinstance(parts[0][key], np.ndarray)
                          else np.concatenate([p[key] for p in parts], axis=1)[:, order])
@@ -446,15 +493,39 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
             writer.add_scalar("eval/halting_exact_accuracy", summary["halting"]["exact_accuracy"], at_step)
         return summary
 
+    def train_forward():
+        """One supervision step of the carried batch and its loss: (output, loss, metrics)."""
+        with autocast(precision, device):
+            out_step = runner.forward()
+            loss, metrics = method.loss(out_step, runner)
+        return out_step, loss, metrics
+
     # -- the loop: one supervision step of the carried batch per optimizer step --------------------------------
-    t_start = time.perf_counter() - elapsed
+    # Between two log points nothing is read back to the host: losses, metrics and episode counts add up on the
+    # device, halting and the replacement of finished rows happen there, and under torchrun the ranks agree on
+    # the clock and on stopping only at the log points.
     stopped = False
+    sums: dict[str, torch.Tensor] = {}
+    summed_steps = 0
     with StopRequest() as stop:
+        compile_s = 0.0
+        if compiled and (cfg.steps is None or step < cfg.steps):
+            # compile now, off the training clock: one supervision step forward and backward, then forgotten (no
+            # state changes: no optimizer step, no draws)
+            t_compile = time.perf_counter()
+            _, loss, _ = train_forward()
+            loss.backward()
+            for o in optimizers:
+                o.zero_grad(set_to_none=True)
+            if model_cfg.puzzle_emb_ndim:
+                model.puzzle_embedding.local = None
+            compile_s = time.perf_counter() - t_compile
+            if main:
+                print(f"compiled the training step in {compile_s:.1f}s (not counted as training time)", flush=True)
+        t_start = time.perf_counter() - elapsed
         while (cfg.steps is None or step < cfg.steps) and (budget_s is None or elapsed < budget_s):
             model.train()
-            with autocast:
-                out_step = forward()
-                loss, metrics = method.loss(out_step, runner)
+            out_step, loss, metrics = train_forward()
             for o in optimizers:
                 o.zero_grad(set_to_none=True)
             loss.backward()
@@ -464,40 +535,47 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
                 o.step()
                 sched.step()
             ema.update(model)
-            last_loss = loss.item()
 
             halt = method.halt(out_step, runner, halt_rng)
             res = runner.commit(out_step, halt)
             train_nfe += cfg.batch_size * model_cfg.nfe_per_supervision_step  # the global batch's
             finished = res.terminated | res.truncated
-            logging = (step + 1) % cfg.log_every == 0
-            if logging:  # the episodes that end here (read before their examples are replaced)
-                episodes = (float(finished.sum()), float(res.info["solved"][finished].sum()),
-                            float(runner.core.step_count[finished].sum()))
-            if finished.any():
-                x, y, ids = stream.take(int(finished.sum()))
-                runner.start(x, y, mask=finished, puzzle_ids=ids)
-                method.on_start(runner, finished)
+            # the episodes that end here, counted before their rows start anew
+            counts = {"loss": loss.detach(), **metrics, "episodes": finished.sum(),
+                      "episodes_solved": (finished & res.info["solved"]).sum(),
+                      "episode_steps": (runner.core.step_count * finished).sum()}
+            sums = {k: sums[k] + v if k in sums else v for k, v in counts.items()}
+            summed_steps += 1
+            x, y, ids, extra = feed.take(finished)
+            runner.restart(finished, x, y, ids)
+            method.on_start(runner, finished, extra)
             step += 1
-            # one clock and one stop for all ranks, so they look, checkpoint and stop at the same step
-            elapsed, stopped = ddp.agree(time.perf_counter() - t_start, bool(stop.requested))
+            logging = step % cfg.log_every == 0
+            # one clock and one stop for all ranks (agreed at the log points), so they look, checkpoint and stop
+            # at the same step
+            clock = time.perf_counter() - t_start
+            if logging or not ddp.active:
+                elapsed, stopped = ddp.agree(clock, bool(stop.requested))
             bar.update(1)
 
             if logging:
+                feed.top_up()
                 # sums over the ranks: the method's metrics are means over equal shares; episodes are counted
-                names = sorted(metrics)
-                totals = ddp.sum([metrics[k] for k in names] + [last_loss, *episodes])
-                metrics = {k: v / ddp.world for k, v in zip(names, totals)}
-                metrics |= {"loss": totals[len(names)] / ddp.world, "grad_norm": float(grad_norm),
-                            "lr": schedules[0].get_last_lr()[0]}
-                n_done, n_solved, n_steps = totals[-3:]
+                names = sorted(sums)
+                totals = dict(zip(names, ddp.sum([float(sums[k]) for k in names])))
+                n_done = totals.pop("episodes")
+                n_solved, n_steps = totals.pop("episodes_solved"), totals.pop("episode_steps")
+                logged = {k: v / (ddp.world * summed_steps) for k, v in totals.items()}
+                last_loss = logged["loss"]
+                logged |= {"grad_norm": float(grad_norm), "lr": schedules[0].get_last_lr()[0]}
                 if n_done:
-                    metrics |= {"episode_exact": n_solved / n_done, "episode_steps": n_steps / n_done}
+                    logged |= {"episode_exact": n_solved / n_done, "episode_steps": n_steps / n_done}
+                sums, summed_steps = {}, 0
                 if writer:
-                    for k, v in metrics.items():
+                    for k, v in logged.items():
                         writer.add_scalar(f"train/{k}", v, step)
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", **({"exact": f"{metrics['episode_exact']:.2f}"}
-                                                                if "episode_exact" in metrics else {}))
+                bar.set_postfix(loss=f"{logged['loss']:.3f}", **({"exact": f"{logged['episode_exact']:.2f}"}
+                                                               if "episode_exact" in logged else {}))
             look = {"step": step, "elapsed_s": elapsed, "train_forward_passes": train_nfe}
             if cfg.eval_every and step % cfg.eval_every == 0:
                 t_eval = time.perf_counter()
@@ -514,6 +592,10 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
                 checkpoint()
             if stopped:  # SIGTERM / SIGINT (on any rank): this step is done; the checkpoint below, then return
                 break
+    if ddp.active and step % cfg.log_every:  # the steps since the last log point: the clock the ranks agree on
+        elapsed, _ = ddp.agree(time.perf_counter() - t_start, False)
+    if summed_steps:  # the loss of the steps since the last log point
+        last_loss = float(sums["loss"]) / summed_steps
     bar.close()
     if step == 0 or step % cfg.checkpoint_every:  # not saved at this step yet
         checkpoint()
@@ -539,9 +621,10 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
     summary = {}
     if cfg.final_eval:
         summary = evaluate(ema.copy_to(copy.deepcopy(model)), len(eval_x))
-    emitted, dropped = ddp.sum([stream.emitted, stream.dropped])
+    emitted, dropped = ddp.sum([stream.emitted - len(feed), stream.dropped])  # (less what the feed holds unused)
     result = {"method": cfg.method, "task": task.name, "task_kwargs": task.kwargs, "optimizer_steps": step,
-              "train_forward_passes": train_nfe, "wall_clock_s": elapsed, "last_loss": last_loss,
+              "train_forward_passes": train_nfe, "wall_clock_s": elapsed, "compile_s": compile_s,
+              "precision": precision, "compiled": compiled, "last_loss": last_loss,
               "examples_seen": int(emitted), "held_out_dropped_from_training": int(dropped),
               "processes": ddp.world, **summary, "history": history}
     if main:

@@ -81,31 +81,31 @@ class PolicyImprovement:
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed + 2 + 1_000_003 * rank)
         self.targets: torch.Tensor | None = None  # [B, N_sup, L]
         s = torch.arange(1, N_sup + 1, dtype=torch.float32)
-        self.step_weights = s / s.mean() if cfg.dis_step_weight == "linear" else torch.ones_like(s)
+        self.step_weights = (s / s.mean() if cfg.dis_step_weight == "linear" else torch.ones_like(s)).to(device)
 
-    def on_start(self, runner: RecursionRunner, mask) -> None:
-        """Fresh target paths for the puzzles that just started (all of them when ``mask`` is None)."""
-        core = runner.core
-        if self.targets is None or mask is None:
-            self.targets = make_targets(self.cfg.targets, core.task, core.puzzle, core.label, self.cfg.model.N_sup,
-                                        self.generator)
-        else:
-            self.targets = self.targets.clone()
-            self.targets[mask] = make_targets(self.cfg.targets, core.task, core.puzzle[mask], core.label[mask],
-                                              self.cfg.model.N_sup, self.generator)
+    def prepare(self, runner: RecursionRunner, puzzles: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Target paths ``[n, N_sup, L]`` for puzzles entering the loop's feed, drawn then, in stream order (so
+        the loop hands them out with their puzzles without drawing on the way)."""
+        labels = torch.where(runner.core.givens_of(puzzles), puzzles, labels)  # (as the core keeps them)
+        return make_targets(self.cfg.targets, runner.task, puzzles, labels, self.cfg.model.N_sup, self.generator)
+
+    def on_start(self, runner: RecursionRunner, mask: torch.Tensor | None, extra: torch.Tensor) -> None:
+        """The started rows' target paths (``extra``, from :meth:`prepare`; all rows when ``mask`` is None)."""
+        self.targets = extra if mask is None or self.targets is None else torch.where(
+            mask[:, None, None], extra, self.targets)
 
     def loss(self, out: SupervisionOutput, runner: RecursionRunner):
         core = runner.core
         s = core.step_count.clamp(max=self.cfg.model.N_sup - 1)
-        target = self.targets[torch.arange(core.batch_size, device=core.device), s]
-        weights = self.step_weights.to(core.device)[s]
+        target = self.targets.gather(1, s.view(-1, 1, 1).expand(-1, 1, self.targets.shape[-1])).squeeze(1)
+        weights = self.step_weights[s]
         counted = counted_cells(runner)
         per_example = token_loss(self.cfg, out.logits, target, counted)
         loss = (weights * per_example).mean()
         if self.cfg.anytime_weight:  # anytime variant: every readout also leans toward the final solution
             loss = loss + self.cfg.anytime_weight * token_loss(self.cfg, out.logits, core.label, counted).mean()
         hit = exactly_right(out.logits, target, counted).float().mean()
-        return loss, {"dis_loss": per_example.mean().item(), "target_exact": float(hit)}
+        return loss, {"dis_loss": per_example.detach().mean(), "target_exact": hit}
 
     def halt(self, out: SupervisionOutput, runner: RecursionRunner, rng: torch.Generator) -> torch.Tensor:
         """No halting head: every puzzle runs its N_sup steps (the core truncates there)."""
