@@ -71,6 +71,7 @@ class BenchConfig:
     parallel: bool = True
     device: str = "cpu"
     precision: str = "auto"  # every trm/dis run's --precision (and their evaluation's: the run's own)
+    compile: str = "auto"  # every trm/dis run's --compile (the gpu preset: on; compiling is off the training clock)
     preset: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -107,7 +108,7 @@ class BenchConfig:
                 values["task_kwargs"] = {"size": 6, "min_givens": 14, "max_givens": 18}
         elif preset == "gpu":
             values |= {"minutes": 4.0, "ppo_minutes": 0.75, "hidden": 256, "batch_size": 512, "pool": 10000,
-                       "device": "cuda", "guidance": [0.0, 1.0, 2.0]}
+                       "device": "cuda", "guidance": [0.0, 1.0, 2.0], "compile": "on"}
         elif preset != "cpu":
             raise ValueError(f"--preset {preset!r}: choose cpu, long, quick or gpu")
         values["task_kwargs"] |= kw.pop("task_kwargs", {})
@@ -127,7 +128,7 @@ def training_runs(cfg: BenchConfig) -> dict[str, list[str]]:
     """name -> the ``train`` flags of each trained method (the PPO runs come after, from these)."""
     common = [*_task_flags(cfg), "--hidden", str(cfg.hidden), "--batch-size", str(cfg.batch_size), "--seed",
               str(cfg.seed), "--eval-n", str(cfg.eval_n), "--device", cfg.device, "--precision", cfg.precision,
-              "--no-final-eval",
+              "--compile", cfg.compile, "--no-final-eval",
               "--eval-every-minutes", str(cfg.eval_every_minutes or max(cfg.minutes / 10, 0.01))]
     runs = {"trm": ["--method", "trm", "--T", "3", "--n", "6", "--n-sup", "16", *common]}
     dis = ["--method", "dis", "--T", "1", "--n", "2", "--n-sup", "6", *common]
@@ -201,7 +202,7 @@ def run_jobs(jobs: list[tuple[str, list[str] | None]], out: Path, parallel: bool
 def _check_folder(cfg: BenchConfig, out: Path, overwrite: bool) -> None:
     """A rerun on the same folder resumes the same comparison; another config there is refused, not mixed in."""
     saved = out / "bench_config.json"
-    mine = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "guidance", "preset")}
+    mine = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "compile", "guidance", "preset")}
     if saved.exists() and not overwrite:
         theirs = json.loads(saved.read_text())
         if "ppo_lam" in theirs:  # written before lam became nfe_cost
@@ -246,8 +247,9 @@ def run(cfg: BenchConfig, progress=print, overwrite: bool = False) -> dict:
         progress(f"evaluating {name} on {cfg.eval_n} held-out puzzles")
         train_metrics = json.loads((out / name / "train_metrics.json").read_text())
         guidance = cfg.guidance if name.startswith("dis") else None
+        # one rollout for both: the TRM's 336 NFE per puzzle once
         ev = evaluate_run(out / name, n=cfg.eval_n, halting=True, guidance=guidance, device=cfg.device,
-                          diagnostics=True)  # one rollout for both: the TRM's 336 NFE per puzzle once
+                          diagnostics=True, compile=cfg.compile)
         diag = ev["diagnostics"]
         save_plots(diag, out / name / "plots")
         rows = [r for r in ev["by_step"] if name != "trm" or r["supervision_step"] in TRM_PREFIXES]

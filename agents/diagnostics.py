@@ -62,10 +62,11 @@ def step_diagnostics(out: SupervisionOutput, puzzle: torch.Tensor, label: torch.
             float(improvement[blank].sum()))
 
 
-def diagnose(run, n: int = 1000, w: float = 1.0, device="cpu", puzzles=None, precision: str | None = None) -> dict:
+def diagnose(run, n: int = 1000, w: float = 1.0, device="cpu", puzzles=None, precision: str | None = None,
+             compile: str = "off") -> dict:
     """Per supervision step on held-out puzzles: accuracy, mean advantage margin, changed fraction, dead flag."""
     return evaluate_run(run, n=n, puzzles=puzzles, device=device, diagnostics=True, w=w,
-                        precision=precision)["diagnostics"]
+                        precision=precision, compile=compile)["diagnostics"]
 
 
 def diagnose_model(model, task, inputs, labels, w: float = 1.0, device="cpu", precision: str = "fp32") -> dict:

@@ -11,7 +11,7 @@ import torch
 from recursion_env.tasks import PuzzleBatch, Task, load_puzzles, make_task
 
 from .checkpoint import load_checkpoint
-from .precision import autocast, resolve_precision, trained_precision
+from .precision import autocast, resolve_compile, resolve_precision, trained_precision
 from .rollout import RecursionRunner
 from .trm import TRM, TRMConfig
 
@@ -146,13 +146,18 @@ def evaluation_set(task: Task, train_config: dict, n: int, puzzles=None) -> tupl
 
 def evaluate_run(run, n: int = 1000, puzzles=None, halting: bool = False, guidance=None, device="cpu",
                  batch_size: int = 256, diagnostics: bool = False, w: float = 1.0,
-                 precision: str | None = None) -> dict:
+                 precision: str | None = None, compile: str = "off") -> dict:
     """The ``recursion-env eval`` JSON: method, task, n_puzzles, by_step, and halting / guidance on request.
     ``diagnostics=True`` adds the dead-compute report (``agents.diagnostics``, its margin taken under guidance
-    weight ``w``) from the same rollout. ``precision``: bf16, fp32, auto (the machine's), or None: the run's."""
+    weight ``w``) from the same rollout. ``precision``: bf16, fp32, auto (the machine's), or None: the run's;
+    ``compile``: on, off, or auto (bf16 rollouts of at least ``COMPILE_AUTO_FORWARD_PASSES`` forward passes)."""
     model, task, train_config = load_trained(run, device)
     precision = run_precision(train_config, precision, device)
     inputs, labels = evaluation_set(task, train_config, n, puzzles)
+    passes = len(inputs) * model.cfg.N_sup * model.cfg.nfe_per_supervision_step
+    if resolve_compile(compile, device, forward_passes=passes, precision=precision):
+        torch._dynamo.reset()  # (this network's graphs afresh: a process that evaluates many runs stays in the limit)
+        model.compile_f()
     report = None
     if diagnostics:
         from .diagnostics import diagnose_model

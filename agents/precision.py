@@ -28,6 +28,10 @@ COMPILE_MODES = ("auto", "on", "off")
 #: measured rate): compiling f costs 25-40 s on a 2-core CPU, and saves ~25% of every step after it
 COMPILE_AUTO_MINUTES = 10.0
 COMPILE_AUTO_STEPS = 2000
+#: ``eval --compile auto`` compiles a bf16 evaluation of at least this many forward passes (puzzles x NFE): TRM's
+#: 336 on 512 puzzles took 36 s eager and 26 s compiled in bf16 (compiling: ~6 s), but 63 s eager and 68 s compiled
+#: in fp32 (benchmarks/step_cost.py --eval, BENCHMARKS.md), so an fp32 evaluation is not compiled by default
+COMPILE_AUTO_FORWARD_PASSES = 100_000
 
 
 @cache
@@ -90,15 +94,17 @@ def autocast(precision: str, device: str | torch.device):
     return contextlib.nullcontext()
 
 
-def describe(precision: str, device: str | torch.device) -> str:
-    """One line for the start of a run: the precision used, why, and the machine."""
+def machine(device: str | torch.device = "cpu") -> str:
+    """What a speed figure was measured on: the CUDA card's name, or the CPU model and its native bf16 units."""
     device = torch.device(device)
     if device.type == "cuda":
-        where = torch.cuda.get_device_name(device)
-    else:
-        units = cpu_bf16_units()
-        where = f"{cpu_model()}, native bf16: {'+'.join(units) if units else 'none'}"
-    return f"precision {precision} on {device.type} ({where})"
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_model()}, native bf16: {'+'.join(cpu_bf16_units()) or 'none'}"
+
+
+def describe(precision: str, device: str | torch.device) -> str:
+    """One line for the start of a run: the precision used and the machine."""
+    return f"precision {precision} on {torch.device(device).type} ({machine(device)})"
 
 
 def compiler_available(device: str | torch.device) -> bool:
@@ -107,15 +113,19 @@ def compiler_available(device: str | torch.device) -> bool:
 
 
 def resolve_compile(mode: str | bool, device: str | torch.device, steps: int | None = None,
-                    minutes: float | None = None) -> bool:
-    """Whether to compile, for ``--compile`` and the run's budget (``auto``: long enough to repay compiling, and a
-    compiler is there)."""
+                    minutes: float | None = None, forward_passes: int | None = None,
+                    precision: str = "bf16") -> bool:
+    """Whether to compile, for ``--compile`` and the run's budget: training ``steps``/``minutes``, or a bf16
+    evaluation's ``forward_passes`` (``auto``: long enough to repay compiling, and a compiler is there)."""
     if isinstance(mode, bool):  # (configs written before the modes)
         mode = "on" if mode else "off"
     if mode not in COMPILE_MODES:
         raise ValueError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     if mode != "auto":
         return mode == "on"
-    long_enough = (minutes is not None and minutes >= COMPILE_AUTO_MINUTES) or (
-        minutes is None and (steps is None or steps >= COMPILE_AUTO_STEPS))
+    if forward_passes is not None:
+        long_enough = precision == "bf16" and forward_passes >= COMPILE_AUTO_FORWARD_PASSES
+    else:
+        long_enough = (minutes is not None and minutes >= COMPILE_AUTO_MINUTES) or (
+            minutes is None and (steps is None or steps >= COMPILE_AUTO_STEPS))
     return long_enough and compiler_available(device)

@@ -8,7 +8,7 @@ step (forward, loss, backward, Adam-atan2, sign-SGD, EMA, halting and the MDP tr
 ``benchmarks/step_cost.py``, in the variants asked for (``auto:on``: what a long run picks).
 
 The official code is not shipped with or downloaded by this project: pass a checkout you have (``--official
-PATH``; it needs ``pydantic``).
+PATH``; it needs ``pydantic`` and ``einops``: ``pip install pydantic einops``).
 
     python benchmarks/official_step.py --official ../TinyRecursiveModels --settings 6:64:64
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from step_cost import time_steps  # (beside this file: python puts the script's folder on the path)
 
-from agents.precision import cpu_bf16_units, cpu_model
+from agents.precision import machine
 
 
 def official_step_seconds(official: Path, size: int, hidden: int, batch: int, dtype: str, rounds: int) -> float:
@@ -73,8 +73,8 @@ def main(argv=None) -> dict:
     if not (official / "models" / "recursive_reasoning" / "trm.py").is_file():
         raise SystemExit(f"--official {official}: not a TinyRecursiveModels checkout (no models/recursive_reasoning/"
                          "trm.py)")
-    machine = f"{cpu_model()} (native bf16: {'+'.join(cpu_bf16_units()) or 'none'})"
-    print(f"{machine}, {args.threads} thread(s), torch {torch.__version__}", flush=True)
+    where = machine()
+    print(f"{where}, {args.threads} thread(s), torch {torch.__version__}", flush=True)
     rows = []
     for setting in args.settings.split(","):
         size, hidden, batch = (int(v) for v in setting.split(":"))
@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
                                                                                   2)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    result = {"machine": machine, "torch": torch.__version__, "threads": args.threads,
+    result = {"machine": where, "torch": torch.__version__, "threads": args.threads,
               "measured": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

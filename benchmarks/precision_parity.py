@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from agents.evaluation import evaluate_run
-from agents.precision import cpu_bf16_units, cpu_model
+from agents.precision import machine
 from agents.trainers import DISConfig, train
 
 
@@ -43,7 +43,7 @@ def main(argv=None) -> dict:
                            "exact_at_18_nfe": ev["by_step"][-1]["exact_accuracy"], "evaluated_in": ev["precision"]}
         print(precision, json.dumps(rows[precision]), flush=True)
     gap = rows["bf16"]["exact_at_18_nfe"] - rows["fp32"]["exact_at_18_nfe"]
-    result = {"machine": f"{cpu_model()} (native bf16: {'+'.join(cpu_bf16_units()) or 'none'})",
+    result = {"machine": machine(),
               "torch": torch.__version__, "measured": time.strftime("%Y-%m-%d %H:%M"), "steps": args.steps,
               "eval_n": args.eval_n, "seed": args.seed, "runs": rows, "bf16_minus_fp32_at_18_nfe": round(gap, 4),
               "within_1_point": abs(gap) <= 0.01}

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from agents.precision import cpu_bf16_units, cpu_model, native_bf16
+from agents.precision import machine, native_bf16
 from agents.rollout import RecursionRunner
 from agents.trainers import config_from_dict, get_method, train
 from agents.trm import TRM
@@ -40,15 +40,17 @@ def run_config(method: str, size: int, hidden: int, batch: int, steps: int, devi
                                  **SETTINGS[method]))
 
 
-def time_steps(method, size, hidden, batch, steps, device, precision, compile_mode) -> tuple[float, float]:
-    """(seconds per optimizer step, compile seconds): a run of 3 + ``steps`` minus a run of 3."""
+def time_steps(method, size, hidden, batch, steps, device, precision, compile_mode,
+               warmup: int = 3) -> tuple[float, float]:
+    """(seconds per optimizer step, compile seconds): a run of ``warmup + steps`` minus a run of ``warmup``."""
+    torch._dynamo.reset()  # (each variant compiles afresh, as a run in its own process does)
     elapsed, compile_s = {}, 0.0
-    for k in (3, 3 + steps):
+    for k in (warmup, warmup + steps):
         with tempfile.TemporaryDirectory() as tmp:
             result = train(run_config(method, size, hidden, batch, k, device, precision, compile_mode, tmp))
             elapsed[k] = result["wall_clock_s"]
             compile_s = max(compile_s, result["compile_s"])
-    return (elapsed[3 + steps] - elapsed[3]) / steps, compile_s
+    return (elapsed[warmup + steps] - elapsed[warmup]) / steps, compile_s
 
 
 def step_flops(method: str, size: int, hidden: int, batch: int, device: str) -> int:
@@ -74,6 +76,7 @@ def eval_seconds(method: str, size: int, hidden: int, n: int, device: str, preci
     from agents.evaluation import rollout_metrics
     from agents.precision import resolve_precision
 
+    torch._dynamo.reset()
     cfg = run_config(method, size, hidden, 64, 1, device, precision, compile_mode, "unused")
     task = make_task("sudoku", size=size)
     model = TRM(cfg.model_config(task)).to(device).compile_f(compile_mode == "on")
@@ -136,6 +139,7 @@ def main(argv=None) -> dict:
     p.add_argument("--variants", default=VARIANTS,
                    help="comma-separated PRECISION:COMPILE (today's path fp32:off; auto:auto is what a run picks)")
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup-steps", type=int, default=3, help="steps of the run whose time is subtracted")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: as the headline bench runs each method)")
     p.add_argument("--device", default="cpu")
@@ -147,10 +151,9 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = args.device
-    machine = (torch.cuda.get_device_name(device) if device.startswith("cuda")
-               else f"{cpu_model()} (native bf16: {'+'.join(cpu_bf16_units()) or 'none'})")
+    where = machine(device)
     peak = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
-    print(f"{machine}, {args.threads} thread(s), torch {torch.__version__}: native bf16 {native_bf16(device)}; "
+    print(f"{where}, {args.threads} thread(s), torch {torch.__version__}: native bf16 {native_bf16(device)}; "
           f"matmul peak fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s", flush=True)
     rows = []
     for setting in args.settings.split(","):
@@ -160,8 +163,8 @@ def main(argv=None) -> dict:
             base = base_eval = None
             for variant in args.variants.split(","):
                 precision, compile_mode = variant.split(":")
-                timed = [time_steps(method, size, hidden, batch, args.steps, device, precision, compile_mode)
-                         for _ in range(args.rounds)]
+                timed = [time_steps(method, size, hidden, batch, args.steps, device, precision, compile_mode,
+                                    args.warmup_steps) for _ in range(args.rounds)]
                 seconds, compile_s = min(t[0] for t in timed), max(t[1] for t in timed)
                 resolved = precision if precision != "auto" else ("bf16" if native_bf16(device) else "fp32")
                 base = seconds if base is None else base
@@ -173,13 +176,13 @@ def main(argv=None) -> dict:
                        f"speedup_vs_{args.variants.split(',')[0].replace(':', '_')}": round(base / seconds, 2)}
                 if args.eval:
                     row["eval_puzzles"] = args.eval
-                    row["eval_s"] = round(min(eval_seconds(method, size, hidden, args.eval, device, precision,
-                                                           compile_mode) for _ in range(args.rounds)), 2)
+                    row["eval_s"] = round(eval_seconds(method, size, hidden, args.eval, device, precision,
+                                                       compile_mode), 2)
                     base_eval = row["eval_s"] if base_eval is None else base_eval
                     row["eval_speedup"] = round(base_eval / row["eval_s"], 2)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    result = {"machine": machine, "native_bf16": native_bf16(device), "torch": torch.__version__,
+    result = {"machine": where, "native_bf16": native_bf16(device), "torch": torch.__version__,
               "threads": args.threads, "device": device, "measured": time.strftime("%Y-%m-%d %H:%M"),
               "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peak.items()}, "rows": rows}
     if args.breakdown:

@@ -227,3 +227,23 @@ def test_an_env_side_agent_acts_with_the_puzzle_identifier_from_the_observation(
     assert torch.equal(action["answer"], own.logits.argmax(-1))
     assert not torch.equal(own.logits, blank.logits)
     env.step({k: v[0].numpy() for k, v in action.items()})
+
+
+@pytest.mark.slow
+def test_the_official_arc_preset_builds_and_trains_a_step_with_a_sparse_identifier_table(tmp_path):
+    """``train --preset arc``: the official 1000 variants per task (~730,000 identifiers), at a small width. The
+    table is a buffer (no table-sized gradient or optimizer state), and one step moves only the batch's rows."""
+    from agents.checkpoint import load_checkpoint
+    from agents.cli import main
+
+    out = tmp_path / "arc"
+    assert main(["train", "--method", "dis", "--task", "arc", "--preset", "arc", "--hidden", "16", "--batch-size", "4",
+                 "--steps", "1", "--eval-n", "4", "--no-final-eval", "--out", str(out)]) == 0
+    state = load_checkpoint(out)
+    table = state["model"]["puzzle_embedding.weight"]
+    assert table.shape == (state["model_config"]["num_puzzle_ids"], 16) and table.shape[0] > 700_000
+    moved = int((table != 0).any(-1).sum())  # zero at initialisation, as official
+    assert 1 <= moved <= 4
+    for opt in state["optimizer"]:  # no optimizer state the size of the table
+        assert all(t.shape[0] < 700_000 for s in opt["state"].values() for t in s.values()
+                   if isinstance(t, torch.Tensor) and t.ndim)

@@ -204,6 +204,13 @@ def test_precision_auto_follows_the_cpus_bf16_units(monkeypatch):
     assert precision_module.resolve_compile("auto", "cpu", steps=20) is False
     assert precision_module.resolve_compile("off", "cpu", minutes=60) is False
     assert precision_module.resolve_compile(True, "cpu") is True
+    monkeypatch.setattr(precision_module, "compiler_available", lambda device: True)
+    assert precision_module.resolve_compile("auto", "cpu", minutes=30) is True
+    assert precision_module.resolve_compile("auto", "cpu", forward_passes=512 * 336) is True  # TRM's evaluation
+    assert precision_module.resolve_compile("auto", "cpu", forward_passes=1000 * 18) is False  # DIS's
+    assert precision_module.resolve_compile("auto", "cpu", forward_passes=512 * 336, precision="fp32") is False
+    monkeypatch.setattr(precision_module, "compiler_available", lambda device: False)
+    assert precision_module.resolve_compile("auto", "cpu", minutes=30) is False
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])

@@ -1,9 +1,13 @@
 """The supervised training loop shared by deep supervision (TRM) and policy improvement (DIS).
 
 Reads top to bottom: set up, then one optimizer step per supervision step of a persistent batch held in the
-MDP core (TRM's carry). A method object says what differs: its loss for one supervision step and when an
-example halts. Halted examples are replaced by fresh ones (a partial reset of the core), so optimizer steps
-and supervision steps are the same count.
+MDP core (TRM's carry). A method object says what differs: its loss for one supervision step, when an example
+halts, and what a puzzle needs when it enters (DIS's target paths). Halted examples are replaced by fresh ones in
+place (``RecursionCore.restart``, a ``torch.where`` swap in the fixed-size batch, from a ``DeviceFeed`` of the
+stream's next puzzles), so optimizer steps and supervision steps are the same count, the shapes never change, and
+nothing is read back to the host between two log points (``--log-every``): losses, metrics and episode counts
+add up on the device. The network runs in ``--precision`` (bf16 autocast where the machine has native bf16) and,
+with ``--compile``, through a compiled f.
 """
 
 from __future__ import annotations
@@ -513,6 +517,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
             # compile now, off the training clock: one supervision step forward and backward, then forgotten (no
             # state changes: no optimizer step, no draws)
             t_compile = time.perf_counter()
+            model.train()
             _, loss, _ = train_forward()
             loss.backward()
             for o in optimizers:
@@ -592,8 +597,9 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
                 checkpoint()
             if stopped:  # SIGTERM / SIGINT (on any rank): this step is done; the checkpoint below, then return
                 break
-    if ddp.active and step % cfg.log_every:  # the steps since the last log point: the clock the ranks agree on
-        elapsed, _ = ddp.agree(time.perf_counter() - t_start, False)
+    if device.type == "cuda":  # the steps still queued on the card are training time too
+        torch.cuda.synchronize(device)
+    elapsed, _ = ddp.agree(time.perf_counter() - t_start, False)  # (under torchrun: rank 0's clock, on every rank)
     if summed_steps:  # the loss of the steps since the last log point
         last_loss = float(sums["loss"]) / summed_steps
     bar.close()
