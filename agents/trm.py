@@ -397,8 +397,9 @@ class TRM(nn.Module):
         return (_compiled_forward_pass() if self.compiled else _forward_pass)(self, h, injection)
 
     def compile_f(self, enabled: bool = True) -> TRM:
-        """Run f through ``torch.compile`` (static shapes; one graph serves every call of every TRM of the
-        process, as the weights are its inputs). A flag, so a copy of the model (the EMA's) is compiled too."""
+        """Run f through ``torch.compile`` (static shapes; the weights are the graph's inputs, so TRMs of the same
+        sizes share its graphs: one per batch shape and pattern of inputs that carry a gradient). A flag, so a copy
+        of the model (the EMA's, for evaluation) is compiled too."""
         self.compiled = enabled
         return self
 

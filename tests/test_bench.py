@@ -125,7 +125,8 @@ def test_gpu_headline_script_runs_on_cpu_and_resumes(tmp_path):
     run again, it keeps the finished runs; another configuration in the same folder is refused."""
     out = tmp_path / "headline"
     tiny = ["--device", "cpu", "--minutes", "0.03", "--ppo-minutes", "0.02", "--hidden", "16", "--batch-size", "16",
-            "--pool", "60", "--eval-n", "16", "--recipes", "official-code", "--targets", "diffusion,solver"]
+            "--pool", "60", "--eval-n", "16", "--compile", "off", "--recipes", "official-code", "--targets",
+            "diffusion,solver"]  # (the preset compiles on its GPU; compiling each tiny CPU run would triple this test)
     env = {**os.environ, "PYTHON": sys.executable, "HEADLINE_TIMEOUT": "400"}
     script = str(ROOT / "benchmarks" / "gpu_headline.sh")
     run = subprocess.run(["bash", script, str(out), *tiny], capture_output=True, text=True, env=env, timeout=450)

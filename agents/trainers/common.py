@@ -497,6 +497,10 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
             writer.add_scalar("eval/halting_exact_accuracy", summary["halting"]["exact_accuracy"], at_step)
         return summary
 
+    def budget_left() -> bool:
+        # (a microsecond of slack: a resumed budget, minutes = seconds / 60 + more, rounds in its last bit)
+        return (cfg.steps is None or step < cfg.steps) and (budget_s is None or elapsed < budget_s - 1e-6)
+
     def train_forward():
         """One supervision step of the carried batch and its loss: (output, loss, metrics)."""
         with autocast(precision, device):
@@ -513,7 +517,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
     summed_steps = 0
     with StopRequest() as stop:
         compile_s = 0.0
-        if compiled and (cfg.steps is None or step < cfg.steps):
+        if compiled and budget_left():
             # compile now, off the training clock: one supervision step forward and backward, then forgotten (no
             # state changes: no optimizer step, no draws)
             t_compile = time.perf_counter()
@@ -528,7 +532,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
             if main:
                 print(f"compiled the training step in {compile_s:.1f}s (not counted as training time)", flush=True)
         t_start = time.perf_counter() - elapsed
-        while (cfg.steps is None or step < cfg.steps) and (budget_s is None or elapsed < budget_s):
+        while budget_left():
             model.train()
             out_step, loss, metrics = train_forward()
             for o in optimizers:
