@@ -273,7 +273,7 @@ def run(cfg: BenchConfig, progress=print, overwrite: bool = False) -> dict:
         results[name] = {"init": init, "halting": ev["halting"], "halting_sampled": ev["halting_sampled"],
                          "iterations": metrics["iterations"], "frames": metrics["frames"],
                          "wall_clock_s": metrics["wall_clock_s"]}
-    report = verdict(results)
+    report = judged(results)
     report |= {"date": time.strftime("%Y-%m-%d %H:%M"), "config": asdict(cfg), "task_name": cfg.task,
                "task": task.kwargs, "wall_clock_training_s": wall_s,
                "machine_sharing": ("concurrent, one thread per run: equal shares of the machine for the same "
@@ -294,15 +294,31 @@ def _at(rows: list[dict], nfe: int, metric: str) -> float | None:
     return next((r[metric] for r in rows if r["nfe"] == nfe and metric in r), None)
 
 
+def convergence(run: dict) -> dict:
+    """Whether a trained run converged: its held-out looks (best exact accuracy over the supervision steps) over
+    the last third of its budget rise by less than 1 point above the best look before that third. ``converged`` is
+    False when the last third holds no look or the run has fewer than two. ``last_third_rise`` says by how much."""
+    looks = [(e["elapsed_s"], e["best_exact_accuracy"]) for e in run.get("history") or []]
+    budget = max(run.get("wall_clock_s") or 0.0, looks[-1][0] if looks else 0.0)
+    start = 2 / 3 * budget
+    before = [a for t, a in looks if t <= start]
+    last_third = [a for t, a in looks if t > start]
+    if len(looks) < 2 or not last_third:
+        return {"converged": False, "last_third_rise": None}
+    reference = max(before) if before else last_third[0]
+    rise = max(last_third) - reference
+    return {"converged": rise < WITHIN, "last_third_rise": rise}
+
+
 def verdict(results: dict) -> dict:
     """Per metric: **reproduced** (the task needs depth: TRM@336 >= TRM@21 + 5 points, and the best DIS@18 is
-    within 1 point of TRM@336), **not reproduced**, or **inconclusive** (with the reason), plus the halting claims
-    and the time each method took to reach the TRM's best held-out accuracy."""
+    within 1 point of TRM@336, both converged by :func:`convergence`), **not reproduced**, or **inconclusive**
+    (with the reason: "inconclusive (baseline not converged)" where it would read reproduced but a method it
+    compares is still learning), plus the halting claims and the time each method took to reach the TRM's best
+    held-out accuracy."""
     trm = results["trm"]["by_step"]
     dis = {k: v["by_step"][-1] for k, v in results.items() if k.startswith("dis")}
-    looks = [e["best_exact_accuracy"] for e in results["trm"].get("history", [])]
-    # the TRM's held-out accuracy still rising at its last looks: an equal-wall-clock result, not convergence
-    still_improving = len(looks) >= 2 and looks[-1] - max(looks[:-1]) > 0.02
+    converged = {k: convergence(v) for k, v in results.items() if v.get("by_step")}
     verdicts, depth = {}, {}
     for metric in METRICS:
         first, full = _at(trm, 21, metric), _at(trm, 336, metric)
@@ -326,10 +342,13 @@ def verdict(results: dict) -> dict:
         elif best_dis >= full - WITHIN:
             v, why = "reproduced", f"DIS@18 is within {WITHIN:.2f} of TRM@336 on a task that needs depth"
             if best_dis > full + WITHIN:
-                why = (f"DIS@18 is {best_dis - full:.3f} above TRM@336 on a task that needs depth, in the same "
-                       "wall-clock" + (": the TRM baseline was still improving when its budget ended, so this is "
-                                       "DIS's faster training, not equal accuracy at convergence"
-                                       if still_improving else ""))
+                why = f"DIS@18 is {best_dis - full:.3f} above TRM@336 on a task that needs depth, in equal wall-clock"
+            learning = [k for k in ("trm", best_name) if not converged[k]["converged"]]
+            if learning:
+                v = "inconclusive (baseline not converged)"
+                why += ("; but " + " and ".join(
+                    f"{k} was not converged (its looks rose {_rise(converged[k])} over the last third of its budget)"
+                    for k in learning) + ", so this is a faster start, not equal accuracy at convergence")
         else:
             v, why = "not reproduced", f"DIS@18 is {full - best_dis:.3f} below TRM@336 on a task that needs depth"
         verdicts[metric] = {"verdict": v, "reason": why, "numbers": numbers, "dis_18": dis18,
@@ -355,15 +374,27 @@ def verdict(results: dict) -> dict:
         hit = next((e for e in hist if e["best_exact_accuracy"] >= target - WITHIN), None)
         time_to[name] = None if hit is None else hit["elapsed_s"]
     return {"verdict": verdicts.get(metric, {}).get("verdict", "inconclusive"), "verdicts": verdicts,
-            "depth_check": depth, "halting": halting, "trm_still_improving": still_improving,
+            "depth_check": depth, "halting": halting, "convergence": converged,
             "time_to_trm_best": {"trm_best_exact_during_training": target, "seconds": time_to}}
+
+
+def judged(results: dict) -> dict:
+    """:func:`verdict`, with each trained run's ``converged`` and ``last_third_rise`` written into its results."""
+    report = verdict(results)
+    for name, c in report["convergence"].items():
+        results[name] |= c
+    return report
+
+
+def _rise(c: dict) -> str:
+    return "-" if c["last_third_rise"] is None else f"{c['last_third_rise']:+.3f}"
 
 
 def rewrite_report(out) -> dict:
     """Re-derive the verdict, results.md and the plot from a finished run's results.json (no training)."""
     out = Path(out)
     report = json.loads((out / "results.json").read_text())
-    report |= verdict(report["methods"])
+    report |= judged(report["methods"])
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "results.md").write_text(markdown(report))
     _plot(report, out / "accuracy_vs_nfe.png")
@@ -410,6 +441,9 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {r['optimizer_steps']} | {r['train_forward_passes']:,} | {r['examples_seen']:,} | "
                      f"{r['wall_clock_s']:.0f} | {'not reached' if t is None else f'{t:.0f}'} | "
                      f"{r['dead_steps'] or 'none'} |")
+    if report.get("convergence"):
+        lines += ["", "Converged (held-out looks over the last third of the budget rise < 1 point): " + "; ".join(
+            f"{k} {'yes' if c['converged'] else 'no'} ({_rise(c)})" for k, c in report["convergence"].items())]
     if report.get("halting"):
         lines += ["", "Halting: " + "; ".join(
             f"{k}: {h['mean_nfe']:.1f} NFE mean ({h['times_fewer_than_336']:.1f}x fewer than 336) at "
@@ -428,7 +462,14 @@ def _plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, (ax, curves) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.5, 1]})
+    for name, r in report["methods"].items():
+        if r.get("history"):
+            curves.plot([e["elapsed_s"] / 60 for e in r["history"]], [e["best_exact_accuracy"] for e in r["history"]],
+                        ".-", label=name + ("" if r.get("converged", True) else " (not converged)"))
+    curves.set(xlabel="training minutes", ylabel="held-out exact accuracy (best step)", ylim=(0, 1.02),
+               title="held-out looks during training")
+    curves.legend(fontsize=7)
     for name, r in report["methods"].items():
         if r.get("by_step"):
             ax.plot([x["nfe"] for x in r["by_step"]], [x["exact_accuracy"] for x in r["by_step"]], "o-", label=name)

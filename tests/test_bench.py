@@ -16,20 +16,22 @@ from agents.evaluation import summarize
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def methods(trm_first, trm_full, dis, match_scale=1.0):
+def methods(trm_first, trm_full, dis, match_scale=1.0, looks=None):
     """TRM rows at 21..336 NFE (rising linearly from first to full), one DIS run at 18 NFE; label_match is the
     verifier's accuracy times ``match_scale`` (fewer stored-solution matches than valid completions)."""
     def row(s, nfe, a):
         return {"supervision_step": s, "nfe": nfe, "exact_accuracy": a, "label_match": a * match_scale,
                 "cell_accuracy": a}
     trm = [row(s, 21 * s, trm_first + (trm_full - trm_first) * i / 4) for i, s in enumerate((1, 2, 4, 8, 16))]
-    history = [{"elapsed_s": 60.0 * i, "optimizer_step": i, "best_exact_accuracy": trm_full * i / 3} for i in (1, 2, 3)]
+    # the TRM's held-out looks: learning, then flat over the last third of its 180 s (converged)
+    history = [{"elapsed_s": 60.0 * i, "optimizer_step": i, "best_exact_accuracy": a}
+               for i, a in zip((1, 2, 3), looks or (trm_full / 2, trm_full, trm_full))]
     return {"trm": {"by_step": trm, "history": history,
                     "halting": {"mean_nfe": 42.0, "exact_accuracy": trm_full, "label_match": trm_full,
                                 "mean_steps": 2.0, "cell_accuracy": trm_full}},
             "dis-official-code-diffusion": {"by_step": [row(6, 18, dis)],
-                                            "history": [{"elapsed_s": 30.0, "optimizer_step": 9,
-                                                         "best_exact_accuracy": dis}]},
+                                            "history": [{"elapsed_s": t, "optimizer_step": 9,
+                                                         "best_exact_accuracy": dis} for t in (30.0, 180.0)]},
             "ppo-trm": {"init": "trm", "halting": {"mean_nfe": 28.0, "exact_accuracy": trm_full - 0.005,
                                                    "mean_steps": 1.3, "cell_accuracy": 0.9},
                         "iterations": 3, "frames": 99, "wall_clock_s": 5.0}}
@@ -58,8 +60,8 @@ def test_each_metric_gets_its_own_verdict_and_the_halting_claims_are_counted():
     assert report["depth_check"]["label_match"]["gain"] == pytest.approx(0.10)
     ppo = report["halting"]["ppo-trm"]
     assert ppo["times_fewer_than_336"] == pytest.approx(12.0) and ppo["at_trm_336_accuracy"]
-    # TRM's best during training was 0.80 (at 180 s); DIS never got there
-    assert report["time_to_trm_best"]["seconds"] == {"trm": 180.0, "dis-official-code-diffusion": None}
+    # TRM's best during training was 0.80 (from 120 s on); DIS never got there
+    assert report["time_to_trm_best"]["seconds"] == {"trm": 120.0, "dis-official-code-diffusion": None}
 
 
 def test_markdown_lists_every_method_with_both_metrics():
@@ -144,9 +146,25 @@ def test_gpu_headline_script_runs_on_cpu_and_resumes(tmp_path):
     assert other.returncode == 2 and "another configuration" in other.stderr
 
 
-def test_a_win_over_a_baseline_still_learning_is_said_to_be_one():
-    runs = methods(0.30, 0.45, 0.80)  # TRM's looks during training: 0.15, 0.30, 0.45 (still rising)
+def test_a_win_over_a_baseline_still_learning_is_inconclusive_and_says_why():
+    runs = methods(0.30, 0.45, 0.80, looks=(0.15, 0.30, 0.45))  # still rising over the last third
     report = verdict(runs)
     v = report["verdicts"]["exact_accuracy"]
-    assert v["verdict"] == "reproduced" and report["trm_still_improving"]
-    assert "0.350 above TRM@336" in v["reason"] and "still improving" in v["reason"]
+    assert v["verdict"] == report["verdict"] == "inconclusive (baseline not converged)"
+    assert "0.350 above TRM@336" in v["reason"] and "trm was not converged (its looks rose +0.150" in v["reason"]
+    assert report["convergence"]["trm"] == {"converged": False, "last_third_rise": pytest.approx(0.15)}
+    assert report["convergence"]["dis-official-code-diffusion"]["converged"]
+
+
+@pytest.mark.parametrize("looks, wall, converged", [
+    ([(60, 0.5), (120, 0.8), (150, 0.805), (180, 0.807)], 180, True),  # +0.007 over the last third
+    ([(60, 0.5), (120, 0.8), (180, 0.82)], 180, False),  # +0.02
+    ([(60, 0.5), (100, 0.8)], 180, False),  # no look in the last third: not known to have converged
+    ([(170, 0.8)], 180, False),  # one look
+    ([(30, 0.2), (110, 0.9), (170, 0.85)], 180, True),  # a drop is no rise
+])
+def test_convergence_is_a_rise_under_a_point_over_the_last_third(looks, wall, converged):
+    from agents.bench import convergence
+
+    run = {"wall_clock_s": wall, "history": [{"elapsed_s": t, "best_exact_accuracy": a} for t, a in looks]}
+    assert convergence(run)["converged"] is converged
