@@ -27,7 +27,9 @@ def add_precision_argument(p: argparse.ArgumentParser, what: str, default: str |
 
 
 def add_eval_compile_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+    from .precision import COMPILE_MODES
+
+    p.add_argument("--compile", choices=list(COMPILE_MODES), default="auto",
                    help="torch.compile f for the rollout: on, off, or auto (bf16 rollouts of at least 100,000 "
                         "forward passes, e.g. TRM's 336 on 512 puzzles: 26 s instead of 36 s on one CPU thread, "
                         "after a ~6 s compile; fp32 gains nothing); default auto")
@@ -331,6 +333,8 @@ def cmd_diagnose(args) -> int:
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    from .precision import COMPILE_MODES
+
     add_task_arguments(p)
     p.add_argument("--preset", choices=["cpu", "long", "quick", "gpu"], default=None,
                    help="cpu (20 min per method, the default), long (the long CPU mode: about 1 h 50 min in all), "
@@ -353,7 +357,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sequential", action="store_true", help="train methods one after another, all cores each")
     p.add_argument("--device", default=None, help="cpu (default) or cuda (the gpu preset's)")
     add_precision_argument(p, "every run of the bench")
-    p.add_argument("--compile", choices=["auto", "on", "off"], default=None,
+    p.add_argument("--compile", choices=list(COMPILE_MODES), default=None,
                    help="torch.compile f in every trm/dis run (default auto; the gpu preset: on)")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in --out (by default a rerun continues the benchmark there)")
@@ -456,8 +460,8 @@ HELP = {
     "eval_every_minutes": "... and/or save a look every M training minutes, evaluated on 256 held-out puzzles after "
                           "training (so a look costs the runs beside it nothing)",
     "compile": "torch.compile the shared network f (static shapes, compiled before the training clock starts: "
-               "about 25-40 s on a 2-core CPU): on, off, or auto (runs of at least 10 minutes or 2000 steps, where a "
-               "C++ compiler or CUDA is found)",
+               "3-9 s at width 64, ~30 s at width 512 on a 2-core CPU): on, off, or auto (runs of at least 10 "
+               "minutes or 2000 steps, where a C++ compiler or CUDA is found)",
     "precision": PRECISION_HELP,
     "targets": "dis: intermediate-target generator",
     "recipe": "dis: 'official-code' (the official DIS code: the previous decoded answer as input, uniform step "

@@ -8,8 +8,8 @@ factor a = 1.27 and the first bias correction inside the atan2), so it is not us
 ``CastedSparseEmbeddingSignSGD_Distributed``: ``p <- p (1 - lr wd) - lr sign(grad)`` on the rows the batch used,
 each identifier's gradient summed over its rows (and over the data-parallel ranks).
 
-Both update every tensor with one ``torch._foreach_*`` call per operation (no per-parameter Python loop) and read
-nothing back to the host.
+Adam-atan2 updates every tensor with one ``torch._foreach_*`` call per operation (no per-parameter Python loop,
+but the atan2, which torch has no foreach form of); neither optimizer reads anything back to the host.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ that supports bf16, and CPUs with AMX or AVX512-BF16 (asked of PyTorch, which as
 no machine gets slower.
 
 ``--compile`` ``auto`` | ``on`` | ``off``: ``torch.compile`` of the shared network f (one forward pass, the cost
-of a step; the same graph serves all T (n + 1) calls). Compiling takes tens of seconds on a CPU (measured in
-``benchmarks/step_cost.py``), excluded from the training clock; ``auto`` compiles runs long enough to repay it.
+of a step; a few graphs, one per pattern of inputs that carry a gradient, serve all T (n + 1) calls). Compiling
+takes seconds to tens of seconds on a CPU (measured in ``benchmarks/step_cost.py``), excluded from the training
+clock; ``auto`` compiles runs long enough to repay it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 COMPILE_MODES = ("auto", "on", "off")
 
 #: ``--compile auto`` compiles a run whose budget is at least this long (training minutes, or steps at the
-#: measured rate): compiling f costs 25-40 s on a 2-core CPU, and saves ~25% of every step after it
+#: measured rate): compiling f took 3-9 s at width 64 and ~30 s at width 512 on a 2-core CPU, and saved 6-32% of
+#: every bf16 step after it (benchmarks/step_cost.py, BENCHMARKS.md)
 COMPILE_AUTO_MINUTES = 10.0
 COMPILE_AUTO_STEPS = 2000
 #: ``eval --compile auto`` compiles a bf16 evaluation of at least this many forward passes (puzzles x NFE): TRM's
@@ -68,11 +70,26 @@ def native_bf16(device: str | torch.device) -> bool:
     return device.type == "cpu" and bool(cpu_bf16_units())
 
 
-def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """``bf16`` or ``fp32`` for ``--precision`` on ``device``."""
+def checked_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS` (else a ``ValueError`` naming the flag)."""
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
+    return precision
+
+
+def checked_compile(mode: str | bool) -> str:
+    """``mode`` as one of :data:`COMPILE_MODES` (a bool from configs written when --compile was a switch: on/off;
+    else a ``ValueError`` naming the flag)."""
+    if isinstance(mode, bool):
+        mode = "on" if mode else "off"
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    return mode
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """``bf16`` or ``fp32`` for ``--precision`` on ``device``."""
+    if checked_precision(precision) == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision
 
@@ -117,10 +134,7 @@ def resolve_compile(mode: str | bool, device: str | torch.device, steps: int | N
                     precision: str = "bf16") -> bool:
     """Whether to compile, for ``--compile`` and the run's budget: training ``steps``/``minutes``, or a bf16
     evaluation's ``forward_passes`` (``auto``: long enough to repay compiling, and a compiler is there)."""
-    if isinstance(mode, bool):  # (configs written before the modes)
-        mode = "on" if mode else "off"
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    mode = checked_compile(mode)
     if mode != "auto":
         return mode == "on"
     if forward_passes is not None:

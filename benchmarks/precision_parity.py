@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from agents.evaluation import evaluate_run
-from agents.precision import machine
+from agents.precision import COMPILE_MODES, machine
 from agents.trainers import DISConfig, train
 
 
@@ -25,7 +25,7 @@ def main(argv=None) -> dict:
                                                            "about 1,700 in fp32 on 2 cores)")
     p.add_argument("--eval-n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compile", default="off", choices=["auto", "on", "off"])
+    p.add_argument("--compile", default="off", choices=list(COMPILE_MODES))
     p.add_argument("--out", default="runs/bench/precision_parity")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from agents.precision import machine, native_bf16
+from agents.precision import machine, native_bf16, resolve_precision
 from agents.rollout import RecursionRunner
 from agents.trainers import config_from_dict, get_method, train
 from agents.trm import TRM
@@ -74,7 +74,6 @@ def eval_seconds(method: str, size: int, hidden: int, n: int, device: str, preci
     """Seconds to evaluate ``n`` held-out puzzles for every supervision step (TRM: 16 x 21 = 336 forward passes
     each), after a warm-up batch (which compiles f, with ``compile_mode`` on)."""
     from agents.evaluation import rollout_metrics
-    from agents.precision import resolve_precision
 
     torch._dynamo.reset()
     cfg = run_config(method, size, hidden, 64, 1, device, precision, compile_mode, "unused")
@@ -166,7 +165,7 @@ def main(argv=None) -> dict:
                 timed = [time_steps(method, size, hidden, batch, args.steps, device, precision, compile_mode,
                                     args.warmup_steps) for _ in range(args.rounds)]
                 seconds, compile_s = min(t[0] for t in timed), max(t[1] for t in timed)
-                resolved = precision if precision != "auto" else ("bf16" if native_bf16(device) else "fp32")
+                resolved = resolve_precision(precision, device)
                 base = seconds if base is None else base
                 row = {"method": method, "sudoku_size": size, "hidden": hidden, "batch": batch,
                        "precision": precision, "compile": compile_mode, "seconds_per_step": round(seconds, 4),

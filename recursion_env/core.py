@@ -173,6 +173,11 @@ def _as_tensor(value, name: str, device: torch.device, copy: bool = True, unbatc
     return torch.tensor(arr, device=device)
 
 
+def _rows(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """``new``'s rows where ``mask`` (bool ``[B]``), ``old``'s elsewhere: a masked update of batch-first state."""
+    return torch.where(mask.view(-1, *[1] * (new.ndim - 1)), new, old)
+
+
 def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
@@ -373,9 +378,9 @@ class RecursionCore:
             self.context = context
             return
         for k, v in updates.items():
-            setattr(self, k, torch.where(mask.view(-1, *[1] * (v.ndim - 1)), v, getattr(self, k)))
+            setattr(self, k, _rows(mask, v, getattr(self, k)))
         if self.context is not None:
-            self.context = torch.where(mask.view(-1, *[1] * (context.ndim - 1)), context, self.context)
+            self.context = _rows(mask, context, self.context)
 
     def _derive_labels(self, puzzles: torch.Tensor):
         """Labels for puzzles given without: the task's (solution, canonical path). Where the task has none, label
@@ -494,7 +499,7 @@ class RecursionCore:
                "nfe": self.nfe + cfg.nfe_per_step, "done": terminated | truncated}
         if mask is not None:  # the envs outside the mask keep their state, get reward 0 and do not end
             for k, v in new.items():
-                new[k] = torch.where(mask.view(-1, *[1] * (v.ndim - 1)), v, getattr(self, k))
+                new[k] = _rows(mask, v, getattr(self, k))
             terminated, truncated = terminated & mask, truncated & mask
             reward = torch.where(mask, reward, 0.0)
         for k, v in new.items():
