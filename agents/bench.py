@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -60,7 +61,8 @@ class BenchConfig:
     batch_size: int = 64
     pool: int = 20000  # the fixed training set (augmented by the task's symmetries)
     eval_n: int = 1000  # held-out puzzles, excluded from training
-    seed: int = 0
+    seed: int = 0  # the training set's, and the seed of the runs that train once
+    seeds: list | None = None  # run seeds of the TRM, the main DIS and the anytime DIS (None: [seed])
     recipes: list = field(default_factory=lambda: ["official-code", "paper"])
     targets: list | None = None  # DIS target generators; None = diffusion, plus the solver trace where one exists
     anytime_weight: float = 0.5  # the anytime DIS run that PPO learns to halt; 0 = no such run
@@ -79,6 +81,10 @@ class BenchConfig:
             raise ValueError(f"--task {self.task!r}: the bench knows {', '.join(TASK_DEFAULTS)}")
         if self.targets is None:
             self.targets = ["diffusion", "solver"] if self.task == "sudoku" else ["diffusion"]
+        if self.seeds is None:
+            self.seeds = [self.seed]
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds {','.join(map(str, self.seeds))}: give distinct seeds, e.g. 0,1,2")
         if "solver" in self.targets and self.task != "sudoku":
             raise ValueError("--targets solver: solver traces exist for Sudoku only")
         for name in ("minutes", "ppo_minutes"):
@@ -124,20 +130,41 @@ def _task_flags(cfg: BenchConfig) -> list[str]:
     return ["--task", cfg.task, *[a for k, v in cfg.task_kwargs.items() for a in (f"--{k.replace('_', '-')}", str(v))]]
 
 
+def seeded(cfg: BenchConfig) -> list[str]:
+    """The runs trained once per seed of ``cfg.seeds``: the TRM, the main DIS recipe (the first recipe with the
+    first targets) and the anytime DIS. The other recipes train once, with ``cfg.seed``."""
+    return ["trm", f"dis-{cfg.recipes[0]}-{cfg.targets[0]}"] + (["dis-anytime"] if cfg.anytime_weight else [])
+
+
+def seed_run(name: str, seed_index: int, cfg: BenchConfig) -> str:
+    """A seeded run's folder name: the first seed keeps the plain name, the others add ``-seedS``."""
+    return name if seed_index == 0 else f"{name}-seed{cfg.seeds[seed_index]}"
+
+
+def base_of(name: str) -> str:
+    """The method a run belongs to (``trm-seed2`` -> ``trm``)."""
+    return re.sub(r"-seed\d+$", "", name)
+
+
 def training_runs(cfg: BenchConfig) -> dict[str, list[str]]:
-    """name -> the ``train`` flags of each trained method (the PPO runs come after, from these)."""
-    common = [*_task_flags(cfg), "--hidden", str(cfg.hidden), "--batch-size", str(cfg.batch_size), "--seed",
-              str(cfg.seed), "--eval-n", str(cfg.eval_n), "--device", cfg.device, "--precision", cfg.precision,
+    """name -> the ``train`` flags of each trained method (the PPO runs come after, from these); the seeded
+    methods once per seed (:func:`seeded`), seed after seed in that order."""
+    common = [*_task_flags(cfg), "--hidden", str(cfg.hidden), "--batch-size", str(cfg.batch_size),
+              "--eval-n", str(cfg.eval_n), "--device", cfg.device, "--precision", cfg.precision,
               "--compile", cfg.compile, "--no-final-eval",
               "--eval-every-minutes", str(cfg.eval_every_minutes or max(cfg.minutes / 10, 0.01))]
-    runs = {"trm": ["--method", "trm", "--T", "3", "--n", "6", "--n-sup", "16", *common]}
+    methods = {"trm": ["--method", "trm", "--T", "3", "--n", "6", "--n-sup", "16", *common]}
     dis = ["--method", "dis", "--T", "1", "--n", "2", "--n-sup", "6", *common]
     for recipe in cfg.recipes:
         for t in cfg.targets:
-            runs[f"dis-{recipe}-{t}"] = [*dis, "--recipe", recipe, "--targets", t]
+            methods[f"dis-{recipe}-{t}"] = [*dis, "--recipe", recipe, "--targets", t]
     if cfg.anytime_weight:
-        runs["dis-anytime"] = [*dis, "--recipe", cfg.recipes[0], "--targets", "diffusion", "--anytime-weight",
-                               str(cfg.anytime_weight)]
+        methods["dis-anytime"] = [*dis, "--recipe", cfg.recipes[0], "--targets", "diffusion", "--anytime-weight",
+                                  str(cfg.anytime_weight)]
+    runs = {name: [*flags, "--seed", str(cfg.seeds[0] if name in seeded(cfg) else cfg.seed)]
+            for name, flags in methods.items()}
+    for i, seed in enumerate(cfg.seeds[1:], 1):
+        runs |= {seed_run(name, i, cfg): [*methods[name], "--seed", str(seed)] for name in seeded(cfg)}
     return runs
 
 
@@ -145,7 +172,7 @@ def ppo_runs(cfg: BenchConfig) -> dict[str, tuple[str, list[str]]]:
     """name -> (init run, ``train`` flags) of the learned-halting runs."""
     if not cfg.ppo_minutes:
         return {}
-    flags = ["--method", "ppo", "--mode", "halting", "--nfe-cost", str(cfg.ppo_nfe_cost), "--seed", str(cfg.seed),
+    flags = ["--method", "ppo", "--mode", "halting", "--nfe-cost", str(cfg.ppo_nfe_cost), "--seed", str(cfg.seeds[0]),
              "--device", cfg.device]
     if cfg.task == "nqueens":  # many valid completions: reward any of them, not only the stored one
         flags += ["--reward-mode", "verifier"]
@@ -207,6 +234,7 @@ def _check_folder(cfg: BenchConfig, out: Path, overwrite: bool) -> None:
         theirs = json.loads(saved.read_text())
         if "ppo_lam" in theirs:  # written before lam became nfe_cost
             theirs["ppo_nfe_cost"] = theirs.pop("ppo_lam")
+        theirs.setdefault("seeds", [theirs.get("seed")])  # written before --seeds: one seed
         theirs = {k: v for k, v in theirs.items() if k in mine}
         if theirs != mine:
             diff = sorted(k for k in mine if theirs.get(k) != mine[k])
@@ -246,16 +274,17 @@ def run(cfg: BenchConfig, progress=print, overwrite: bool = False) -> dict:
     for name in trained:
         progress(f"evaluating {name} on {cfg.eval_n} held-out puzzles")
         train_metrics = json.loads((out / name / "train_metrics.json").read_text())
+        trm = base_of(name) == "trm"
         guidance = cfg.guidance if name.startswith("dis") else None
         # one rollout for both: the TRM's 336 NFE per puzzle once
         ev = evaluate_run(out / name, n=cfg.eval_n, halting=True, guidance=guidance, device=cfg.device,
                           diagnostics=True, compile=cfg.compile)
         diag = ev["diagnostics"]
         save_plots(diag, out / name / "plots")
-        rows = [r for r in ev["by_step"] if name != "trm" or r["supervision_step"] in TRM_PREFIXES]
+        rows = [r for r in ev["by_step"] if not trm or r["supervision_step"] in TRM_PREFIXES]
         for g in ev.get("guidance") or []:
             g.pop("by_step")
-        results[name] = {"by_step": rows, "halting": ev["halting"] if name == "trm" else None,
+        results[name] = {"by_step": rows, "halting": ev["halting"] if trm else None,
                          "guidance": ev.get("guidance"),
                          "optimizer_steps": train_metrics["optimizer_steps"],
                          "precision": train_metrics.get("precision"), "compiled": train_metrics.get("compiled"),
@@ -310,59 +339,121 @@ def convergence(run: dict) -> dict:
     return {"converged": rise < WITHIN, "last_third_rise": rise}
 
 
+ROW_METRICS = ("exact_accuracy", "label_match", "cell_accuracy")
+
+
+def seed_groups(results: dict) -> dict[str, list[str]]:
+    """method -> its runs, one per seed (``trm`` -> ``trm``, ``trm-seed1``, ...)."""
+    groups: dict[str, list[str]] = {}
+    for name in results:
+        groups.setdefault(base_of(name), []).append(name)
+    return groups
+
+
+def _pooled(rows: list[dict], keys) -> dict:
+    """The mean over seeds of each metric that every seed has, with its min and max (``*_min``, ``*_max``)."""
+    out = {}
+    for m in keys:
+        values = [r[m] for r in rows if r.get(m) is not None]
+        if values and len(values) == len(rows):
+            out |= {m: float(np.mean(values)), f"{m}_min": min(values), f"{m}_max": max(values)}
+    return out
+
+
+def seed_means(results: dict) -> dict:
+    """Per method: its runs, and its ``by_step`` rows and halting as means over its seeds, with min and max."""
+    means = {}
+    for base, names in seed_groups(results).items():
+        runs = [results[n] for n in names]
+        entry: dict = {"runs": names}
+        if runs[0].get("by_step"):
+            entry["by_step"] = [{"supervision_step": rows[0]["supervision_step"], "nfe": rows[0]["nfe"],
+                                 **_pooled(rows, ROW_METRICS)} for rows in zip(*(r["by_step"] for r in runs))]
+        if runs[0].get("halting"):
+            entry["halting"] = _pooled([r["halting"] for r in runs], ("mean_nfe", "mean_steps", *ROW_METRICS))
+        means[base] = entry
+    return means
+
+
+def _rule(first: float, full: float, best_trm: float, best_dis: float) -> tuple[str, str]:
+    """The verdict on accuracies alone (before convergence): the issue's definitions, with the reason."""
+    if max(best_trm, best_dis) < 0.10:
+        return "inconclusive", "too hard for this budget: every method stays below 10% exact"
+    if best_trm < 0.10:
+        return "inconclusive", "the TRM baseline did not learn within this budget"
+    if full - first < DEPTH_POINTS:
+        return "inconclusive", (f"the task does not need depth at this budget: TRM gains {full - first:+.3f} "
+                                f"from 21 to 336 NFE (< {DEPTH_POINTS:.2f})")
+    if best_dis >= full - WITHIN:
+        if best_dis > full + WITHIN:
+            return "reproduced", (f"DIS@18 is {best_dis - full:.3f} above TRM@336 on a task that needs depth, in "
+                                  "equal wall-clock")
+        return "reproduced", f"DIS@18 is within {WITHIN:.2f} of TRM@336 on a task that needs depth"
+    return "not reproduced", f"DIS@18 is {full - best_dis:.3f} below TRM@336 on a task that needs depth"
+
+
 def verdict(results: dict) -> dict:
     """Per metric: **reproduced** (the task needs depth: TRM@336 >= TRM@21 + 5 points, and the best DIS@18 is
     within 1 point of TRM@336, both converged by :func:`convergence`), **not reproduced**, or **inconclusive**
     (with the reason: "inconclusive (baseline not converged)" where it would read reproduced but a method it
     compares is still learning), plus the halting claims and the time each method took to reach the TRM's best
-    held-out accuracy."""
-    trm = results["trm"]["by_step"]
-    dis = {k: v["by_step"][-1] for k, v in results.items() if k.startswith("dis")}
+    held-out accuracy. With several seeds the verdict is on the means over seeds, and says how many seeds, each
+    judged alone (TRM seed s against the best DIS's seed s), agree with it."""
+    means = seed_means(results)
     converged = {k: convergence(v) for k, v in results.items() if v.get("by_step")}
+    trm = means["trm"]["by_step"]
+    dis = {k: v["by_step"][-1] for k, v in means.items() if k.startswith("dis")}
+
+    def not_converged(names):
+        return [n for n in names if n and not converged[n]["converged"]]
+
     verdicts, depth = {}, {}
     for metric in METRICS:
         first, full = _at(trm, 21, metric), _at(trm, 336, metric)
         if first is None:
             continue
-        best_trm = max(r[metric] for r in trm)
         dis18 = {k: r[metric] for k, r in dis.items()}
         best_name = max(dis18, key=dis18.get) if dis18 else None
         best_dis = dis18[best_name] if best_name else 0.0
-        needs_depth = full - first >= DEPTH_POINTS
-        depth[metric] = {"trm_21": first, "trm_336": full, "gain": full - first, "needs_depth": needs_depth}
+        depth[metric] = {"trm_21": first, "trm_336": full, "gain": full - first,
+                         "needs_depth": full - first >= DEPTH_POINTS}
+        n_seeds = len(means["trm"]["runs"])
         numbers = (f"TRM {first:.3f} @21 NFE, {full:.3f} @336; best DIS @18 {best_dis:.3f}"
-                   + (f" ({best_name})" if best_name else ""))
-        if max(best_trm, best_dis) < 0.10:
-            v, why = "inconclusive", "too hard for this budget: every method stays below 10% exact"
-        elif best_trm < 0.10:
-            v, why = "inconclusive", "the TRM baseline did not learn within this budget"
-        elif not needs_depth:
-            v, why = "inconclusive", (f"the task does not need depth at this budget: TRM gains {full - first:+.3f} "
-                                      f"from 21 to 336 NFE (< {DEPTH_POINTS:.2f})")
-        elif best_dis >= full - WITHIN:
-            v, why = "reproduced", f"DIS@18 is within {WITHIN:.2f} of TRM@336 on a task that needs depth"
-            if best_dis > full + WITHIN:
-                why = f"DIS@18 is {best_dis - full:.3f} above TRM@336 on a task that needs depth, in equal wall-clock"
-            learning = [k for k in ("trm", best_name) if not converged[k]["converged"]]
-            if learning:
-                v = "inconclusive (baseline not converged)"
-                why += ("; but " + " and ".join(
-                    f"{k} was not converged (its looks rose {_rise(converged[k])} over the last third of its budget)"
-                    for k in learning) + ", so this is a faster start, not equal accuracy at convergence")
-        else:
-            v, why = "not reproduced", f"DIS@18 is {full - best_dis:.3f} below TRM@336 on a task that needs depth"
-        verdicts[metric] = {"verdict": v, "reason": why, "numbers": numbers, "dis_18": dis18,
-                            "dis_18_within_1pt_of_trm_336": {k: x >= full - WITHIN for k, x in dis18.items()}}
+                   + (f" ({best_name})" if best_name else "") + (f"; means of {n_seeds} seeds" if n_seeds > 1 else ""))
+        v, why = _rule(first, full, max(r[metric] for r in trm), best_dis)
+        learning = not_converged(means["trm"]["runs"] + (means[best_name]["runs"] if best_name else []))
+        if v == "reproduced" and learning:
+            v = "inconclusive (baseline not converged)"
+            why += ("; but " + " and ".join(
+                f"{k} was not converged (its looks rose {_rise(converged[k])} over the last third of its budget)"
+                for k in learning) + ", so this is a faster start, not equal accuracy at convergence")
+        entry = {"verdict": v, "reason": why, "numbers": numbers, "dis_18": dis18,
+                 "dis_18_within_1pt_of_trm_336": {k: x >= full - WITHIN for k, x in dis18.items()}}
+        if n_seeds > 1:
+            per_seed = {}
+            for run in means["trm"]["runs"]:
+                rows = results[run]["by_step"]
+                pair = best_name and best_name + run[len("trm"):]
+                pair = pair if pair in results else None  # a DIS recipe trained once: its one run
+                d18 = results[pair]["by_step"][-1][metric] if pair else best_dis
+                sv, _ = _rule(_at(rows, 21, metric), _at(rows, 336, metric), max(r[metric] for r in rows), d18)
+                if sv == "reproduced" and not_converged([run, pair]):
+                    sv = "inconclusive (baseline not converged)"
+                per_seed[run] = sv
+            agree = sum(sv == v for sv in per_seed.values())
+            entry |= {"per_seed": per_seed, "seeds_agree": agree, "seeds": n_seeds}
+            entry["reason"] += f"; {agree} of {n_seeds} seeds, judged alone, agree"
+        verdicts[metric] = entry
     metric = "exact_accuracy"
     trm_full = _at(trm, 336, metric)
     halting = {}
-    for name, r in results.items():
-        h = r.get("halting")
+    for name, m in means.items():
+        h = m.get("halting")
         if not h or not name.startswith(("trm", "ppo")):
             continue
         halting[name] = {"mean_nfe": h["mean_nfe"], "exact_accuracy": h["exact_accuracy"],
                          "label_match": h.get("label_match"), "times_fewer_than_336": 336 / max(h["mean_nfe"], 1e-9),
-                         "at_trm_336_accuracy": h["exact_accuracy"] >= trm_full - WITHIN}
+                         "at_trm_336_accuracy": h["exact_accuracy"] >= trm_full - WITHIN, "seeds": len(m["runs"])}
     target = max((e["best_exact_accuracy"] for e in results["trm"].get("history", [])), default=None)
     if target is not None and target < 0.10:
         target = None  # a TRM that never learned sets no mark worth racing to
@@ -374,7 +465,7 @@ def verdict(results: dict) -> dict:
         hit = next((e for e in hist if e["best_exact_accuracy"] >= target - WITHIN), None)
         time_to[name] = None if hit is None else hit["elapsed_s"]
     return {"verdict": verdicts.get(metric, {}).get("verdict", "inconclusive"), "verdicts": verdicts,
-            "depth_check": depth, "halting": halting, "convergence": converged,
+            "depth_check": depth, "halting": halting, "convergence": converged, "seed_means": means,
             "time_to_trm_best": {"trm_best_exact_during_training": target, "seconds": time_to}}
 
 
@@ -416,19 +507,25 @@ def markdown(report: dict) -> str:
     lines += ["", "| method | supervision steps | NFE | exact (any valid) | stored-solution match | blank-cell |",
               "| --- | --- | --- | --- | --- | --- |"]
 
-    def fmt(x):
-        return "-" if x is None else f"{x:.3f}"
+    def fmt(row, m, digits=3):  # a mean over seeds carries its range
+        x = row.get(m)
+        if x is None:
+            return "-"
+        lo, hi = row.get(f"{m}_min", x), row.get(f"{m}_max", x)
+        return f"{x:.{digits}f}" + ("" if lo == hi else f" ({lo:.{digits}f}-{hi:.{digits}f})")
 
-    for name, r in report["methods"].items():
-        for row in r.get("by_step") or []:
-            lines.append(f"| {name} | {row['supervision_step']} | {row['nfe']} | {fmt(row['exact_accuracy'])} | "
-                         f"{fmt(row.get('label_match'))} | {fmt(row.get('cell_accuracy'))} |")
-        h = r.get("halting")
+    for name, m in report["seed_means"].items():
+        label = name + (f" ({len(m['runs'])} seeds)" if len(m["runs"]) > 1 else "")
+        for row in m.get("by_step") or []:
+            lines.append(f"| {label} | {row['supervision_step']} | {row['nfe']} | {fmt(row, 'exact_accuracy')} | "
+                         f"{fmt(row, 'label_match')} | {fmt(row, 'cell_accuracy')} |")
+        h = m.get("halting")
         if h:
-            what = "halting head" if name == "trm" else f"learned halting (PPO on {r.get('init')})"
-            lines.append(f"| {name} + {what} | {h['mean_steps']:.2f} (mean) | "
-                         f"{h['mean_nfe']:.1f} (mean) | {fmt(h['exact_accuracy'])} | {fmt(h.get('label_match'))} | "
-                         f"{fmt(h.get('cell_accuracy'))} |")
+            what = ("halting head" if name == "trm"
+                    else f"learned halting (PPO on {report['methods'][m['runs'][0]].get('init')})")
+            lines.append(f"| {label} + {what} | {fmt(h, 'mean_steps', 2)} (mean) | "
+                         f"{fmt(h, 'mean_nfe', 1)} (mean) | {fmt(h, 'exact_accuracy')} | {fmt(h, 'label_match')} | "
+                         f"{fmt(h, 'cell_accuracy')} |")
     lines += ["", "| method | optimizer steps / PPO iterations | training forward passes | examples seen | "
               "wall-clock s | time to TRM's best (s) | dead steps |", "| --- | --- | --- | --- | --- | --- | --- |"]
     seconds = report.get("time_to_trm_best", {}).get("seconds", {})
@@ -470,12 +567,17 @@ def _plot(report: dict, path: Path) -> None:
     curves.set(xlabel="training minutes", ylabel="held-out exact accuracy (best step)", ylim=(0, 1.02),
                title="held-out looks during training")
     curves.legend(fontsize=7)
-    for name, r in report["methods"].items():
-        if r.get("by_step"):
-            ax.plot([x["nfe"] for x in r["by_step"]], [x["exact_accuracy"] for x in r["by_step"]], "o-", label=name)
-        if r.get("halting"):
-            ax.plot([r["halting"]["mean_nfe"]], [r["halting"]["exact_accuracy"]], "*", ms=12,
-                    label=f"{name} + halting head" if name == "trm" else name)
+    for name, m in report["seed_means"].items():  # means over seeds, their range as error bars
+        label = name + (f" ({len(m['runs'])} seeds)" if len(m["runs"]) > 1 else "")
+        if m.get("by_step"):
+            rows = m["by_step"]
+            acc = np.array([x["exact_accuracy"] for x in rows])
+            spread = [acc - [x.get("exact_accuracy_min", a) for x, a in zip(rows, acc)],
+                      [x.get("exact_accuracy_max", a) for x, a in zip(rows, acc)] - acc]
+            ax.errorbar([x["nfe"] for x in rows], acc, yerr=spread, fmt="o-", capsize=3, label=label)
+        if m.get("halting"):
+            ax.plot([m["halting"]["mean_nfe"]], [m["halting"]["exact_accuracy"]], "*", ms=12,
+                    label=f"{label} + halting head" if name == "trm" else label)
     ax.set(xscale="log", xlabel="forward passes per puzzle (NFE)", ylabel="exact accuracy (held-out)",
            ylim=(0, 1.02), title=f"accuracy vs NFE: {report.get('task_name', 'sudoku')}")
     ticks = []

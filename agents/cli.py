@@ -353,7 +353,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--pool", type=int, default=None, help="size of the fixed training set")
     p.add_argument("--eval-n", type=int, default=None, help="held-out puzzles (excluded from training)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="the training set's seed, and the run seed of the methods trained once")
+    p.add_argument("--seeds", default=None,
+                   help="run seeds, comma-separated (e.g. 0,1,2): the TRM, the main DIS (first recipe and targets) "
+                        "and the anytime DIS train once per seed; the table reports means with their min-max "
+                        "(default: --seed alone)")
     p.add_argument("--sequential", action="store_true", help="train methods one after another, all cores each")
     p.add_argument("--device", default=None, help="cpu (default) or cuda (the gpu preset's)")
     add_precision_argument(p, "every run of the bench")
@@ -384,6 +389,11 @@ def cmd_bench(args) -> int:
     for name in ("targets", "recipes"):
         if getattr(args, name):
             kw[name] = getattr(args, name).split(",")
+    if args.seeds:
+        try:
+            kw["seeds"] = [int(x) for x in args.seeds.split(",")]
+        except ValueError:
+            raise ValueError(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. 0,1,2") from None
     task_kwargs = {k: getattr(args, k) for k in BENCH_TASK_OPTIONS[args.task] if getattr(args, k) is not None}
     if args.task == "nqueens" and task_kwargs.get("board") == 8:
         task_kwargs.pop("board")  # (--board defaults to 8)

@@ -168,3 +168,49 @@ def test_convergence_is_a_rise_under_a_point_over_the_last_third(looks, wall, co
 
     run = {"wall_clock_s": wall, "history": [{"elapsed_s": t, "best_exact_accuracy": a} for t, a in looks]}
     assert convergence(run)["converged"] is converged
+
+
+def test_seeds_train_the_trm_and_the_main_dis_once_per_seed():
+    cfg = BenchConfig.for_task("nqueens", seeds=[0, 1, 2])
+    runs = training_runs(cfg)
+    assert set(runs) == {"trm", "dis-official-code-diffusion", "dis-paper-diffusion", "dis-anytime",
+                         "trm-seed1", "trm-seed2", "dis-official-code-diffusion-seed1",
+                         "dis-official-code-diffusion-seed2", "dis-anytime-seed1", "dis-anytime-seed2"}
+    seed = {name: flags[flags.index("--seed") + 1] for name, flags in runs.items()}
+    assert seed["trm"] == seed["dis-paper-diffusion"] == "0" and seed["trm-seed2"] == "2"
+    assert runs["trm-seed1"][:-1] == runs["trm"][:-1]  # the same flags but the seed
+    assert BenchConfig.for_task("nqueens").seeds == [0]
+    with pytest.raises(ValueError, match="distinct seeds"):
+        BenchConfig.for_task("nqueens", seeds=[1, 1])
+
+
+def test_the_verdict_over_seeds_uses_the_means_and_counts_the_seeds_that_agree():
+    runs = methods(0.60, 0.80, 0.80)
+    seed1 = methods(0.60, 0.90, 0.80)  # this seed alone: DIS 10 points below
+    seed2 = methods(0.60, 0.70, 0.80)
+    for suffix, other in (("-seed1", seed1), ("-seed2", seed2)):
+        runs[f"trm{suffix}"] = other["trm"]
+        runs[f"dis-official-code-diffusion{suffix}"] = other["dis-official-code-diffusion"]
+    report = verdict(runs)
+    v = report["verdicts"]["exact_accuracy"]
+    assert report["seed_means"]["trm"]["by_step"][-1]["exact_accuracy"] == pytest.approx(0.80)
+    assert report["seed_means"]["trm"]["by_step"][-1]["exact_accuracy_max"] == pytest.approx(0.90)
+    assert v["verdict"] == "reproduced" and v["seeds_agree"] == 2 and v["seeds"] == 3
+    assert v["per_seed"]["trm-seed1"] == "not reproduced" and "2 of 3 seeds" in v["reason"]
+    assert "means of 3 seeds" in v["numbers"]
+    for r in runs.values():
+        if "by_step" in r:
+            r |= {"optimizer_steps": 1, "train_forward_passes": 2, "examples_seen": 3, "wall_clock_s": 4.0,
+                  "dead_steps": []}
+    text = markdown(report | {"date": "today", "config": BenchConfig.for_task("nqueens").__dict__,
+                              "task_name": "nqueens", "task": {"board": 8}, "machine": {"cores": 2, "cpu": "cpu"},
+                              "methods": runs})
+    assert "| trm (3 seeds) | 16 | 336 | 0.800 (0.700-0.900) |" in text
+    assert "| trm-seed2 | 1 |" in text  # the per-run table keeps every seed
+
+
+def test_a_seed_still_learning_makes_the_mean_verdict_inconclusive():
+    runs = methods(0.60, 0.80, 0.80)
+    runs["trm-seed1"] = methods(0.60, 0.80, 0.80, looks=(0.4, 0.6, 0.8))["trm"]
+    v = verdict(runs)["verdicts"]["exact_accuracy"]
+    assert v["verdict"] == "inconclusive (baseline not converged)" and "trm-seed1 was not converged" in v["reason"]
