@@ -13,8 +13,9 @@ passes, and pays
 i.e. the change of the potential S + solve_bonus * [solved] minus the compute charged, so a return telescopes:
 sum r = S(final) - S(initial) + solve_bonus * [final solved] - nfe_cost * NFE (the initial answer, givens and
 blanks, is unsolved whenever the puzzle has a blank). ``S`` is the fraction of blank cells
-equal to the label (``reward_mode="label"``) or the fraction of the task's rules satisfied
-(``reward_mode="verifier"``, label-free). ``solved`` is always the rule verifier, so a different valid
+equal to the label (``reward_mode="label"``) or the fraction of the task's rule credit earned
+(``reward_mode="verifier"``, label-free: ``task.rule_counts``; a uniform fill of the undecided cells never scores
+above the puzzle as given). ``solved`` is always the rule verifier, so a different valid
 completion (N-Queens, mazes with loops) counts as solved.
 
 An episode terminates when the agent halts (or, with ``terminate_on_solve``, when it is solved) and is

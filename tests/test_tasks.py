@@ -164,11 +164,17 @@ def test_rule_counts_reach_their_total_exactly_for_solutions(name, kw):
 @settings(max_examples=30, deadline=None)
 @given(size=st.sampled_from([4, 6, 9]), n=st.integers(1, 5), seed=st.integers(0, 2**31 - 1))
 def test_sudoku_rule_counts_match_counting_by_hand(size, n, seed):
-    """The batched count (gather, scatter, weighted product) equals distinct digits per unit counted in Python,
-    for any tokens, blanks included, for batched and unbatched answers and batch sizes in any order."""
+    """The batched count (gather, scatter, weighted product) equals the credit counted in Python (per unit, +1 for
+    each digit present once, -1 for each digit present more than once; never below 0 in all), for any tokens,
+    blanks included, for batched and unbatched answers and batch sizes in any order."""
     task = make_task("sudoku", size=size)
     answers = np.random.default_rng(seed).integers(0, size + 1, size=(n, size * size))
-    expected = [sum(len({int(a[c]) for c in unit} - {0}) for unit in task.units) for a in answers]
+
+    def credit(a):
+        counts = [[sum(int(a[c]) == d for c in unit) for d in range(1, size + 1)] for unit in task.units]
+        return max(0, sum((k == 1) - (k > 1) for unit in counts for k in unit))
+
+    expected = [credit(a) for a in answers]
     satisfied, total = task.rule_counts(None, torch.tensor(answers))
     assert satisfied.tolist() == expected and float(total) == len(task.units) * size
     assert [float(task.rule_counts(None, torch.tensor(a))[0]) for a in answers] == expected

@@ -107,12 +107,15 @@ class Task:
         return None
 
     def rule_counts(self, inputs: torch.Tensor, answers: torch.Tensor, context=None):
-        """(satisfied, total): how many of the task's rule constraints ``answers`` satisfies, of how many, per
-        answer (tensors ``[n]``, or a number for a total that is the same for every puzzle).
+        """(satisfied, total): the rule credit ``answers`` earns, of how much, per answer (tensors ``[n]``, or a
+        number for a total that is the same for every puzzle). ``satisfied / total`` is the verifier reward's
+        potential.
 
         Label-free; ``satisfied == total`` exactly when the answer solves the puzzle (givens kept are checked
-        separately by :meth:`verify`, the MDP core keeps them by construction). ``context`` is
-        :meth:`rule_context` of ``inputs``, recomputed when not given.
+        separately by :meth:`verify`, the MDP core keeps them by construction). The credit must not be gamed:
+        no answer that writes one token on every undecided cell, and does not solve the puzzle, earns more than
+        the puzzle as given, and revealing a solution's cells never lowers it (``tests/test_potentials.py``).
+        ``context`` is :meth:`rule_context` of ``inputs``, recomputed when not given.
         """
         raise NotImplementedError
 

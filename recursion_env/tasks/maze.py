@@ -135,33 +135,51 @@ class MazeTask(Task):
         return PuzzleBatch(self.name, inputs, labels, {"size": self.size, "path_length": lengths})
 
     # -- rules ------------------------------------------------------------------------------------------
-    def shortest_length(self, inputs: torch.Tensor) -> torch.Tensor:
-        """S→G distance of each maze (``int64 [n]``, -1 when unreachable) by batched wavefront expansion."""
+    def distances(self, inputs: torch.Tensor, source: int) -> torch.Tensor:
+        """Steps from the cell holding ``source`` (``START`` or ``GOAL``) to every cell through non-wall cells,
+        ``int64 [n, L]``, -1 where unreachable: a batched wavefront expansion."""
         n = self.size
-        walls = (inputs == WALL).reshape(-1, 1, n, n)
-        reach = (inputs == START).reshape(-1, 1, n, n).to(torch.float32)
-        goal = (inputs == GOAL).reshape(-1, n * n)
-        length = torch.full((inputs.shape[0],), -1, dtype=torch.int64, device=inputs.device)
+        flat = inputs.reshape(-1, n * n)
+        walls = (flat == WALL).reshape(-1, 1, n, n)
+        reach = (flat == source).reshape(-1, 1, n, n).to(torch.float32)
+        dist = torch.where(flat == source, 0, -1)
         kernel = torch.tensor([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=torch.float32, device=inputs.device)
         for step in range(1, n * n):
             grown = (F.conv2d(reach, kernel[None, None], padding=1) > 0) & ~walls
-            new_reach = grown.to(torch.float32)
-            hit = (grown.reshape(-1, n * n) & goal).any(-1) & (length < 0)
-            length[hit] = step
-            if (length >= 0).all() or torch.equal(new_reach, reach):
+            new = grown.reshape(-1, n * n) & (dist < 0)
+            if not bool(new.any()):
                 break
-            reach = new_reach
-        return length
+            dist = torch.where(new, step, dist)
+            reach = grown.to(torch.float32)
+        return dist
+
+    def shortest_length(self, inputs: torch.Tensor) -> torch.Tensor:
+        """S→G distance of each maze (``int64 [n]``, -1 when unreachable)."""
+        goal = inputs.reshape(-1, self.seq_len) == GOAL
+        return torch.where(goal, self.distances(inputs, START), -1).amax(-1)
 
     def rule_context(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.shortest_length(inputs)
+        """``int64 [n, 1 + L]``: the S→G distance, then 1 for each cell on some shortest S→G path (the cells whose
+        distances from S and from G add up to it), 0 elsewhere."""
+        from_start, from_goal = self.distances(inputs, START), self.distances(inputs, GOAL)
+        goal = inputs.reshape(-1, self.seq_len) == GOAL
+        length = torch.where(goal, from_start, -1).amax(-1, keepdim=True)
+        on_shortest = (from_start >= 0) & (from_goal >= 0) & (from_start + from_goal == length)
+        return torch.cat([length, on_shortest.to(torch.int64)], -1)
 
     def rule_counts(self, inputs: torch.Tensor, answers: torch.Tensor, context=None):
-        """Rules satisfied of: each path cell has exactly two path/S/G neighbours, S and G exactly one,
-        no wall/S/G token on an open cell, and the path has the shortest length. All hold iff the answer
-        marks a shortest S→G path (the degree rules leave one S–G path plus cycles; the length rules out
-        cycles)."""
+        """Rule credit of an answer, of ``L + 2`` for a maze whose shortest S→G path has ``L`` steps: one for each
+        path cell on a shortest path with exactly two path/S/G neighbours (at most ``L - 1``), for S
+        and G with exactly one, and for a path of the shortest length; less ``(L + 2) * wrong / W``, where
+        ``wrong`` counts the path cells on no shortest path, the path cells beyond ``L - 1`` and the wall/S/G
+        tokens written on open cells, and ``W`` is the number of open cells a solution leaves open (never below
+        0). All the credit is earned iff the answer marks a shortest S→G path (the degree rules leave one S-G
+        path plus cycles; the length rules out cycles). Marking part of a solution only gains; marking every open
+        cell as path (``wrong >= W``) or as wall earns nothing."""
         n = self.size
+        if context is None:
+            context = self.rule_context(inputs)
+        length, on_shortest = context[..., 0], context[..., 1:].to(torch.bool)
         a = answers.reshape(-1, 1, n, n)
         on = ((a == PATH) | (a == START) | (a == GOAL)).to(torch.float32)
         kernel = torch.tensor([[0, 1, 0], [1, 0, 1], [0, 1, 0]], dtype=torch.float32, device=answers.device)
@@ -169,14 +187,17 @@ class MazeTask(Task):
         flat = answers.reshape(-1, n * n)
         is_path = flat == PATH
         ends = (flat == START) | (flat == GOAL)
-        ok_path = (is_path & (degree == 2)).sum(-1)
-        ok_ends = (ends & (degree == 1)).sum(-1)
+        n_path = is_path.sum(-1)
+        credit = ((is_path & on_shortest & (degree == 2)).sum(-1).minimum(length - 1).clamp(min=0)
+                  + (ends & (degree == 1)).sum(-1)
+                  + (n_path == length - 1).to(torch.int64))
         open_in = inputs.reshape(-1, n * n) == OPEN
-        bad_token = (open_in & (flat != OPEN) & (flat != PATH)).sum(-1)
-        length = self.shortest_length(inputs) if context is None else context
-        ok_len = (is_path.sum(-1) == (length - 1)).to(torch.int64)
-        total = is_path.sum(-1) + ends.sum(-1) + 1 + bad_token
-        return ok_path + ok_ends + ok_len, total.clamp(min=1)
+        wrong = ((is_path & ~on_shortest).sum(-1) + (n_path - (length - 1)).clamp(min=0)
+                 + (open_in & (flat != OPEN) & (flat != PATH)).sum(-1))
+        total = (length + 2).clamp(min=1)
+        room = (open_in.sum(-1) - (length - 1)).clamp(min=1)  # W
+        # (an exact integer where nothing is wrong: a solution's credit equals the total on every device)
+        return (credit - total * wrong / room).clamp(min=0), total
 
     # -- text -------------------------------------------------------------------------------------------
     def parse(self, text: str) -> np.ndarray:

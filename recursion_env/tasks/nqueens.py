@@ -85,17 +85,19 @@ class NQueensTask(Task):
         return torch.tensor([ln + [self.seq_len] * (b - len(ln)) for ln in lines], dtype=torch.int64)
 
     def rule_counts(self, inputs: torch.Tensor, answers: torch.Tensor, context=None):
-        """Rules satisfied of: every row and column holds exactly one queen, every diagonal at most one,
-        and no square is left undecided (one constraint per square)."""
+        """Rules satisfied of: every row and column holds exactly one queen, every diagonal at most one (an
+        undecided square holds no queen), and the board is complete: no square undecided, which counts only once
+        every other rule holds. So writing "no queen" on undecided squares earns nothing by itself: such a board is
+        no closer to a solution than the puzzle as given (each queen of a solution is; the completion is the last
+        rule)."""
         b = self.board
         lines = self._lines.to(answers.device)
         padded = torch.cat([answers, torch.full_like(answers[..., :1], EMPTY)], dim=-1)
         queens = (padded[..., lines] == QUEEN).sum(-1)  # [n, n_lines]
-        exact = (queens[..., : 2 * b] == 1).sum(-1)
-        at_most = (queens[..., 2 * b:] <= 1).sum(-1)
-        decided = (answers != UNDECIDED).sum(-1)
-        total = lines.shape[0] + self.seq_len
-        return exact + at_most + decided, total
+        placed = (queens[..., : 2 * b] == 1).sum(-1) + (queens[..., 2 * b:] <= 1).sum(-1)
+        n_lines = lines.shape[0]
+        complete = (placed == n_lines) & (answers != UNDECIDED).all(-1)
+        return placed + complete, n_lines + 1
 
     def parse(self, text: str) -> np.ndarray:
         """``board`` lines of ``board`` characters (``.xQ``), or one line of board² characters."""

@@ -250,7 +250,7 @@ class SudokuTask(Task):
     # -- rules ------------------------------------------------------------------------------------------
     def _rule_tensors(self, device, batch_shape) -> tuple[torch.Tensor, ...]:
         """What :meth:`rule_counts` needs besides the answers, made once per (device, batch shape): at one puzzle a
-        step, making a tensor costs as much as using it. (each unit's cells, the marks scattered at the digits
+        step, making a tensor costs as much as using it. (each unit's cells, the ones added up at the digits
         found, 1 for a digit's column and 0 for the blanks' column of each unit, the number of rules)"""
         cache, key = self._rule_cache, (device, batch_shape)
         hit = cache.get(key)
@@ -268,14 +268,20 @@ class SudokuTask(Task):
         return hit
 
     def rule_counts(self, inputs: torch.Tensor, answers: torch.Tensor, context=None):
-        """Distinct digits present in each row, column and box, summed, of size per unit. Blanks count as absent."""
+        """Rule credit of an answer, of ``size`` per row, column and box: one for each digit present exactly once
+        in the unit, minus one for each digit present more than once (never below 0 in all). Blanks count as
+        absent. All the credit is earned iff every unit holds every digit once (the answer solves the grid);
+        writing one digit on every blank loses the rules of the givens it repeats, and the units where it lands
+        twice, instead of gaining the units that lacked it."""
         lead = answers.shape[:-1]
         cells, marks, digit_columns, n_rules = self._rule_tensors(answers.device, lead)
         # gather, scatter from a tensor and a 0/1-weighted product: each several times faster at large batches
         # than advanced indexing, scattering a scalar and a slice-and-sum (and exact: sums of a few hundred ones)
         vals = torch.gather(answers, -1, cells).view(marks.shape)
-        present = torch.zeros((*lead, len(self.units), self.size + 1), device=answers.device).scatter_(-1, vals, marks)
-        return present.flatten(-2) @ digit_columns, n_rules
+        count = torch.zeros((*lead, len(self.units), self.size + 1), device=answers.device)
+        count.scatter_add_(-1, vals, marks)
+        credit = (count == 1).to(torch.float32) - (count > 1).to(torch.float32)
+        return (credit.flatten(-2) @ digit_columns).clamp(min=0), n_rules
 
     def deductions(self, grids: torch.Tensor) -> torch.Tensor:
         """Which blank cells one round of naked and hidden singles fills in from each grid (``[..., seq_len]``
