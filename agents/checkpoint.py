@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
+import re
 import shutil
 import signal
 import sys
@@ -66,12 +68,19 @@ def save_checkpoint(path, state: dict, keep: int = 1) -> Path:
 
 
 def read_torch(source, path, map_location="cpu", what: str = "checkpoint"):
-    """``torch.load(source, weights_only=True)``; anything torch cannot read becomes one ``ValueError`` naming
-    ``path`` (``source`` is the file or, for a checkpoint's payload, its bytes)."""
+    """``torch.load(source, weights_only=True)``; anything torch cannot read becomes a one-line ``ValueError``
+    naming ``path`` (``source`` is the file or, for a checkpoint's payload, its bytes). torch's own text (several
+    lines, colour codes, and advice to load with ``weights_only=False``, which would run the file's code) is not
+    passed on."""
     try:
         return torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path}: not a valid or trusted {what}: it holds objects other than tensors and plain "
+                         "values (possibly code), which are never loaded") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise ValueError(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from None
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
+        reason = first[0][:120] if first else type(e).__name__
+        raise ValueError(f"{path}: not a valid {what} ({type(e).__name__}: {reason})") from None
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -103,13 +112,15 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return state
 
 
-def load_newest_valid(path, map_location="cpu") -> tuple[dict, Path]:
+def load_newest_valid(path, map_location="cpu", set_aside: bool = False) -> tuple[dict, Path]:
     """For ``--resume``: ``path`` if it verifies, else the newest of ``path.1``, ``path.2``, ... that does (with a
-    warning naming what was skipped and why). ``ValueError`` when none does."""
+    warning naming what was skipped and why). ``ValueError`` when none does. ``set_aside`` (a resume that will
+    write): the invalid files newer than the one returned are renamed ``NAME.corrupt`` (``.corrupt.1``, ... when
+    taken), so the next save neither rotates them into the kept backups nor pushes a valid backup out."""
     path = Path(path)
     backups = [p for p in path.parent.glob(path.name + ".*") if p.suffix[1:].isdigit()]
     candidates = [path] + sorted(backups, key=lambda p: int(p.suffix[1:]))
-    problems = []
+    problems, invalid = [], []
     for candidate in candidates:
         if not candidate.exists():
             problems.append(f"{candidate}: missing")
@@ -118,12 +129,27 @@ def load_newest_valid(path, map_location="cpu") -> tuple[dict, Path]:
             state = load_checkpoint(candidate, map_location)
         except ValueError as e:
             problems.append(str(e))
+            invalid.append(candidate)
             continue
+        moved = [_set_aside(p) for p in invalid] if set_aside else []
         if problems:
-            warnings.warn(f"resuming from {candidate}, the newest valid checkpoint; skipped: {'; '.join(problems)}",
-                          stacklevel=2)
+            warnings.warn(f"resuming from {candidate}, the newest valid checkpoint; skipped: {'; '.join(problems)}"
+                          + "".join(f"; moved {a.name} to {b.name}" for a, b in zip(invalid, moved)), stacklevel=2)
         return state, candidate
+    if path.parent.is_dir() and not candidates[0].exists() and not backups and (path.parent / "config.json").exists():
+        raise ValueError(f"{path.parent} holds a run stopped before its first checkpoint: there is nothing to "
+                         "resume; start it again with the same train command and --overwrite")
     raise ValueError("no valid checkpoint to resume from: " + "; ".join(problems))
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a corrupt checkpoint out of the rotation (never over another file)."""
+    target, i = path.with_name(path.name + ".corrupt"), 0
+    while target.exists():
+        i += 1
+        target = path.with_name(f"{path.name}.corrupt.{i}")
+    os.replace(path, target)
+    return target
 
 
 class StopRequest:

@@ -329,7 +329,7 @@ def test_import_official_errors_are_clear(tmp_path):
     torch.save({"model.inner.H_init": torch.zeros(64), "optimizer.step": torch.zeros(1)}, tmp_path / "o" / "outer")
     fails("outside 'model.inner.'", ckpt=tmp_path / "o" / "outer")
     (tmp_path / "o" / "garbage").write_bytes(b"\x80not a checkpoint")
-    fails("not a readable torch checkpoint", ckpt=tmp_path / "o" / "garbage")
+    fails("not a valid", ckpt=tmp_path / "o" / "garbage")
     fails("no such config file", config=tmp_path / "nowhere.yaml")
     (tmp_path / "partial.yaml").write_text(yaml.dump({"arch": {"hidden_size": 64}}))
     fails("arch lacks L_layers, H_cycles", config=tmp_path / "partial.yaml")

@@ -295,8 +295,12 @@ def prepare_run_folder(out: Path, overwrite: bool, remove: bool = True) -> None:
     """A fresh run: refuse a folder that already holds a run, or with ``overwrite`` remove that run's files
     (``remove=False``: only check, as every rank but the one that writes does)."""
     found = [name for name in RUN_FILES if (out / name).exists()]
-    found += sorted(p.name for p in out.glob("checkpoint.pt.*") if p.suffix[1:].isdigit())
+    found += sorted(p.name for p in out.glob("checkpoint.pt.*") if p.suffix[1:].isdigit() or ".corrupt" in p.name)
     if found and not overwrite:
+        if "checkpoint.pt" not in found and not any(n.startswith("checkpoint.pt.") for n in found):
+            raise ValueError(f"{out} holds a run stopped before its first checkpoint ({', '.join(found)}): there is "
+                             "nothing to resume; give the same command with --overwrite to start it again, or "
+                             "another --out")
         raise ValueError(f"{out} already holds a run ({', '.join(found)}): continue it with --resume, choose "
                          "another --out, or pass --overwrite to replace it")
     for name in found if remove else ():
@@ -342,7 +346,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
     ckpt_path = out / "checkpoint.pt"
     state = None
     if resume:
-        state, _ = load_newest_valid(ckpt_path)
+        state, _ = load_newest_valid(ckpt_path, set_aside=ddp.is_main)
         if state.get("train_config", {}).get("method") not in ("trm", "dis"):
             raise ValueError(f"{out} is a {state.get('train_config', {}).get('method')!r} run, not a trm/dis one "
                              "(resume PPO runs with train_ppo(resume=True) or the CLI's train --resume)")

@@ -333,7 +333,7 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
 
     ps = None
     if resume:
-        state, _ = load_newest_valid(Path(cfg.out) / "checkpoint.pt")
+        state, _ = load_newest_valid(Path(cfg.out) / "checkpoint.pt", set_aside=True)
         cfg = ppo_resume_config(cfg, state)
         ps = state["ppo_state"]
     else:

@@ -1,0 +1,82 @@
+"""Nothing lost, nothing crashes: refusals in one line, corrupt checkpoints set aside, outputs that never replace a
+file without --overwrite, one writer per folder, adapters that name what is wrong."""
+
+import io
+import pickle
+
+import pytest
+import torch
+
+from agents.checkpoint import load_checkpoint, load_newest_valid, save_checkpoint
+from agents.cli import main as cli
+from agents.trainers import config_from_dict, train
+
+
+def tiny(out, **kw):
+    base = dict(task_kwargs={"size": 4}, hidden=16, T=1, n=1, N_sup=2, batch_size=8, n_train=32, eval_n=8,
+                progress=False, final_eval=False, checkpoint_every=2, out=str(out), compile="off")
+    return config_from_dict({**base, **kw})
+
+
+class Payload:  # a pickle that would run code when loaded without weights_only
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+@pytest.mark.parametrize("content", ["garbage", "code", "truncated"])
+def test_a_bad_checkpoint_is_refused_in_one_line_without_unsafe_advice(tmp_path, content, capsys):
+    path = tmp_path / "checkpoint.pt"
+    if content == "garbage":
+        path.write_bytes(b"\x00not a checkpoint at all")
+    elif content == "code":
+        buffer = io.BytesIO()
+        torch.save({"model": Payload()}, buffer, pickle_module=pickle)
+        path.write_bytes(buffer.getvalue())
+    else:
+        good = save_checkpoint(tmp_path / "good.pt", {"step": 1, "model": {"w": torch.ones(100)}})
+        path.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(path)
+    text = str(err.value)
+    assert "\n" not in text and "\x1b" not in text and "weights_only set to False" not in text
+    assert text.startswith(str(path)) and "not a valid" in text
+    assert "this ran" not in capsys.readouterr().out
+    assert cli(["eval", str(path), "--n", "4"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and str(path) in errors[0], errors
+
+
+def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_valid_backups_kept(tmp_path):
+    train(tiny(tmp_path, steps=6, keep=3))  # saves at steps 2, 4, 6
+    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
+    for _ in range(2):  # twice: the valid step-4 and step-2 backups must survive both
+        with pytest.warns(UserWarning, match="moved checkpoint.pt to checkpoint.pt.corrupt"):
+            train(tiny(tmp_path, steps=1), resume=True)
+        (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
+    assert (tmp_path / "checkpoint.pt.corrupt").read_bytes() == b"garbage"
+    assert (tmp_path / "checkpoint.pt.corrupt.1").read_bytes() == b"garbage"
+    # each resume went on from step 4 (its step 5 was the file spoiled next); step 4 and step 2 are still kept
+    kept = {n: load_checkpoint(tmp_path / n)["step"] for n in ("checkpoint.pt.1", "checkpoint.pt.2")}
+    assert kept == {"checkpoint.pt.1": 4, "checkpoint.pt.2": 2}
+    (tmp_path / "checkpoint.pt").unlink()
+    # a read-only look (the bench asking how far a run got) moves nothing
+    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="newest valid"):
+        load_newest_valid(tmp_path / "checkpoint.pt")
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"garbage"
+
+
+def test_a_run_stopped_before_its_first_checkpoint_says_so_and_offers_the_command(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "tb").mkdir()
+    assert cli(["train", "--resume", "--out", str(run), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "stopped before its first checkpoint" in err and "--overwrite" in err
+    args = ["train", "--size", "4", "--hidden", "16", "--T", "1", "--n", "1", "--n-sup", "2", "--steps", "1",
+            "--eval-n", "8", "--no-final-eval", "--compile", "off", "--out", str(run)]
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert "stopped before its first checkpoint" in err and "--overwrite" in err
+    assert cli([*args, "--overwrite"]) == 0
