@@ -25,6 +25,24 @@ from recursion_env.atomic import atomic_write
 FORMAT = "recursion-env checkpoint v2"
 
 
+#: what a run folder holds; a fresh run refuses a folder that has any of them unless told to overwrite
+RUN_FILES = ("checkpoint.pt", "config.json", "train_metrics.json", "ppo_metrics.json", "tb", "plots", "looks")
+
+
+def guard_output(path, overwrite: bool, flag: str = "--overwrite") -> Path:
+    """An output file a command is about to write: refused when it is one of a run folder's own files (whatever
+    ``overwrite`` says: the run would no longer load), or when it exists and ``overwrite`` is not given."""
+    path = Path(path)
+    own = path.name in RUN_FILES[:4] or path.name.startswith("checkpoint.pt.")
+    if own and any((path.parent / f).exists() for f in ("checkpoint.pt", "config.json")):
+        raise ValueError(f"{path} is a file of the run in {path.parent}: write the output elsewhere")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} exists: pass {flag} to replace it, or give another path")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: give a file path")
+    return path
+
+
 def _plain(obj):
     """Numpy arrays -> tensors, numpy scalars -> Python, recursively: what ``weights_only`` loading accepts."""
     if isinstance(obj, np.ndarray):

@@ -69,7 +69,10 @@ def add_task_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_data_build(args) -> int:
     from recursion_env.tasks import build_dataset, make_task, save_dataset
 
+    from .checkpoint import guard_output
+
     task = make_task(args.task, **_task_kwargs(args))
+    guard_output(args.out if str(args.out).endswith(".npz") else f"{args.out}.npz", args.overwrite)
     t0 = time.perf_counter()
     batch = build_dataset(task, args.n, args.seed, progress=True)
     dt = time.perf_counter() - t0
@@ -134,9 +137,18 @@ def cmd_demo(args) -> int:
           f"generated 6x6 Sudoku for {args.minutes} min on {args.device}.")
     cfg = DISConfig(task_kwargs={"size": 6}, model={"hidden": args.hidden}, minutes=args.minutes, seed=args.seed,
                     out=str(out), eval_n=args.eval_n, device=args.device, final_eval=False, precision=args.precision)
-    if (out / "checkpoint.pt").exists():
+    marker = out / "demo.json"
+    from .checkpoint import RUN_FILES
+
+    held = [f for f in RUN_FILES if (out / f).exists()] + sorted(p.name for p in out.glob("checkpoint.pt.*"))
+    if held and not marker.exists():
+        raise ValueError(f"{out} holds a run that is not a demo run's ({', '.join(held)}; no demo.json): the demo "
+                         "replaces only its own run; give another --out")
+    if held:
         print(f"(replacing the previous demo run in {out})")
     result = train(cfg, overwrite=True)
+    marker.write_text(json.dumps({"command": "recursion-env demo", "minutes": args.minutes, "seed": args.seed,
+                                  "hidden": args.hidden}, indent=2))
     print(f"\n{result['optimizer_steps']} optimizer steps in {result['wall_clock_s']:.0f}s, "
           f"{result['examples_seen']:,} generated training puzzles (none of them in the held-out set)")
     report = diagnose(out, n=args.eval_n, device=args.device)
@@ -266,6 +278,10 @@ def cmd_eval(args) -> int:
 
     from .evaluation import evaluate_run, torch_device
 
+    if args.json:
+        from .checkpoint import guard_output
+
+        guard_output(args.json, args.overwrite)
     if args.task == "arc":
         return cmd_eval_arc(args)
     guidance = [float(w) for w in args.guidance.split(",")] if args.guidance else None
@@ -321,9 +337,13 @@ def cmd_import_official(args) -> int:
 
 
 def cmd_diagnose(args) -> int:
-    from .diagnostics import diagnose, summary_text, write_report
+    from .checkpoint import guard_output
+    from .diagnostics import PLOT_FILES, diagnose, summary_text, write_report
     from .evaluation import torch_device
 
+    outputs = ([args.json] if args.json else []) + ([Path(args.plots) / f for f in PLOT_FILES] if args.plots else [])
+    for path in outputs:
+        guard_output(path, args.overwrite)
     report = diagnose(args.run, n=args.n, w=args.w, device=torch_device(args.device), puzzles=args.puzzles,
                       precision=args.precision, compile=args.compile)
     print(summary_text(report))
@@ -578,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_task_arguments(build)
     build.add_argument("--n", type=int, required=True)
     build.add_argument("--seed", type=int, default=0)
-    build.add_argument("--out", required=True)
+    build.add_argument("--out", required=True, help="the .npz file to write (refused if it exists)")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     build.set_defaults(func=cmd_data_build)
     convert = data_sub.add_parser(
         "convert", help="convert a Sudoku-Extreme style CSV once to memory-mapped .npy files (resumable)",
@@ -636,7 +657,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="arc: the voting evaluation (every variant of each test input, inverted, voted; pass@1/2)")
     ev.add_argument("--halting", action="store_true", help="also stop each puzzle when its halting head says so")
     ev.add_argument("--guidance", default=None, help="comma-separated guidance weights w, e.g. 0,0.5,1,2")
-    ev.add_argument("--json", default=None)
+    ev.add_argument("--json", default=None, help="write the result here (refused if the file exists)")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     ev.add_argument("--device", default="cpu")
     add_precision_argument(ev, "the network's precision", default=None)
     add_eval_compile_argument(ev)
@@ -658,8 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--n", type=int, default=1000)
     dg.add_argument("--w", type=float, default=1.0, help="guidance weight of the policy the margin is taken under")
     dg.add_argument("--puzzles", default=None)
-    dg.add_argument("--json", default=None)
+    dg.add_argument("--json", default=None, help="write the report here (refused if the file exists)")
     dg.add_argument("--plots", default=None, help="folder for accuracy_vs_nfe.png and margin_per_step.png")
+    dg.add_argument("--overwrite", action="store_true", help="replace existing --json and --plots files")
     dg.add_argument("--device", default="cpu")
     add_precision_argument(dg, "the network's precision", default=None)
     add_eval_compile_argument(dg)

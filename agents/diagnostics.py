@@ -111,6 +111,10 @@ def summary_text(report: dict) -> str:
     return "\n".join(lines)
 
 
+#: the files :func:`save_plots` writes into its folder
+PLOT_FILES = ("accuracy_vs_nfe.png", "margin_per_step.png")
+
+
 def save_plots(report: dict, folder) -> list[Path]:
     import matplotlib
 
@@ -133,7 +137,7 @@ def save_plots(report: dict, folder) -> list[Path]:
     ax.minorticks_off()
     ax.legend()
     fig.tight_layout()
-    paths = [folder / "accuracy_vs_nfe.png"]
+    paths = [folder / PLOT_FILES[0]]
     fig.savefig(paths[0], dpi=120)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -145,7 +149,7 @@ def save_plots(report: dict, folder) -> list[Path]:
     ax.set(xlabel="supervision step", ylabel="per blank cell", title="improvement and margin per step (red: dead)")
     ax.legend()
     fig.tight_layout()
-    paths.append(folder / "margin_per_step.png")
+    paths.append(folder / PLOT_FILES[1])
     fig.savefig(paths[1], dpi=120)
     plt.close(fig)
     return paths

@@ -80,3 +80,39 @@ def test_a_run_stopped_before_its_first_checkpoint_says_so_and_offers_the_comman
     err = capsys.readouterr().err
     assert "stopped before its first checkpoint" in err and "--overwrite" in err
     assert cli([*args, "--overwrite"]) == 0
+
+
+def test_the_demo_refuses_a_folder_that_holds_another_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny(run, steps=2, keep=3))
+    before = sorted(p.name for p in run.iterdir())
+    assert cli(["demo", "--out", str(run), "--minutes", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert "not a demo run's" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in run.iterdir()) == before and load_checkpoint(run)["step"] == 2
+
+
+def test_outputs_refuse_existing_files_and_never_write_over_a_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny(run, steps=2))
+    checkpoint = (run / "checkpoint.pt").read_bytes()
+    for args in (["eval", str(run), "--n", "4", "--json", str(run / "checkpoint.pt")],
+                 ["eval", str(run), "--n", "4", "--json", str(run / "checkpoint.pt"), "--overwrite"],
+                 ["diagnose", str(run), "--n", "4", "--json", str(run / "config.json"), "--overwrite"]):
+        assert cli(args) == 2
+        assert "is a file of the run" in capsys.readouterr().err
+    assert (run / "checkpoint.pt").read_bytes() == checkpoint
+    report = tmp_path / "eval.json"
+    report.write_text("mine")
+    assert cli(["eval", str(run), "--n", "4", "--json", str(report)]) == 2
+    assert "exists: pass --overwrite" in capsys.readouterr().err and report.read_text() == "mine"
+    assert cli(["eval", str(run), "--n", "4", "--json", str(report), "--overwrite"]) == 0
+    assert report.read_text().startswith("{")
+    data = tmp_path / "set.npz"
+    build = ["data", "build", "--task", "sudoku", "--size", "4", "--n", "5", "--out"]
+    assert cli([*build, str(data)]) == 0
+    first = data.read_bytes()
+    assert cli([*build, str(data), "--seed", "1"]) == 2 and data.read_bytes() == first
+    assert "exists: pass --overwrite" in capsys.readouterr().err
+    assert cli([*build, str(tmp_path / "set"), "--seed", "1"]) == 2  # the same file, named without .npz
+    assert cli([*build, str(data), "--seed", "1", "--overwrite"]) == 0 and data.read_bytes() != first

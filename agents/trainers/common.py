@@ -30,7 +30,7 @@ from tqdm import tqdm
 from recursion_env.atomic import remove_stale_temporaries
 from recursion_env.tasks import Task, load_puzzles, make_task
 
-from ..checkpoint import StopRequest, load_checkpoint, load_newest_valid, save_checkpoint
+from ..checkpoint import RUN_FILES, StopRequest, load_checkpoint, load_newest_valid, save_checkpoint
 from ..data import DeviceFeed, PuzzleStream
 from ..distributed import Distributed
 from ..evaluation import evaluation_batch, rollout_metrics, summarize
@@ -285,10 +285,6 @@ class EMA:
 
 def build_task(cfg: TrainConfig) -> Task:
     return make_task(cfg.task, **cfg.task_kwargs)
-
-
-#: what a run folder holds; a fresh run refuses a folder that has any of them unless told to overwrite
-RUN_FILES = ("checkpoint.pt", "config.json", "train_metrics.json", "ppo_metrics.json", "tb", "plots", "looks")
 
 
 def prepare_run_folder(out: Path, overwrite: bool, remove: bool = True) -> None:
