@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recursion_env.atomic import locks_folder
 from recursion_env.tasks import build_dataset, make_task, save_dataset
 
 from .precision import cpu_bf16_units, cpu_model
@@ -226,6 +227,24 @@ def run_jobs(jobs: list[tuple[str, list[str] | None]], out: Path, parallel: bool
                                "again to continue")
 
 
+REPORT_FILES = ("bench_config.json", "train_pool.npz", "results.json", "results.md", "accuracy_vs_nfe.png")
+
+
+def bench_files(cfg: BenchConfig, out: Path) -> list[Path]:
+    """What a bench wrote in ``out`` (what ``--overwrite`` removes): its report files, and the run folders and logs
+    of this configuration's runs and of the one saved there. Anything else in the folder stays."""
+    names = set(training_runs(cfg)) | set(ppo_runs(cfg))
+    saved = out / "bench_config.json"
+    try:
+        old = json.loads(saved.read_text())
+        old = BenchConfig(**{k: v for k, v in old.items() if k in BenchConfig.__dataclass_fields__})
+        names |= set(training_runs(old)) | set(ppo_runs(old))
+    except (OSError, ValueError, TypeError):  # no saved configuration, or one this version cannot read
+        pass
+    found = [out / n for n in REPORT_FILES] + [out / n for n in sorted(names)] + [out / f"{n}.log" for n in names]
+    return [p for p in found if p.exists()]
+
+
 def _check_folder(cfg: BenchConfig, out: Path, overwrite: bool) -> None:
     """A rerun on the same folder resumes the same comparison; another config there is refused, not mixed in."""
     saved = out / "bench_config.json"
@@ -241,12 +260,13 @@ def _check_folder(cfg: BenchConfig, out: Path, overwrite: bool) -> None:
             raise ValueError(f"{out} holds a benchmark with another configuration ({', '.join(diff)} differ): give "
                              "another --out, the same options to resume it, or --overwrite to start over")
     elif overwrite and out.exists():
-        for child in out.iterdir():
+        for child in bench_files(cfg, out):
             shutil.rmtree(child) if child.is_dir() else child.unlink()
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(asdict(cfg), indent=2))
 
 
+@locks_folder(lambda a: a["cfg"].out)
 def run(cfg: BenchConfig, progress=print, overwrite: bool = False) -> dict:
     from .diagnostics import save_plots
     from .evaluation import evaluate_run

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from recursion_env.atomic import locks_folder
 from recursion_env.tasks import Task, make_task
 
 from .checkpoint import read_torch, save_checkpoint
@@ -185,6 +186,7 @@ def official_to_ours(state: dict[str, torch.Tensor], cfg: TRMConfig, token_ids: 
     return model.eval()
 
 
+@locks_folder(lambda a: a["out"])
 def import_official(checkpoint, out, config=None, task: str | None = None, task_kwargs: dict | None = None,
                     overwrite: bool = False) -> Path:
     """Write a run folder (``checkpoint.pt`` + ``config.json``) that ``eval``, ``diagnose``, the environments and

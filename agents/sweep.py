@@ -30,6 +30,8 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
+from recursion_env.atomic import locks_folder
+
 #: task options a sweep config may give at the top level of ``base``/``grid``/``random`` (into ``task_kwargs``)
 TASK_KEYS = ("size", "box", "min_givens", "max_givens", "loop_fraction", "board", "min_given", "max_given")
 SAMPLERS = ("uniform", "loguniform", "randint", "choice")
@@ -133,6 +135,7 @@ def summary(result: dict) -> dict:
     return row
 
 
+@locks_folder(lambda a: a["out"])
 def sweep(path, out, cpus: int | None = None, address: str | None = None, overwrite: bool = False) -> dict:
     """Run the sweep in ``path``; returns what ``DIR/sweep.json`` holds."""
     ray, tune = need_ray()

@@ -116,3 +116,49 @@ def test_outputs_refuse_existing_files_and_never_write_over_a_run(tmp_path, caps
     assert "exists: pass --overwrite" in capsys.readouterr().err
     assert cli([*build, str(tmp_path / "set"), "--seed", "1"]) == 2  # the same file, named without .npz
     assert cli([*build, str(data), "--seed", "1", "--overwrite"]) == 0 and data.read_bytes() != first
+
+
+def test_one_writer_per_folder_and_a_killed_holder_leaves_no_stale_lock(tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom recursion_env.atomic import folder_lock\n"
+                               f"with folder_lock({str(run)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = ["train", "--size", "4", "--hidden", "16", "--T", "1", "--n", "1", "--n-sup", "2", "--steps", "1",
+                "--eval-n", "8", "--no-final-eval", "--compile", "off", "--out", str(run)]
+        assert cli(args) == 2
+        err = capsys.readouterr().err
+        assert f"being written by another process (pid {holder.pid})" in err and len(err.strip().splitlines()) == 1
+        assert not (run / "checkpoint.pt").exists()
+        from agents.bench import BenchConfig
+        from agents.bench import run as bench_run
+        with pytest.raises(ValueError, match="another process"):
+            bench_run(BenchConfig.quick(out=str(run)))
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    time.sleep(0.1)
+    assert cli(args) == 0  # the kernel dropped the dead holder's lock
+    assert cli(["train", "--resume", "--out", str(run), "--steps", "1"]) == 0  # a lock is released on return
+
+
+def test_bench_overwrite_removes_only_what_the_bench_wrote(tmp_path):
+    from agents.bench import BenchConfig, _check_folder
+
+    out = tmp_path / "bench"
+    cfg = BenchConfig.quick(out=str(out))
+    _check_folder(cfg, out, overwrite=False)
+    for name in ("trm", "dis-anytime", "ppo-trm", "myrun"):
+        (out / name).mkdir()
+        (out / name / "checkpoint.pt").write_text("x")
+    for name in ("trm.log", "results.md", "train_pool.npz", "notes.txt"):
+        (out / name).write_text("x")
+    _check_folder(cfg, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["bench_config.json", "myrun", "notes.txt"]
+    assert (out / "myrun" / "checkpoint.pt").read_text() == "x"

@@ -12,6 +12,7 @@ with ``--compile``, through a compiled f.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from recursion_env.atomic import remove_stale_temporaries
+from recursion_env.atomic import folder_lock, remove_stale_temporaries
 from recursion_env.tasks import Task, load_puzzles, make_task
 
 from ..checkpoint import RUN_FILES, StopRequest, load_checkpoint, load_newest_valid, save_checkpoint
@@ -328,7 +329,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     (``agents.distributed``), ``cfg.batch_size`` being the global batch."""
     ddp, device = Distributed.start(cfg.device)
     try:
-        return _train(cfg, resume, overwrite, ddp, device)
+        with folder_lock(cfg.out) if ddp.is_main else contextlib.nullcontext():  # one writer per run folder
+            return _train(cfg, resume, overwrite, ddp, device)
     finally:
         ddp.close()
 

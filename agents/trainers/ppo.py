@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from recursion_env.atomic import remove_stale_temporaries
+from recursion_env.atomic import locks_folder, remove_stale_temporaries
 from recursion_env.tasks import PuzzleBatch, load_puzzles, make_task
 
 from ..checkpoint import StopRequest, save_checkpoint
@@ -313,6 +313,7 @@ def ppo_resume_config(cfg: PPOConfig, state: dict) -> PPOConfig:
     return PPOConfig.from_dict({**saved, **budget, "progress": cfg.progress, "device": cfg.device}, strict=False)
 
 
+@locks_folder(lambda a: a["cfg"].out)
 def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> dict:
     """Train with PPO into ``cfg.out``, which must not hold a run (``overwrite`` replaces one); ``resume``
     continues the run there exactly (model, optimizer, environments, the collector's carried step, RNG) for

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, locks_folder
 from .sudoku import _DIGITS, SudokuTask
 
 FORMAT = "recursion-env puzzle store v1"
@@ -142,6 +142,7 @@ def _shrink_npy(path: Path, rows: int) -> None:
         f.truncate(data_start + rows * int(np.prod(shape[1:])) * dtype.itemsize)
 
 
+@locks_folder(lambda a: a["out"])
 def convert_csv(source, out, task: SudokuTask | None = None, unique: bool = False, overwrite: bool = False,
                 block_bytes: int = 8 << 20, on_block: Callable[[dict], None] | None = None,
                 progress: bool = True) -> dict:
