@@ -430,6 +430,9 @@ class RecursionCore:
         except KeyError:
             missing = [k for k in ACTION_KEYS if k not in action]
             raise ValueError(f"action is missing field(s) {missing}; expected {ACTION_KEYS}") from None
+        if len(action) != len(ACTION_KEYS):
+            unknown = [k for k in action if k not in ACTION_KEYS]
+            raise ValueError(f"action has unknown field(s) {unknown}; expected exactly {ACTION_KEYS}")
         B = self.batch_size
         latent = self._check_latent(latent, B, "action 'latent'")
         # only read: step makes a new one

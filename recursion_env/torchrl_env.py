@@ -140,7 +140,12 @@ class RecursionTorchRLEnv(EnvBase):
         return tensordict
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        action = tensordict.get("action")
+        action = tensordict.get("action", None)
+        missing = list(ACTION_KEYS) if action is None else [k for k in ACTION_KEYS if k not in action.keys()]
+        if missing:
+            raise ValueError(f"step: the tensordict lacks {', '.join(repr(('action', k)) for k in missing)} (an "
+                             f"action is the nested keys ('action', k) for k in {ACTION_KEYS}); it has "
+                             f"{sorted(map(str, tensordict.keys(include_nested=True, leaves_only=True)))}")
         selected = tensordict.get("_step", None)  # a batch-locked env's partial step: TorchRL leaves it to us
         if selected is not None:
             selected = selected.reshape(self.batch_size)

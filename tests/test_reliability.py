@@ -162,3 +162,26 @@ def test_bench_overwrite_removes_only_what_the_bench_wrote(tmp_path):
     _check_folder(cfg, out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["bench_config.json", "myrun", "notes.txt"]
     assert (out / "myrun" / "checkpoint.pt").read_text() == "x"
+
+
+def test_adapters_name_a_missing_or_unknown_action_field():
+    import gymnasium as gym
+    import numpy as np
+    from tensordict import TensorDict
+
+    import recursion_env  # noqa: F401 - registers the ids
+    from recursion_env import RecursionTorchRLEnv
+
+    env = RecursionTorchRLEnv(task="sudoku", batch_size=4, size=4, latent_dim=8)
+    env.reset()
+    for td in (TensorDict({}, batch_size=[4]), TensorDict({"latent": torch.zeros(4, 2, 16, 8)}, batch_size=[4]),
+               TensorDict({"action": {"halt": torch.zeros(4, dtype=torch.int64)}}, batch_size=[4])):
+        with pytest.raises(ValueError, match="lacks .*'action', 'latent'"):
+            env.step(td)
+    g = gym.make("TRMRecursion-Sudoku-v0", size=4, latent_dim=8)
+    obs, _ = g.reset(seed=0)
+    before = {k: np.array(v) for k, v in obs.items()}
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['foo'\]"):
+        g.step({"latent": obs["latent"], "answer": obs["answer"], "halt": 0, "foo": 1})
+    obs2, *_ = g.step({"latent": obs["latent"], "answer": obs["answer"], "halt": 1})  # the state was unchanged
+    assert int(np.asarray(obs2["step"]).reshape(-1)[0]) == 1 and np.array_equal(before["puzzle"], obs2["puzzle"])
