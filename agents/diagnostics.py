@@ -49,10 +49,11 @@ def advantage_margin(reference: torch.Tensor, conditional: torch.Tensor, target:
     return delta.gather(-1, target.unsqueeze(-1)).squeeze(-1) - (pi * delta).sum(-1)
 
 
-def step_diagnostics(out: SupervisionOutput, puzzle: torch.Tensor, label: torch.Tensor, w: float = 1.0):
-    """(sum of margins at ``w``, number of changed predictions, number of blank cells, sum of improvements
-    CE(0) - CE(1)) of one step over a batch."""
-    blank = puzzle == 0
+def step_diagnostics(out: SupervisionOutput, scored: torch.Tensor, label: torch.Tensor, w: float = 1.0):
+    """(sum of margins at ``w``, number of changed predictions, number of scored cells, sum of improvements
+    CE(0) - CE(1)) of one step over a batch; ``scored`` is the core's scored cells (bool ``[B, L]``: the cells to
+    decide; for ARC not the PAD cells of the input or of the label)."""
+    blank = scored
     reference, conditional = out.reference_logits.float(), out.logits.float()
     margin = advantage_margin(reference, conditional, label, w)
     improvement = (guided_cross_entropy(reference, conditional, label, 0.0)
@@ -74,7 +75,7 @@ def diagnose_model(model, task, inputs, labels, w: float = 1.0, device="cpu", pr
     sums = np.zeros((N_sup, 4))
 
     def on_step(s: int, sl, out: SupervisionOutput, runner: RecursionRunner) -> None:
-        sums[s] += step_diagnostics(out, runner.core.puzzle, runner.core.label, w)
+        sums[s] += step_diagnostics(out, runner.core.scored, runner.core.label, w)
 
     metrics = rollout_metrics(model, task, inputs, labels, device=device, on_step=on_step, precision=precision)
     k = metrics["nfe_per_step"]

@@ -269,6 +269,13 @@ class RecursionCore:
         answer (``task.keeps_givens`` False: ARC)."""
         return puzzle != 0 if self.task.keeps_givens else torch.zeros_like(puzzle, dtype=torch.bool)
 
+    @property
+    def scored(self) -> torch.Tensor:
+        """bool ``[B, L]``: the cells each episode is scored on (the cells to decide, less the label's
+        ``task.ignore_label`` cells; see :meth:`_scored_cells`); diagnostics and the halting env's features use
+        the same cells."""
+        return self.scored_label >= 0
+
     def _scored_cells(self, givens, label):
         """(scored label, count): the label on the cells that are scored and -1, which no token equals, elsewhere.
         The scored cells are the ones to decide (not ``givens``), without the label's ``task.ignore_label`` cells,

@@ -176,7 +176,7 @@ class RecursionHaltingEnv(gym.Env):
         before = core.answer
         out = self.policy.step(core.puzzle, core.latent, core.step_count)
         res = core.step({"latent": out.latent, "answer": out.logits.argmax(-1), "halt": 0})
-        blank = (core.puzzle == 0).float()
+        blank = core.scored.float()  # (the core's scored cells: for ARC, not the input's PAD cells)
         n_blank = blank.sum().clamp(min=1)
         probs = out.logits.float().softmax(-1)
         entropy = -(probs * probs.clamp(min=1e-12).log()).sum(-1) / math.log(self.task.vocab_size)

@@ -247,3 +247,24 @@ def test_the_official_arc_preset_builds_and_trains_a_step_with_a_sparse_identifi
     for opt in state["optimizer"]:  # no optimizer state the size of the table
         assert all(t.shape[0] < 700_000 for s in opt["state"].values() for t in s.values()
                    if isinstance(t, torch.Tensor) and t.ndim)
+
+
+def test_diagnostics_and_the_halting_env_score_the_cores_cells_not_the_inputs_pad(arc):
+    """For ARC ``puzzle == 0`` is the input's PAD, not the cells to decide: the diagnostics and the halting env's
+    features count the core's scored cells (the label's grid and EOS border)."""
+    from agents.diagnostics import step_diagnostics
+    from agents.trm import TRM, TRMConfig
+    from recursion_env.core import build_core
+
+    train, _ = arc
+    core = build_core(train, 2, latent_dim=16, seed=0)
+    core.reset(seed=0)
+    scored = core.scored
+    assert torch.equal(scored.sum(-1).float(), core.n_scored)
+    assert not torch.equal(scored, core.puzzle == 0)  # (the two rules differ on ARC)
+    assert torch.equal(scored, core.label != 0)  # ARC keeps no givens: every non-PAD cell of the output
+    torch.manual_seed(0)
+    model = TRM(TRMConfig(hidden=16, heads=2, mixer="attention", N_sup=2, T=1, n=1).for_task(train)).eval()
+    with torch.no_grad():
+        out = model(core.puzzle, model.initial_latent(core.puzzle), core.step_count, core.answer)
+    assert step_diagnostics(out, core.scored, core.label)[2] == int(scored.sum())
