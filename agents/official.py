@@ -15,6 +15,7 @@ ARC's are ours (PAD, EOS, colours), and its identifier table comes from the data
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ import torch
 from recursion_env.atomic import locks_folder
 from recursion_env.tasks import Task, make_task
 
-from .checkpoint import read_torch, save_checkpoint
+from .checkpoint import RUN_FILES, read_torch, save_checkpoint
 from .trm import TRM, TRMConfig
 
 #: for each task: official token id of each of our tokens (index = our token)
@@ -194,8 +195,10 @@ def import_official(checkpoint, out, config=None, task: str | None = None, task_
     checkpoint = Path(checkpoint)
     out = Path(out)
     target = out / "checkpoint.pt"
-    if target.exists() and not overwrite:
-        raise CheckpointMismatch(f"{target} exists; choose another --out or pass --overwrite")
+    held = [out / f for f in RUN_FILES if (out / f).exists()] + sorted(out.glob("checkpoint.pt.*"))
+    if held and not overwrite:
+        raise CheckpointMismatch(f"{out} holds a run ({', '.join(p.name for p in held)}); choose another --out or "
+                                 "pass --overwrite")
     state = read_official_state(checkpoint)
     arch = read_official_arch(Path(config) if config else checkpoint.parent / "all_config.yaml")
     if task is None:  # infer from the vocabulary
@@ -208,6 +211,8 @@ def import_official(checkpoint, out, config=None, task: str | None = None, task_
     cfg, token_ids = official_model_config(arch, state, the_task)
     model = official_to_ours(state, cfg, token_ids)
     weights = model.state_dict()
+    for old_file in held:  # (--overwrite: the old run's backups, metrics, logs and looks go with it)
+        shutil.rmtree(old_file) if old_file.is_dir() else old_file.unlink()
     out.mkdir(parents=True, exist_ok=True)
     train_config = {"method": "trm", "imported_from": str(checkpoint.resolve()), "task": the_task.name,
                     "task_kwargs": the_task.kwargs, "official_arch": arch}

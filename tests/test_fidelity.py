@@ -289,7 +289,14 @@ def test_import_official_cli_and_the_run_is_usable(tmp_path, capsys):
     env.reset(seed=0)
     assert env.step(0)[4]["nfe"] == model.cfg.nfe_per_supervision_step
     assert cli(["import-official", str(ckpt), "--out", str(run)]) == 2  # never overwritten silently
-    assert "exists" in capsys.readouterr().err
+    assert "holds a run" in capsys.readouterr().err
+    assert cli(["train", "--resume", "--out", str(run), "--steps", "1"]) == 2  # no training state to resume
+    err = capsys.readouterr().err
+    assert "imported official checkpoint" in err and "--init" in err and len(err.strip().splitlines()) == 1
+    (run / "checkpoint.pt.1").write_bytes(b"an old backup")
+    (run / "train_metrics.json").write_text("{}")
+    assert cli(["import-official", str(ckpt), "--out", str(run), "--overwrite"]) == 0
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == ["checkpoint.pt", "config.json"]
 
 
 def test_ppo_starts_from_an_imported_official_run(tmp_path):

@@ -345,6 +345,10 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
     state = None
     if resume:
         state, _ = load_newest_valid(ckpt_path, set_aside=ddp.is_main)
+        if "imported_from" in state.get("train_config", {}) and "step" not in state:
+            raise ValueError(f"{out} holds an imported official checkpoint, with weights but no training state: "
+                             f"--resume continues runs trained here; evaluate it (recursion-env eval {out}) or "
+                             f"learn its halting (recursion-env train --method ppo --init {out} --out NEW ...)")
         if state.get("train_config", {}).get("method") not in ("trm", "dis"):
             raise ValueError(f"{out} is a {state.get('train_config', {}).get('method')!r} run, not a trm/dis one "
                              "(resume PPO runs with train_ppo(resume=True) or the CLI's train --resume)")
