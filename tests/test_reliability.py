@@ -2,6 +2,7 @@
 file without --overwrite, one writer per folder, adapters that name what is wrong."""
 
 import io
+import json
 import pickle
 
 import pytest
@@ -185,3 +186,26 @@ def test_adapters_name_a_missing_or_unknown_action_field():
         g.step({"latent": obs["latent"], "answer": obs["answer"], "halt": 0, "foo": 1})
     obs2, *_ = g.step({"latent": obs["latent"], "answer": obs["answer"], "halt": 1})  # the state was unchanged
     assert int(np.asarray(obs2["step"]).reshape(-1)[0]) == 1 and np.array_equal(before["puzzle"], obs2["puzzle"])
+
+
+def test_data_convert_names_a_non_utf8_file_and_rejects_bad_rows_with_their_line(tmp_path, capsys):
+    from recursion_env.tasks import make_task
+    from recursion_env.tasks.store import write_csv
+
+    task = make_task("sudoku", size=9)
+    batch = task.generate(4, seed=0)
+    good = tmp_path / "good.csv"
+    write_csv(good, task, batch.inputs, batch.labels)
+    lines = good.read_bytes().splitlines(keepends=True)
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"".join(lines[:2] + [lines[2][:10] + b"\xab" + lines[2][11:]] + lines[3:]))
+    assert cli(["data", "convert", str(bad), "--out", str(tmp_path / "store")]) == 0
+    rejected = (tmp_path / "store" / "rejected.tsv").read_text().splitlines()
+    assert rejected[1].startswith("3\tnot UTF-8 text (byte 10"), rejected
+    assert json.loads((tmp_path / "store" / "meta.json").read_text())["rows"] == 3
+    header = tmp_path / "header.csv"
+    header.write_bytes(b"sou\xabrce,question,answer,rating\n" + b"".join(lines[1:]))
+    capsys.readouterr()  # (the first conversion's progress bar)
+    assert cli(["data", "convert", str(header), "--out", str(tmp_path / "store2")]) == 2
+    err = capsys.readouterr().err
+    assert str(header) in err and "line 1" in err and "not UTF-8" in err and len(err.strip().splitlines()) == 1

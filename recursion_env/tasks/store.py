@@ -14,7 +14,6 @@ read come from the file, and the OS can drop them), each data-parallel rank its 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import time
@@ -175,8 +174,12 @@ def convert_csv(source, out, task: SudokuTask | None = None, unique: bool = Fals
         state = None
     t0 = time.perf_counter()
     if state is None:
-        with open(source, newline="", encoding="utf-8-sig") as f:
-            header_line = f.readline()
+        with open(source, "rb") as f:
+            raw_header = f.readline()
+        try:
+            header_line = raw_header.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{source}: line 1 (the header) is not UTF-8 text (byte {e.start}: {e.reason})") from None
         fields = next(csv.reader([header_line]), [])
         missing = [k for k in REQUIRED if k not in fields]
         if missing:
@@ -202,9 +205,14 @@ def convert_csv(source, out, task: SudokuTask | None = None, unique: bool = Fals
     with open(source, "rb") as f, open(out / "rejected.tsv", "ab") as rejected:
         f.seek(state["offset"])
         while lines := f.readlines(block_bytes):
-            questions, answers, line_numbers, problems = [], [], [], []
-            for number, row in enumerate(csv.reader(io.StringIO(b"".join(lines).decode("utf-8", "replace"))),
-                                         start=state["line"] + 1):
+            questions, answers, line_numbers, problems, texts, numbers = [], [], [], [], [], []
+            for number, raw in enumerate(lines, start=state["line"] + 1):  # a row per line (no quoted newlines)
+                try:
+                    texts.append(raw.decode("utf-8"))
+                    numbers.append(number)
+                except UnicodeDecodeError as e:  # rejected with its reason, never decoded into other characters
+                    problems.append((number, f"not UTF-8 text (byte {e.start} of the line: {e.reason})"))
+            for number, row in zip(numbers, csv.reader(texts)):
                 if len(row) < len(state["columns"]):
                     problems.append((number, f"{len(row)} column(s), the header has {len(state['columns'])}"))
                     continue
