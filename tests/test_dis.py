@@ -250,7 +250,7 @@ def test_a_step_that_overshoots_is_not_dead():
     conditional = torch.tensor([[[12.0, 0.0, 0.0], [0.0, 1.5, 0.0]]])  # cell 0 right and sure, cell 1 wrong
     label = torch.tensor([[0, 0]])
     out = SupervisionOutput(None, None, conditional, reference, None, None, 1)
-    margin, changed, blanks, improvement = step_diagnostics(out, torch.zeros(1, 2, dtype=torch.long), label)
+    margin, changed, blanks, improvement = step_diagnostics(out, torch.ones(1, 2, dtype=torch.bool), label)
     assert margin / blanks < 0 < improvement / blanks and changed == 1  # argmax of a uniform row is token 0
 
 
