@@ -25,15 +25,25 @@ from recursion_env.atomic import atomic_write
 FORMAT = "recursion-env checkpoint v2"
 
 
+#: the files a run needs to load and resume, which no other output may replace
+RUN_DATA = ("checkpoint.pt", "config.json", "train_metrics.json", "ppo_metrics.json")
 #: what a run folder holds; a fresh run refuses a folder that has any of them unless told to overwrite
-RUN_FILES = ("checkpoint.pt", "config.json", "train_metrics.json", "ppo_metrics.json", "tb", "plots", "looks")
+RUN_FILES = (*RUN_DATA, "tb", "plots", "looks")
+
+
+def run_files(out) -> list[Path]:
+    """The run in folder ``out``: its :data:`RUN_FILES` there, and its checkpoint's backups (``checkpoint.pt.N``)
+    and set-aside corrupt copies (not the temporary files of a save in progress)."""
+    out = Path(out)
+    return [out / n for n in RUN_FILES if (out / n).exists()] + sorted(
+        p for p in out.glob("checkpoint.pt.*") if p.suffix[1:].isdigit() or ".corrupt" in p.name)
 
 
 def guard_output(path, overwrite: bool, flag: str = "--overwrite") -> Path:
     """An output file a command is about to write: refused when it is one of a run folder's own files (whatever
     ``overwrite`` says: the run would no longer load), or when it exists and ``overwrite`` is not given."""
     path = Path(path)
-    own = path.name in RUN_FILES[:4] or path.name.startswith("checkpoint.pt.")
+    own = path.name in RUN_DATA or path.name.startswith("checkpoint.pt.")
     if own and any((path.parent / f).exists() for f in ("checkpoint.pt", "config.json")):
         raise ValueError(f"{path} is a file of the run in {path.parent}: write the output elsewhere")
     if path.exists() and not overwrite:

@@ -126,6 +126,7 @@ def cmd_demo(args) -> int:
 
     from recursion_env.render import board_text
 
+    from .checkpoint import run_files
     from .diagnostics import diagnose, save_plots
     from .evaluation import load_trained
     from .precision import autocast
@@ -138,9 +139,7 @@ def cmd_demo(args) -> int:
     cfg = DISConfig(task_kwargs={"size": 6}, model={"hidden": args.hidden}, minutes=args.minutes, seed=args.seed,
                     out=str(out), eval_n=args.eval_n, device=args.device, final_eval=False, precision=args.precision)
     marker = out / "demo.json"
-    from .checkpoint import RUN_FILES
-
-    held = [f for f in RUN_FILES if (out / f).exists()] + sorted(p.name for p in out.glob("checkpoint.pt.*"))
+    held = [p.name for p in run_files(out)]
     if held and not marker.exists():
         raise ValueError(f"{out} holds a run that is not a demo run's ({', '.join(held)}; no demo.json): the demo "
                          "replaces only its own run; give another --out")

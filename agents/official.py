@@ -23,7 +23,7 @@ import torch
 from recursion_env.atomic import locks_folder
 from recursion_env.tasks import Task, make_task
 
-from .checkpoint import RUN_FILES, read_torch, save_checkpoint
+from .checkpoint import read_torch, run_files, save_checkpoint
 from .trm import TRM, TRMConfig
 
 #: for each task: official token id of each of our tokens (index = our token)
@@ -195,7 +195,7 @@ def import_official(checkpoint, out, config=None, task: str | None = None, task_
     checkpoint = Path(checkpoint)
     out = Path(out)
     target = out / "checkpoint.pt"
-    held = [out / f for f in RUN_FILES if (out / f).exists()] + sorted(out.glob("checkpoint.pt.*"))
+    held = run_files(out)
     if held and not overwrite:
         raise CheckpointMismatch(f"{out} holds a run ({', '.join(p.name for p in held)}); choose another --out or "
                                  "pass --overwrite")

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from recursion_env.atomic import folder_lock, remove_stale_temporaries
 from recursion_env.tasks import Task, load_puzzles, make_task
 
-from ..checkpoint import RUN_FILES, StopRequest, load_checkpoint, load_newest_valid, save_checkpoint
+from ..checkpoint import StopRequest, load_checkpoint, load_newest_valid, run_files, save_checkpoint
 from ..data import DeviceFeed, PuzzleStream
 from ..distributed import Distributed
 from ..evaluation import evaluation_batch, rollout_metrics, summarize
@@ -291,8 +291,8 @@ def build_task(cfg: TrainConfig) -> Task:
 def prepare_run_folder(out: Path, overwrite: bool, remove: bool = True) -> None:
     """A fresh run: refuse a folder that already holds a run, or with ``overwrite`` remove that run's files
     (``remove=False``: only check, as every rank but the one that writes does)."""
-    found = [name for name in RUN_FILES if (out / name).exists()]
-    found += sorted(p.name for p in out.glob("checkpoint.pt.*") if p.suffix[1:].isdigit() or ".corrupt" in p.name)
+    files = run_files(out)
+    found = [p.name for p in files]
     if found and not overwrite:
         if "checkpoint.pt" not in found and not any(n.startswith("checkpoint.pt.") for n in found):
             raise ValueError(f"{out} holds a run stopped before its first checkpoint ({', '.join(found)}): there is "
@@ -300,8 +300,7 @@ def prepare_run_folder(out: Path, overwrite: bool, remove: bool = True) -> None:
                              "another --out")
         raise ValueError(f"{out} already holds a run ({', '.join(found)}): continue it with --resume, choose "
                          "another --out, or pass --overwrite to replace it")
-    for name in found if remove else ():
-        target = out / name
+    for target in files if remove else ():
         shutil.rmtree(target) if target.is_dir() else target.unlink()
 
 

@@ -153,17 +153,18 @@ class MazeTask(Task):
             reach = grown.to(torch.float32)
         return dist
 
-    def shortest_length(self, inputs: torch.Tensor) -> torch.Tensor:
-        """S→G distance of each maze (``int64 [n]``, -1 when unreachable)."""
-        goal = inputs.reshape(-1, self.seq_len) == GOAL
-        return torch.where(goal, self.distances(inputs, START), -1).amax(-1)
+    def shortest_length(self, inputs: torch.Tensor, from_start: torch.Tensor | None = None) -> torch.Tensor:
+        """S→G distance of each maze (``int64 [n]``, -1 when unreachable); ``from_start``: :meth:`distances` from
+        S, when at hand."""
+        if from_start is None:
+            from_start = self.distances(inputs, START)
+        return torch.where(inputs.reshape(-1, self.seq_len) == GOAL, from_start, -1).amax(-1)
 
     def rule_context(self, inputs: torch.Tensor) -> torch.Tensor:
         """``int64 [n, 1 + L]``: the S→G distance, then 1 for each cell on some shortest S→G path (the cells whose
         distances from S and from G add up to it), 0 elsewhere."""
         from_start, from_goal = self.distances(inputs, START), self.distances(inputs, GOAL)
-        goal = inputs.reshape(-1, self.seq_len) == GOAL
-        length = torch.where(goal, from_start, -1).amax(-1, keepdim=True)
+        length = self.shortest_length(inputs, from_start)[:, None]
         on_shortest = (from_start >= 0) & (from_goal >= 0) & (from_start + from_goal == length)
         return torch.cat([length, on_shortest.to(torch.int64)], -1)
 
