@@ -198,7 +198,7 @@ class RecursionCore:
 
     def __init__(self, task: Task | str = "sudoku", batch_size: int = 1, config: RecursionConfig | None = None,
                  dataset=None, device: str | torch.device = "cpu", seed: int | None = None,
-                 generator_seed: int = 0, **overrides):
+                 generator_seed: int = 0, initial_latent=None, **overrides):
         if isinstance(task, str):
             task = make_task(task)
         config = config or RecursionConfig()
@@ -229,6 +229,12 @@ class RecursionCore:
         self.puzzle_id = torch.zeros(B, dtype=torch.int64, device=dev)
         self.answer = torch.zeros(B, L, dtype=torch.int64, device=dev)
         self.latent = torch.zeros(B, *self.latent_shape, dtype=torch.float32, device=dev)
+        #: the (y, z) every episode starts from when reset() is given no latent: zeros, or the agent's own
+        #: initial state (a TRM's y_init and z_init): a policy that acts on the env's observation sees the state
+        #: its network was trained from
+        self.initial_latent = torch.zeros(self.latent_shape, dtype=torch.float32, device=dev)
+        if initial_latent is not None:
+            self.initial_latent = self._check_latent(initial_latent, 1, "initial_latent")[0].clone()
         self.step_count = torch.zeros(B, dtype=torch.int64, device=dev)
         self.nfe = torch.zeros(B, dtype=torch.int64, device=dev)
         self.score = torch.zeros(B, dtype=torch.float32, device=dev)
@@ -309,7 +315,7 @@ class RecursionCore:
               owned: bool = False, puzzle_ids=None):
         """Start new episodes for the envs in ``mask`` (all by default) and return the observation of the whole
         batch. Puzzles are drawn from the source unless given (``puzzles``/``labels`` ``[n, L]``, ``n`` the
-        number of envs reset); ``latent`` ``[n, 2, latent_len, D]`` replaces the zero initial state.
+        number of envs reset); ``latent`` ``[n, 2, latent_len, D]`` replaces the initial state (:attr:`initial_latent`).
         ``owned=True``: the caller hands its latent over and never writes into it again (see :meth:`step`)."""
         if seed is not None:
             self.seed(seed)
@@ -334,7 +340,7 @@ class RecursionCore:
             labels = _as_tensor(labels, "labels", self.device).to(torch.int64).reshape(n, self.seq_len)
             self.task.check_tokens(labels, "reset labels")
         if latent is None:
-            latent = torch.zeros(n, *self.latent_shape, device=self.device)
+            latent = self.initial_latent.expand(n, *self.latent_shape).clone()
         else:
             latent = self._kept(self._check_latent(latent, n, "reset latent"), latent, owned)
         puzzle_ids = (torch.zeros(n, dtype=torch.int64, device=self.device) if puzzle_ids is None
@@ -598,8 +604,11 @@ def resolve_task(task: Task | str, dataset=None, **task_kwargs):
     return make_task(task, **task_kwargs), dataset
 
 
-def build_core(task: Task | str, num_envs: int, dataset=None, device="cpu", seed=None, **kwargs) -> RecursionCore:
-    """Make the core from adapter arguments: task options and :class:`RecursionConfig` fields mixed."""
+def build_core(task: Task | str, num_envs: int, dataset=None, device="cpu", seed=None, initial_latent=None,
+               **kwargs) -> RecursionCore:
+    """Make the core from adapter arguments: task options and :class:`RecursionConfig` fields mixed
+    (``initial_latent``: see :attr:`RecursionCore.initial_latent`)."""
     config, task_kwargs = RecursionConfig.split(kwargs)
     task, dataset = resolve_task(task, dataset, **task_kwargs)
-    return RecursionCore(task, num_envs, config, dataset=dataset, device=device, seed=seed)
+    return RecursionCore(task, num_envs, config, dataset=dataset, device=device, seed=seed,
+                         initial_latent=initial_latent)

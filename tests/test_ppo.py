@@ -162,3 +162,35 @@ def test_ppo_resumes_exactly(tmp_path, capsys):
     assert load_checkpoint(tmp_path / "b")["step"] == 6
     assert cli(["train", "--method", "ppo", "--resume", "--out", str(tmp_path / "b")]) == 2
     assert "needs a budget" in capsys.readouterr().err
+
+
+def test_ppo_envs_start_from_the_networks_initial_state_and_answer_as_evaluation_does():
+    """The env's own initial latent is zeros; a TRM starts from y_init / z_init. PPO's envs must start where
+    training and evaluation start, or its policy learns to halt a network that answers differently."""
+    from agents.rollout import RecursionRunner
+    from agents.trainers.ppo import TRMActor, build_model, env_factory
+
+    cfg = tiny()
+    model, task, _ = build_model(cfg)
+    model.eval()
+    pool = task.generate(8, seed=3)
+    env = env_factory(cfg, model, task, pool)(num_envs=8, seed=0)
+    td = env.reset()
+    expected = torch.stack(model.initial_state(8), 1)
+    assert not torch.equal(expected, torch.zeros_like(expected))
+    assert torch.equal(td["latent"], expected)
+    runner = RecursionRunner(model, task, 8)
+    runner.start(td["puzzle"])
+    with torch.no_grad():
+        _, logits, _, _ = TRMActor(model, "halting")(td["puzzle"], td["latent"], td["step"], td["answer"])
+        assert torch.allclose(logits, runner.forward().logits)
+
+
+def test_a_core_refuses_an_initial_latent_of_the_wrong_shape():
+    from recursion_env.core import build_core
+
+    with pytest.raises(ValueError, match="initial_latent: expected shape"):
+        build_core("sudoku", 2, size=4, latent_dim=8, initial_latent=torch.ones(2, 16, 4))
+    core = build_core("sudoku", 2, size=4, latent_dim=8, initial_latent=torch.ones(2, 16, 8))
+    core.reset()
+    assert bool((core.latent == 1).all())

@@ -257,6 +257,18 @@ def make_env(task, dataset, num_envs: int, seed: int, device: str, **config):
     return TransformedEnv(env, RewardSum())
 
 
+def env_factory(cfg: PPOConfig, model: TRM, task, dataset):
+    """``env_fn(num_envs=, seed=)``: PPO's environments over ``dataset`` with the network's schedule (NFE per
+    step, N_sup) and its own initial (y_init, z_init): episodes start where training and evaluation start them,
+    not from the env's zero latent (a network whose recursion never saw zeros answers them differently)."""
+    mcfg = model.cfg
+    initial_latent = torch.stack(model.initial_state(1), 1)[0].detach().float().cpu()
+    return partial(make_env, task, dataset, device=cfg.device, initial_latent=initial_latent,
+                   latent_dim=mcfg.hidden, latent_len=mcfg.latent_len, nfe_per_step=mcfg.nfe_per_supervision_step,
+                   max_steps=mcfg.N_sup, nfe_cost=cfg.nfe_cost, reward_mode=cfg.reward_mode,
+                   solve_bonus=cfg.solve_bonus)
+
+
 def make_collector(cfg: PPOConfig, env_fn, policy, frames: int):
     """One process (SyncDataCollector) or ``cfg.workers`` processes (MultiSyncDataCollector), each with its own
     env seed; the names changed in torchrl 0.14 (Collector, MultiSyncCollector)."""
@@ -370,9 +382,7 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
     if cfg.halt_bias != "keep":
         with torch.no_grad():
             model.halt_head.bias.fill_(cfg.halt_bias)
-    env_fn = partial(make_env, task, dataset, device=cfg.device, latent_dim=mcfg.hidden, latent_len=mcfg.latent_len,
-                     nfe_per_step=mcfg.nfe_per_supervision_step, max_steps=mcfg.N_sup, nfe_cost=cfg.nfe_cost,
-                     reward_mode=cfg.reward_mode, solve_bonus=cfg.solve_bonus)
+    env_fn = env_factory(cfg, model, task, dataset)
     if cfg.mode == "halting":
         for p in model.parameters():
             p.requires_grad_(False)
