@@ -75,8 +75,9 @@ class PuzzleStream:
             # read in file order (a memory-mapped dataset reads ahead), then shuffled
             idx = np.sort(rng.integers(len(self.dataset), size=self.chunk))
             order = rng.permutation(self.chunk)
-            x = np.asarray(self.dataset.inputs[idx], dtype=np.int64)[order]
-            y = np.asarray(self.dataset.labels[idx], dtype=np.int64)[order]
+            # (a store's rows are checked as they are read: checksums, tokens, labels solving their puzzles)
+            x, y = self.dataset.read(idx) if self.lazy else (self.dataset.inputs[idx], self.dataset.labels[idx])
+            x, y = np.asarray(x, dtype=np.int64)[order], np.asarray(y, dtype=np.int64)[order]
             ids = self.dataset.meta.get("puzzle_identifiers") if isinstance(self.dataset, PuzzleBatch) else None
             ids = np.zeros(len(x), np.int64) if ids is None else np.asarray(ids, np.int64)[idx][order]
             if self.lazy and self.exclude:

@@ -3,12 +3,16 @@
 ``convert_csv(FILE.csv, DIR)`` (the CLI's ``recursion-env data convert``) reads the CSV in blocks, checks every
 row batched (cells parse, the answer has no blanks, keeps the givens and obeys the rules; optionally, with the
 solver, that the question has one solution) and writes the good rows to ``DIR/inputs.npy`` and ``DIR/labels.npy``
-(``uint8 [rows, seq_len]``), the others to ``DIR/rejected.tsv`` as ``line<TAB>reason``. After every block the
-arrays are flushed and ``DIR/progress.json`` records the byte offset reached, so a conversion that is stopped or
-killed continues where it was when run again. ``DIR/meta.json`` is written last: its presence means complete.
+(``uint8 [rows, seq_len]``) with a checksum per row in ``DIR/checksums.npy``, the others to ``DIR/rejected.tsv``
+as ``line<TAB>reason``. After every block the arrays are flushed and ``DIR/progress.json`` records the byte offset
+reached, so a conversion that is stopped or killed continues where it was when run again. ``DIR/meta.json`` is
+written last: its presence means complete.
 
 :class:`PuzzleStore` opens such a folder with ``mmap_mode="r"``: training draws rows from it lazily (the pages
-read come from the file, and the OS can drop them), each data-parallel rank its own chunks.
+read come from the file, and the OS can drop them), each data-parallel rank its own chunks. ``meta.json`` is
+validated on open, and every row is checked as it is read (its checksum, its tokens, and that its label solves its
+puzzle), so a damaged folder is refused with the rows it concerns instead of being trained on; the checks read
+only the rows asked for (``benchmarks/big_dataset.py`` measures what they cost).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import csv
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,44 +31,157 @@ import torch
 from ..atomic import atomic_write, locks_folder
 from .sudoku import _DIGITS, SudokuTask
 
-FORMAT = "recursion-env puzzle store v1"
+FORMAT = "recursion-env puzzle store v2"  # v2: checksums.npy
+FORMAT_V1 = "recursion-env puzzle store v1"  # no checksums: read with the row checks alone, and a warning
 REQUIRED = ("source", "question", "answer", "rating")
+#: the weights of the row checksum: fixed odd 64-bit numbers, one per byte of (question, answer)
+_CHECKSUM_WEIGHTS = np.random.default_rng(0x5EED_C0DE).integers(0, 2**63, size=2 * 256, dtype=np.uint64) * 2 + 1
+
+
+def row_checksums(inputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``uint64 [n]``: sum_j byte_j * w_j (mod 2^64) over a row's question then answer bytes, batched. The weights
+    are odd, so any change of one byte changes the sum (by d * w_j, d in 1..255); a change of several is missed
+    with probability about 2^-64."""
+    L = inputs.shape[1]
+    w = _CHECKSUM_WEIGHTS
+    with np.errstate(over="ignore"):  # arithmetic mod 2^64 is the point
+        return (np.asarray(inputs, np.uint64) @ w[:L]) + (np.asarray(labels, np.uint64) @ w[L:2 * L])
 
 
 def _write_json(path: Path, obj: dict) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
 
-class PuzzleStore:
-    """A converted dataset folder: ``inputs``/``labels`` memory-mapped ``uint8 [n, seq_len]`` arrays (rows are
-    read, and converted to int64, only when indexed) and the ``meta`` of its conversion."""
+def _meta_error(path: Path, field: str, problem: str) -> ValueError:
+    return ValueError(f"{path}: field {field!r} {problem}; the folder is damaged: convert it again "
+                      "(recursion-env data convert CSV --out FOLDER --overwrite)")
 
-    def __init__(self, folder):
+
+def validate_meta(meta, path: Path) -> SudokuTask:
+    """The task a ``meta.json`` describes, after checking its fields and their types (one error naming the field)."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format") not in (FORMAT, FORMAT_V1):
+        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("task") != "sudoku":
+        raise _meta_error(path, "task", f"is {meta.get('task')!r}, expected 'sudoku'")
+    kwargs = meta.get("task_kwargs")
+    if not isinstance(kwargs, dict):
+        raise _meta_error(path, "task_kwargs", f"is {kwargs!r}, expected an object of Sudoku options")
+    try:
+        task = SudokuTask(**{**kwargs, **({"box": tuple(kwargs["box"])} if kwargs.get("box") else {})})
+    except (TypeError, ValueError) as e:
+        raise _meta_error(path, "task_kwargs", f"{kwargs!r} is not a Sudoku ({e})") from None
+    for name in ("rows", "rejected"):
+        value = meta.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise _meta_error(path, name, f"is {value!r}, expected an integer >= 0")
+    if meta.get("dtype") != "uint8":
+        raise _meta_error(path, "dtype", f"is {meta.get('dtype')!r}, expected 'uint8'")
+    return task
+
+
+class CheckedRows:
+    """One array of a :class:`PuzzleStore` (``inputs`` or ``labels``), read through the store's row checks:
+    ``store.inputs[idx]`` returns the rows as the memory map holds them (``uint8``) once they passed. ``raw`` is the
+    memory map itself, unchecked."""
+
+    def __init__(self, store: PuzzleStore, name: str, raw: np.ndarray):
+        self.store, self.name, self.raw = store, name, raw
+        self.shape, self.dtype = raw.shape, raw.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        rows, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        n = len(self)
+        if isinstance(rows, slice):
+            idx = np.arange(*rows.indices(n))
+        else:
+            idx = np.asarray(rows)
+            if idx.dtype == bool:
+                idx = np.flatnonzero(idx)
+            idx = np.where(idx < 0, idx + n, idx)
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                raise IndexError(f"{self.store.folder}: row index out of range for {n} rows")
+        x, y = self.store.read(idx.reshape(-1))
+        out = (x if self.name == "inputs" else y).reshape(*idx.shape, self.shape[1])
+        return out[(Ellipsis, *rest)] if rest else out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+class PuzzleStore:
+    """A converted dataset folder: ``inputs``/``labels`` ``uint8 [n, seq_len]`` rows read lazily from memory maps
+    through their checks (:class:`CheckedRows`; ``inputs.raw`` is the memory map), and the ``meta`` of its
+    conversion. ``verify=False`` skips the row checks (to measure what they cost; never to train)."""
+
+    def __init__(self, folder, verify: bool = True):
         self.folder = Path(folder)
+        self.verify = verify
         meta_path = self.folder / "meta.json"
         if not meta_path.exists():
             hint = (" (its conversion did not finish: run `recursion-env data convert` again to continue it)"
                     if (self.folder / "progress.json").exists() else "")
             raise ValueError(f"{self.folder}: not a converted dataset, no meta.json{hint}")
         try:
-            self.meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            self.meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise ValueError(f"{meta_path}: unreadable ({e})") from None
-        if self.meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
-        kwargs = self.meta["task_kwargs"]
-        self.task = SudokuTask(**{**kwargs, **({"box": tuple(kwargs["box"])} if kwargs.get("box") else {})})
+        self.task = validate_meta(self.meta, meta_path)
+        names = ("inputs", "labels") + (("checksums",) if self.meta["format"] == FORMAT else ())
+        if self.meta["format"] == FORMAT_V1:
+            warnings.warn(f"{self.folder} was converted without checksums (an older recursion-env): its rows are "
+                          "checked for tokens and rules only; convert it again to add them", stacklevel=2)
         arrays = {}
-        for name in ("inputs", "labels"):
+        for name in names:
             path = self.folder / f"{name}.npy"
+            expected = (self.meta["rows"],) if name == "checksums" else (self.meta["rows"], self.task.seq_len)
+            dtype = np.uint64 if name == "checksums" else np.uint8
             try:
-                arrays[name] = np.load(path, mmap_mode="r")
-            except (OSError, ValueError) as e:
-                raise ValueError(f"{path}: not a readable .npy array ({e})") from None
-            if arrays[name].shape != (self.meta["rows"], self.task.seq_len):
-                raise ValueError(f"{path}: shape {arrays[name].shape}, meta.json says "
-                                 f"{(self.meta['rows'], self.task.seq_len)}")
-        self.inputs, self.labels = arrays["inputs"], arrays["labels"]
+                arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+            except Exception as e:  # noqa: BLE001 (a damaged header raises anything from EOFError to SyntaxError)
+                raise ValueError(f"{path}: not a readable .npy array ({type(e).__name__}: {e}); the folder is "
+                                 "damaged: convert it again") from None
+            if arrays[name].shape != expected or arrays[name].dtype != dtype:
+                raise ValueError(f"{path}: {arrays[name].dtype} {arrays[name].shape}, meta.json says "
+                                 f"{np.dtype(dtype)} {expected}; the folder is damaged: convert it again")
+        self.inputs = CheckedRows(self, "inputs", arrays["inputs"])
+        self.labels = CheckedRows(self, "labels", arrays["labels"])
+        self.checksums = arrays.get("checksums")
+
+    def read(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``idx`` of (inputs, labels), ``uint8``, checked: their checksums, their tokens (givens 0..size,
+        answers 1..size), and that each answer keeps its givens and obeys every rule. A failure is one error naming
+        the folder, the file and the first rows."""
+        x, y = self.inputs.raw[idx], self.labels.raw[idx]
+        if not self.verify or not len(idx):
+            return x, y
+        size = self.task.size
+
+        def refuse(bad, what: str, file: str):
+            rows = np.unique(idx[bad])
+            shown = ", ".join(map(str, rows[:5].tolist())) + (f" (and {len(rows) - 5} more)" if len(rows) > 5 else "")
+            raise ValueError(f"{self.folder / file}: row(s) {shown} {what}; the folder is damaged: convert it again "
+                             "(recursion-env data convert CSV --out FOLDER --overwrite)")
+
+        if self.checksums is not None:
+            bad = row_checksums(x, y) != self.checksums[idx]
+            if bad.any():
+                refuse(bad, "do not match their checksums in checksums.npy", "checksums.npy")
+        if (bad := (x > size).any(1)).any():
+            refuse(bad, f"hold a token outside 0-{size}", "inputs.npy")
+        if (bad := ((y < 1) | (y > size)).any(1)).any():
+            refuse(bad, f"hold an answer token outside 1-{size}", "labels.npy")
+        xt, yt = torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64))
+        satisfied, total = self.task.rule_counts(xt, yt)
+        bad = ((x != y) & (x != 0)).any(1) | (satisfied < total).numpy()
+        if bad.any():
+            refuse(bad, "hold a label that does not solve its puzzle", "labels.npy")
+        return x, y
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -159,7 +277,7 @@ def convert_csv(source, out, task: SudokuTask | None = None, unique: bool = Fals
         if not overwrite:
             raise ValueError(f"{out} already holds a converted dataset ({meta_path}): choose another --out or pass "
                              "--overwrite to convert again")
-        for name in ("meta.json", "progress.json", "inputs.npy", "labels.npy", "rejected.tsv"):
+        for name in ("meta.json", "progress.json", "inputs.npy", "labels.npy", "checksums.npy", "rejected.tsv"):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     stat = source.stat()
@@ -190,6 +308,7 @@ def convert_csv(source, out, task: SudokuTask | None = None, unique: bool = Fals
         for name in ("inputs", "labels"):
             np.lib.format.open_memmap(out / f"{name}.npy", mode="w+", dtype=np.uint8,
                                       shape=(capacity, task.seq_len)).flush()
+        np.lib.format.open_memmap(out / "checksums.npy", mode="w+", dtype=np.uint64, shape=(capacity,)).flush()
         (out / "rejected.tsv").write_bytes(b"line\treason\n")
         state = identity | {"columns": fields, "offset": offset, "line": 1, "rows": 0, "rejected": 0,
                             "rejected_bytes": len(b"line\treason\n"), "capacity": capacity, "seconds": 0.0}
@@ -197,6 +316,12 @@ def convert_csv(source, out, task: SudokuTask | None = None, unique: bool = Fals
     columns = [state["columns"].index(k) for k in ("question", "answer")]
     inputs = np.load(out / "inputs.npy", mmap_mode="r+")
     labels = np.load(out / "labels.npy", mmap_mode="r+")
+    if not (out / "checksums.npy").exists():  # an unfinished conversion begun before checksums existed
+        sums = np.lib.format.open_memmap(out / "checksums.npy", mode="w+", dtype=np.uint64, shape=(len(inputs),))
+        sums[:state["rows"]] = row_checksums(inputs[:state["rows"]], labels[:state["rows"]])
+        sums.flush()
+        del sums
+    checksums = np.load(out / "checksums.npy", mmap_mode="r+")
     with open(out / "rejected.tsv", "r+b") as rejected:
         rejected.truncate(state["rejected_bytes"])  # what a killed run wrote past its last record
     bar = tqdm(total=stat.st_size, initial=state["offset"], unit="B", unit_scale=True, disable=not progress,
@@ -224,8 +349,9 @@ def convert_csv(source, out, task: SudokuTask | None = None, unique: bool = Fals
             problems += [(n, r) for n, r in zip(line_numbers, reasons) if r is not None]
             k, start = int(good.sum()), state["rows"]
             inputs[start:start + k], labels[start:start + k] = q[good], a[good]
-            inputs.flush()
-            labels.flush()
+            checksums[start:start + k] = row_checksums(q[good], a[good])
+            for array in (inputs, labels, checksums):
+                array.flush()
             text = "".join(f"{n}\t{r}\n" for n, r in sorted(problems)).encode()
             rejected.write(text)
             rejected.flush()
@@ -240,11 +366,12 @@ def convert_csv(source, out, task: SudokuTask | None = None, unique: bool = Fals
             if on_block is not None:
                 on_block(state)
     bar.close()
-    del inputs, labels
-    for name in ("inputs", "labels"):
+    del inputs, labels, checksums
+    for name in ("inputs", "labels", "checksums"):
         _shrink_npy(out / f"{name}.npy", state["rows"])
     meta = {"format": FORMAT, "task": task.name, "task_kwargs": task.kwargs, "rows": state["rows"],
             "rejected": state["rejected"], "rejected_file": "rejected.tsv", "dtype": "uint8",
+            "checksums_file": "checksums.npy",
             "source": state["source"], "source_bytes": state["source_bytes"], "unique_checked": unique,
             "seconds": round(state["seconds"], 2)}
     _write_json(meta_path, meta)
