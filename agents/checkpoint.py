@@ -95,6 +95,29 @@ def save_checkpoint(path, state: dict, keep: int = 1) -> Path:
     return atomic_write(path, lambda f: torch.save(wrapped, f))
 
 
+def read_yaml(path, what: str = "YAML file"):
+    """A user's YAML file (``yaml.safe_load``: no code runs), or one ``ValueError`` line naming the file, the line
+    and column, and what is wrong: not a file, not UTF-8, not YAML."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: the {what} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ValueError(f"{path}: the {what} is not valid YAML ({where}{problem})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: the {what} nests too deeply to read") from None
+
+
 def read_torch(source, path, map_location="cpu", what: str = "checkpoint"):
     """``torch.load(source, weights_only=True)``; anything torch cannot read becomes a one-line ``ValueError``
     naming ``path`` (``source`` is the file or, for a checkpoint's payload, its bytes). torch's own text (several

@@ -76,16 +76,16 @@ def read_official_state(path) -> dict[str, torch.Tensor]:
 
 def read_official_arch(path) -> dict:
     """The ``arch`` section of an official ``all_config.yaml`` (or a bare arch mapping)."""
-    import yaml
+    from .checkpoint import read_yaml
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointMismatch(f"{path}: no such config file (the all_config.yaml the official run wrote beside its "
                            "checkpoints; pass it with --config)")
     try:
-        cfg = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise CheckpointMismatch(f"{path}: not valid YAML ({e})") from None
+        cfg = read_yaml(path, "official config")
+    except ValueError as e:
+        raise CheckpointMismatch(str(e)) from None
     arch = cfg.get("arch", cfg) if isinstance(cfg, dict) else None
     if not isinstance(arch, dict):
         raise CheckpointMismatch(f"{path}: expected a mapping with an 'arch' section")

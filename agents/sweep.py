@@ -50,15 +50,11 @@ def need_ray():
 def read_sweep(path) -> dict:
     """The sweep file, checked: every key a train option of ``method`` (or a task option), every search a list
     or a known sampler. One ``ValueError`` naming the file and the key otherwise."""
-    import yaml
-
+    from .checkpoint import read_yaml
     from .trainers import method as get_method
 
     path = Path(path)
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: unreadable sweep file ({e})") from None
+    spec = read_yaml(path, "sweep file")
     if not isinstance(spec, dict):
         raise ValueError(f"{path}: expected a mapping with method, base, grid, random, num_samples, resources")
     unknown = sorted(set(spec) - {"method", "base", "grid", "random", "num_samples", "resources", "metric"})

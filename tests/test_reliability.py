@@ -4,6 +4,7 @@ file without --overwrite, one writer per folder, adapters that name what is wron
 import io
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -209,3 +210,36 @@ def test_data_convert_names_a_non_utf8_file_and_rejects_bad_rows_with_their_line
     assert cli(["data", "convert", str(header), "--out", str(tmp_path / "store2")]) == 2
     err = capsys.readouterr().err
     assert str(header) in err and "line 1" in err and "not UTF-8" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"method: dis\nbase: {size: 6\n", r"sweep.yaml: the sweep file is not valid YAML \(line 3, column 1: expected"),
+    (b"method: d\xc5s\n", r"sweep.yaml: the sweep file is not UTF-8 text \(byte 9"),
+])
+def test_a_broken_sweep_or_official_config_is_one_line_naming_the_file_and_the_line(tmp_path, content, message):
+    from agents.official import read_official_arch
+    from agents.sweep import read_sweep
+
+    (tmp_path / "sweep.yaml").write_bytes(content)
+    with pytest.raises(ValueError, match=message) as caught:
+        read_sweep(tmp_path / "sweep.yaml")
+    assert "\n" not in str(caught.value)
+    (tmp_path / "all_config.yaml").write_bytes(content)
+    with pytest.raises(ValueError, match=message.replace("sweep.yaml", "all_config.yaml").replace("sweep file",
+                                                                                                  "official config")):
+        read_official_arch(tmp_path / "all_config.yaml")
+
+
+def test_the_reader_fuzzing_benchmark_runs_and_finds_nothing_unclear_or_invalid(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "fuzz.json"
+    done = subprocess.run([sys.executable, "benchmarks/fuzz_readers.py", "--flips", "12", "--truncations", "3",
+                           "--readers", "npz,converted folder,sweep config", "--out", str(out)],
+                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["totals"] == {"traceback": 0, "unclear error": 0, "invalid accepted": 0}
+    assert all(sum(r["counts"].values()) == 15 for r in result["readers"].values())
+    assert result["readers"]["converted folder"]["counts"].get("one-line error", 0) > 0
