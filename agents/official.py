@@ -200,7 +200,8 @@ def import_official(checkpoint, out, config=None, task: str | None = None, task_
         raise CheckpointMismatch(f"{out} holds a run ({', '.join(p.name for p in held)}); choose another --out or "
                                  "pass --overwrite")
     state = read_official_state(checkpoint)
-    arch = read_official_arch(Path(config) if config else checkpoint.parent / "all_config.yaml")
+    config = Path(config) if config else checkpoint.parent / "all_config.yaml"
+    arch = read_official_arch(config)
     if task is None:  # infer from the vocabulary
         vocab = state.get("embed_tokens.embedding_weight", torch.empty(0, 0)).shape[0]
         if vocab != 11:
@@ -208,7 +209,10 @@ def import_official(checkpoint, out, config=None, task: str | None = None, task_
                                           "11 is): pass --task and --size (Maze-Hard: --task maze --size 30)")
         task, task_kwargs = "sudoku", {"size": 9}
     the_task = make_task(task, **(task_kwargs or {}))
-    cfg, token_ids = official_model_config(arch, state, the_task)
+    try:
+        cfg, token_ids = official_model_config(arch, state, the_task)
+    except CheckpointMismatch as e:  # (the arch and the weights disagree: name both files)
+        raise CheckpointMismatch(f"{checkpoint} with {config}: {e}") from None
     model = official_to_ours(state, cfg, token_ids)
     weights = model.state_dict()
     for old_file in held:  # (--overwrite: the old run's backups, metrics, logs and looks go with it)

@@ -61,9 +61,9 @@ def read_sweep(path) -> dict:
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}")
     name = spec.get("method", "trm")
-    config = get_method(name).config
     if name not in ("trm", "dis"):
         raise ValueError(f"{path}: method {name!r}: sweeps run the supervised trainers (trm, dis)")
+    config = get_method(name).config
     from .trainers.common import MODEL_FIELDS
 
     options = {f.name for f in fields(config) if f.init} | MODEL_FIELDS | set(TASK_KEYS)

@@ -3,7 +3,9 @@ each relabelled ``rows / --base`` times), converted once with ``recursion-env da
 
 Reports the conversion's speed and peak resident memory, and the peak resident memory of a short DIS run that
 streams from the converted folder against the same run on generated puzzles (the difference is what the dataset
-costs in memory), each split into anonymous memory and mapped file pages (which the OS can drop).
+costs in memory), each split into anonymous memory and mapped file pages (which the OS can drop), and what the
+folder's row checks (checksums, tokens, labels solving their puzzles) cost the stream: batches drawn from the folder
+with and without them, in turns.
 
     python benchmarks/big_dataset.py --rows 1000000 --out runs/bench/big_dataset.json
 """
@@ -71,11 +73,34 @@ def child(argv: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def stream_cost(folder: Path, batches: int, batch: int = 64, rounds: int = 5) -> dict:
+    """Milliseconds per training batch drawn from ``folder`` (``PuzzleStream``: chunks of 256 rows read from the
+    memory maps, augmented) with the row checks and without (``PuzzleStore(verify=False)``), best of ``rounds``
+    taken in turns."""
+    from agents.data import PuzzleStream
+    from recursion_env.tasks.store import PuzzleStore
+
+    best = {}
+    for r in range(rounds):
+        for verify in (True, False):
+            store = PuzzleStore(folder, verify=verify)
+            stream = PuzzleStream(store.task, seed=r, dataset=store)
+            t0 = time.perf_counter()
+            for _ in range(batches):
+                stream.take(batch)
+            ms = (time.perf_counter() - t0) / batches * 1e3
+            key = "checked" if verify else "unchecked"
+            best[key] = min(best.get(key, float("inf")), ms)
+    return {"batch": batch, "batches": batches, "ms_per_batch_checked": best["checked"],
+            "ms_per_batch_unchecked": best["unchecked"], "check_ms_per_batch": best["checked"] - best["unchecked"]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--base", type=int, default=1000, help="generated puzzles, each relabelled rows/base times")
     p.add_argument("--steps", type=int, default=200, help="DIS optimizer steps from the converted folder")
+    p.add_argument("--stream-batches", type=int, default=400, help="batches of 64 timed from the folder")
     p.add_argument("--dir", default=None, help="where to write the CSV and the folder (default: a temporary one)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -100,13 +125,18 @@ def main() -> None:
     meta = json.loads((work / "store" / "meta.json").read_text())
     streamed = child([*train, "--dataset", str(work / "store"), "--out", str(work / "run_store")])
     folder_mib = sum(f.stat().st_size for f in (work / "store").iterdir()) / 2**20
+    stream = stream_cost(work / "store", args.stream_batches)
+    step_ms = streamed["seconds"] / args.steps * 1e3  # (with the run's start-up: an upper bound on a step)
+    from agents.precision import cpu_model
+
     result = {
-        "machine": {"platform": platform.platform(), "cpu_cores": os.cpu_count()},
+        "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpu_cores": os.cpu_count()},
         "rows": meta["rows"], "rejected": meta["rejected"], "csv_mib": csv_path.stat().st_size / 2**20,
         "folder_mib": folder_mib,
         "convert": {"rows_per_s": meta["rows"] / meta["seconds"], **convert},
         "train_generated": {"steps": args.steps, **generated},
         "train_streamed": {"steps": args.steps, **streamed},
+        "stream": stream | {"check_share_of_a_training_step": stream["check_ms_per_batch"] / step_ms},
         "note": "peak_RssFile: pages of mapped files (the .npy arrays, libraries) resident; the OS can drop them",
     }
     print(json.dumps(result, indent=2))

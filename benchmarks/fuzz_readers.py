@@ -134,7 +134,7 @@ def make_official_config(folder: Path) -> Path:
 
 
 def load_official_config(path: Path):
-    from agents.official import official_model_config, read_official_arch
+    from agents.official import CheckpointMismatch, official_model_config, read_official_arch
     from recursion_env.tasks import make_task
 
     task = make_task("sudoku", size=4)
@@ -143,7 +143,10 @@ def load_official_config(path: Path):
     state = {"embed_tokens.embedding_weight": torch.zeros(vocab, int(ARCH["hidden_size"]))}
     if arch.get("puzzle_emb_ndim"):
         state["puzzle_emb.weights"] = torch.zeros(1, int(arch["puzzle_emb_ndim"]))
-    cfg, _ = official_model_config(arch, state, task)
+    try:  # as import-official does
+        cfg, _ = official_model_config(arch, state, task)
+    except CheckpointMismatch as e:
+        raise CheckpointMismatch(f"checkpoint with {path}: {e}") from None
     return cfg.to_dict(), True  # a TRMConfig that constructs is valid
 
 

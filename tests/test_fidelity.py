@@ -341,6 +341,9 @@ def test_import_official_errors_are_clear(tmp_path):
     (tmp_path / "partial.yaml").write_text(yaml.dump({"arch": {"hidden_size": 64}}))
     fails("arch lacks L_layers, H_cycles", config=tmp_path / "partial.yaml")
     fails("no mapping of official token ids", task="nqueens", task_kwargs={"board": 4})
+    (tmp_path / "pos.yaml").write_text(yaml.dump({"arch": {**arch, "pos_encodings": "roZe"}}))
+    fails(rf"{good}.* with .*pos.yaml: arch does not make a valid network: pos must be one of",
+          config=tmp_path / "pos.yaml")  # (an arch and weights that disagree name both files)
     with pytest.raises(CheckpointMismatch, match="cannot infer the task"):
         import_official(good, tmp_path / "infer")
 

@@ -230,6 +230,14 @@ def test_a_broken_sweep_or_official_config_is_one_line_naming_the_file_and_the_l
         read_official_arch(tmp_path / "all_config.yaml")
 
 
+def test_a_sweep_with_an_unknown_method_names_the_file(tmp_path):
+    from agents.sweep import read_sweep
+
+    (tmp_path / "sweep.yaml").write_text("method: d1s\n")
+    with pytest.raises(ValueError, match=r"sweep.yaml: method 'd1s': sweeps run the supervised trainers"):
+        read_sweep(tmp_path / "sweep.yaml")
+
+
 def test_the_reader_fuzzing_benchmark_runs_and_finds_nothing_unclear_or_invalid(tmp_path):
     import subprocess
     import sys
