@@ -12,7 +12,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from .core import INFO_KEYS, RecursionCore, build_core, single_thread_in_workers
-from .render import render_env
+from .render import RENDER_MODES, checked_render_mode, render_env
 from .tasks import Task
 
 
@@ -116,13 +116,11 @@ class RecursionGymEnv(gym.Env):
         (True, 1)
     """
 
-    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+    metadata = {"render_modes": RENDER_MODES, "render_fps": 4}
 
     def __init__(self, task: Task | str = "sudoku", render_mode: str | None = None, dataset=None,
                  device: str | torch.device = "cpu", **kwargs):
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
-        self.render_mode = render_mode
+        self.render_mode = checked_render_mode(render_mode)
         single_thread_in_workers()
         self.core = build_core(task, 1, dataset=dataset, device=device, **kwargs)
         self.task = self.core.task
@@ -160,9 +158,11 @@ class RecursionGymEnv(gym.Env):
         if self.render_mode is None:
             gym.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'rgb_array'")
             return None
-        c = self.core
-        head = f"step {int(c.step_count[0])}  nfe {int(c.nfe[0])}  cell accuracy {float(c.cell_accuracy[0]):.3f}"
-        return render_env(c, self.render_mode, head)
+        return render_env(self.core, self.render_mode, _header(self.core, 0))
+
+
+def _header(core: RecursionCore, i: int) -> str:
+    return f"step {int(core.step_count[i])}  nfe {int(core.nfe[i])}  cell accuracy {float(core.cell_accuracy[i]):.3f}"
 
 
 class RecursionVectorEnv(VectorEnv):
@@ -176,11 +176,11 @@ class RecursionVectorEnv(VectorEnv):
     state and never keeps a caller's array), and no returned array aliases an action. ``np.array(obs[k])`` gives a
     writable copy of a view."""
 
-    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata = {"render_modes": RENDER_MODES, "render_fps": 4, "autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(self, num_envs: int = 1, task: Task | str = "sudoku", dataset=None,
-                 device: str | torch.device = "cpu", copy: bool = True, **kwargs):
-        kwargs.pop("render_mode", None)
+                 device: str | torch.device = "cpu", copy: bool = True, render_mode: str | None = None, **kwargs):
+        self.render_mode = checked_render_mode(render_mode)
         self.copy = copy
         self.core = build_core(task, num_envs, dataset=dataset, device=device, **kwargs)
         self.task, self.num_envs = self.core.task, num_envs
@@ -232,3 +232,11 @@ class RecursionVectorEnv(VectorEnv):
             terminated, truncated = _host(res.terminated), _host(res.truncated)
         self._autoreset = terminated | truncated
         return self._obs(), reward, terminated, truncated, self._infos()
+
+    def render(self) -> tuple | None:
+        """Every env's frame, as Gymnasium's ``SyncVectorEnv`` gives them: a tuple of texts or of images."""
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'rgb_array'")
+            return None
+        return tuple(render_env(self.core, self.render_mode, _header(self.core, i), index=i)
+                     for i in range(self.num_envs))

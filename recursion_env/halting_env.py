@@ -23,7 +23,7 @@ from gymnasium import spaces
 from torch import nn
 
 from .core import RecursionConfig, RecursionCore, resolve_task, single_thread_in_workers
-from .render import render_env
+from .render import RENDER_MODES, checked_render_mode, render_env
 from .tasks import Task
 
 
@@ -109,17 +109,15 @@ class RecursionHaltingEnv(gym.Env):
         True
     """
 
-    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+    metadata = {"render_modes": RENDER_MODES, "render_fps": 4}
 
     def __init__(self, task: Task | str = "sudoku", policy: RecursionPolicy | None = None,
                  render_mode: str | None = None, dataset=None, device: str | torch.device = "cpu",
                  max_steps: int = 16, policy_seed: int = 0, **kwargs):
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         for k in ("latent_dim", "latent_len", "nfe_per_step"):
             if k in kwargs:
                 raise ValueError(f"{k} is set by the policy in the halting env, not passed")
-        self.render_mode = render_mode
+        self.render_mode = checked_render_mode(render_mode)
         single_thread_in_workers()
         config, task_kwargs = RecursionConfig.split(kwargs)
         task, dataset = resolve_task(task, dataset, **task_kwargs)

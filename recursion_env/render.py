@@ -74,10 +74,20 @@ def board_image(task: Task, puzzle, answer, label=None, cell: int = 24, changed=
     return np.asarray(img, dtype=np.uint8)
 
 
-def render_env(core, mode: str, header: str, changed=None):
-    """What ``render()`` returns for env 0 of a core: ``header`` and the board as text, or the board image."""
-    puzzle, answer = core.puzzle[0].cpu().numpy(), core.answer[0].cpu().numpy()
-    label = core.label[0].cpu().numpy()
+RENDER_MODES = ["ansi", "rgb_array"]
+
+
+def checked_render_mode(render_mode: str | None) -> str | None:
+    if render_mode is not None and render_mode not in RENDER_MODES:
+        raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
+    return render_mode
+
+
+def render_env(core, mode: str, header: str, changed=None, index: int = 0):
+    """What ``render()`` returns for env ``index`` of a core: ``header`` and the board as text, or the board
+    image."""
+    puzzle, answer = core.puzzle[index].cpu().numpy(), core.answer[index].cpu().numpy()
+    label = core.label[index].cpu().numpy()
     if mode == "ansi":
         return f"{header}\n{board_text(core.task, puzzle, answer, label)}\n"
     return board_image(core.task, puzzle, answer, label, changed=changed)

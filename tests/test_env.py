@@ -523,6 +523,41 @@ def test_stable_baselines3_and_torchrl_gym_wrapper_checkers_pass(env_id, kw):
     check_env_specs(GymEnv(env_id, latent_dim=8, **kw))
 
 
+@pytest.mark.parametrize("render_mode", ["ansi", "rgb_array"])
+def test_the_native_vector_env_renders_every_env_as_sync_vector_env_does(render_mode):
+    vec = gym.make_vec("TRMRecursion-Sudoku-v0", num_envs=3, size=4, latent_dim=D, render_mode=render_mode)
+    vec.reset(seed=0)
+    frames = vec.render()
+    assert isinstance(frames, tuple) and len(frames) == 3
+    boards = [vec.unwrapped.core.puzzle[i] for i in range(3)]
+    assert not torch.equal(boards[0], boards[1])  # so that the frames must differ too
+    if render_mode == "ansi":
+        assert all("nfe 0" in f for f in frames) and frames[0] != frames[1]
+    else:
+        assert all(f.dtype == np.uint8 and f.ndim == 3 for f in frames) and not np.array_equal(frames[0], frames[1])
+    with pytest.raises(ValueError, match="render_mode must be one of"):
+        gym.make_vec("TRMRecursion-Sudoku-v0", num_envs=2, size=4, render_mode="human")
+
+
+def test_module_qualified_ids_work_in_spawned_workers_without_a_prior_import():
+    """``recursion_env:ID`` makes Gymnasium import the package first, so a spawned worker (a fresh interpreter) that
+    unpickles ``partial(gym.make, ID)`` finds the id; the script itself never imports recursion_env."""
+    import subprocess
+    import sys
+
+    script = (
+        "import functools, gymnasium as gym\n"
+        "if __name__ == '__main__':\n"
+        "    make = functools.partial(gym.make, 'recursion_env:TRMRecursion-Sudoku-v0', size=4)\n"
+        "    env = gym.vector.AsyncVectorEnv([make, make], context='spawn')\n"
+        "    env.reset(seed=0)\n"
+        "    env.step(env.action_space.sample())\n"
+        "    env.close()\n"
+        "    print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
 def test_async_vector_envs_work_after_torch_ran_in_the_parent():
     """A forked worker whose parent used torch's thread pool used to deadlock at its first step; run in a child
     process with a timeout so a deadlock fails the test instead of hanging it."""
