@@ -126,7 +126,6 @@ def main() -> None:
     streamed = child([*train, "--dataset", str(work / "store"), "--out", str(work / "run_store")])
     folder_mib = sum(f.stat().st_size for f in (work / "store").iterdir()) / 2**20
     stream = stream_cost(work / "store", args.stream_batches)
-    step_ms = streamed["seconds"] / args.steps * 1e3  # (with the run's start-up: an upper bound on a step)
     from agents.precision import cpu_model
 
     result = {
@@ -136,7 +135,7 @@ def main() -> None:
         "convert": {"rows_per_s": meta["rows"] / meta["seconds"], **convert},
         "train_generated": {"steps": args.steps, **generated},
         "train_streamed": {"steps": args.steps, **streamed},
-        "stream": stream | {"check_share_of_a_training_step": stream["check_ms_per_batch"] / step_ms},
+        "stream": stream,
         "note": "peak_RssFile: pages of mapped files (the .npy arrays, libraries) resident; the OS can drop them",
     }
     print(json.dumps(result, indent=2))
