@@ -101,11 +101,12 @@ def test_ppo_return_rises_when_compute_is_expensive(tmp_path):
 @pytest.mark.slow
 def test_full_mode_learns_the_answer_from_scratch_on_one_blank(tmp_path):
     """4x4 puzzles with one blank, a fresh network, no compute cost: each step's answer is credited with its own
-    correctness gain (GAE lambda 0, the full-mode default), so the mean return must rise within 80 iterations (the
-    official network's init, 16 puzzle slots: 0.49 -> 0.95 at seed 0; 50 iterations gave +0.19 to +0.33 on seeds
-    0-2)."""
+    correctness gain (GAE lambda 0, the full-mode default), so the mean return must rise within 120 iterations
+    (the envs starting from the network's own initial state; first 10 -> last 10 iterations: 0.525 -> 0.985,
+    0.556 -> 1.469 at seeds 0 and 1; 80 iterations gave +0.20 to +0.59 on seeds 0-2, and +0.16 at seed 0 on
+    another CPU, too close to call)."""
     result = train_ppo(tiny(mode="full", task_kwargs={"size": 4, "min_givens": 15, "max_givens": 15}, nfe_cost=0.0,
-                            num_envs=32, iterations=80, minibatch_size=64, lr=3e-3, out=str(tmp_path)))
+                            num_envs=32, iterations=120, minibatch_size=64, lr=3e-3, out=str(tmp_path)))
     returns = [h["return"] for h in result["history"] if "return" in h]
     assert sum(returns[-10:]) / 10 > sum(returns[:10]) / 10 + 0.2, returns
 
