@@ -53,7 +53,7 @@ def _number_or_keep(text: str):
 
 
 def add_task_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", choices=["sudoku", "maze", "nqueens", "arc"], default="sudoku")
+    p.add_argument("--task", choices=["sudoku", "maze", "nqueens", "arc"], default="sudoku", help="the puzzle")
     p.add_argument("--size", type=int, default=None, help="sudoku side (4, 6, 9) or maze side (default 9)")
     p.add_argument("--min-givens", type=int, default=None, help="sudoku: fewest givens")
     p.add_argument("--max-givens", type=int, default=None, help="sudoku: most givens")
@@ -360,7 +360,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                         "quick (a smoke run of a few minutes) or gpu (9x9 Sudoku on one GPU, 7.3 min on an H200)")
     p.add_argument("--quick", action="store_true", help="the same as --preset quick")
     p.add_argument("--hard", action="store_true", help="sudoku: 9x9 with 22-27 givens instead of 28-34")
-    p.add_argument("--out", default="runs/bench/nfe_vs_accuracy")
+    p.add_argument("--out", default="runs/bench/nfe_vs_accuracy", help="the bench folder (a rerun continues it)")
     p.add_argument("--minutes", type=float, default=None, help="training wall-clock per method")
     p.add_argument("--ppo-minutes", type=float, default=None, help="each learned-halting (PPO) run; 0 = none")
     p.add_argument("--recipes", default=None, help="DIS recipes, comma-separated (default official-code,paper)")
@@ -368,8 +368,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="DIS target generators, comma-separated (default diffusion, and solver for Sudoku)")
     p.add_argument("--anytime-weight", type=float, default=None,
                    help="the anytime DIS run that PPO learns to halt (default 0.5; 0 = none)")
-    p.add_argument("--hidden", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--hidden", type=int, default=None, help="width of every network (default: the preset's)")
+    p.add_argument("--batch-size", type=int, default=None, help="puzzles per optimizer step (default: the preset's)")
     p.add_argument("--pool", type=int, default=None, help="size of the fixed training set")
     p.add_argument("--eval-n", type=int, default=None, help="held-out puzzles (excluded from training)")
     p.add_argument("--seed", type=int, default=0,
@@ -453,7 +453,8 @@ class TrainOption(NamedTuple):
 NOT_OPTIONS = {"method", "task", "task_kwargs", "model", "out", "progress"}
 #: network (TRMConfig) fields that are not options: sized from the task, or set by the method (PPO's own
 #: ``halt_readout`` field is an option)
-NOT_MODEL_OPTIONS = {"seq_len", "vocab_size", "num_puzzle_ids", "step_embedding", "input_from_answer", "halt_readout"}
+NOT_MODEL_OPTIONS = {"seq_len", "vocab_size", "num_puzzle_ids", "step_embedding", "input_from_answer", "halt_readout",
+                     "keeps_givens"}
 #: A field documents its option with ``field(metadata={"help": ..., "choices": [...]})`` beside it; the tables below
 #: hold the texts of the fields that predate that.
 #: spellings other than ``--`` + the field name with dashes
@@ -464,6 +465,36 @@ CHOICES = {"mixer": ["mlp", "attention"], "optimizer": ["adam_atan2", "adamw"],
            "mode": ["halting", "full"], "reward_mode": ["label", "verifier"]}
 HELP = {
     "steps": "trm/dis: optimizer steps (with --resume: more steps)",
+    "batch_size": "puzzles per optimizer step (the global batch under torchrun)",
+    "weight_decay": "weight decay of the optimizer",
+    "betas": "the optimizer's two moment decays",
+    "warmup_steps": "steps of linear learning-rate warm-up",
+    "ema_decay": "decay of the weights' exponential moving average (evaluation and checkpoints use the average)",
+    "loss": "stablemax (official) or ce cross-entropy on the answer tokens",
+    "eval_n": "held-out puzzles, excluded from training, for the looks and the final evaluation",
+    "eval_seed": "seed of the held-out puzzles",
+    "seed": "seed of the network's init, the training stream and the halting draws",
+    "checkpoint_every": "write a checkpoint every N optimizer steps (ppo: iterations), and at least every few minutes",
+    "log_every": "log and top up the device's puzzles every N steps (one host sync each)",
+    "halt_loss_weight": "trm: weight of the halting head's loss",
+    "halt_exploration": "trm: probability of a random minimum number of supervision steps (official 0.1)",
+    "hidden": "width D of the network (official 512)",
+    "L_layers": "layers of the shared network f",
+    "T": "latent recursions per supervision step (the last T-1 without gradients)",
+    "n": "latent updates z = f(x + y + z) per recursion, before y = f(y + z)",
+    "N_sup": "supervision steps per puzzle",
+    "rms_norm_eps": "epsilon of the RMS norms",
+    "rope_theta": "base of the rotary position encoding",
+    "step_weight": "dis: per-step loss weights, linear (the paper) or uniform (the official code); default the "
+                   "recipe's",
+    "solve_bonus": "ppo: reward for an answer that becomes solved (and its negative when it breaks)",
+    "train_pool": "ppo: generated training puzzles when no --dataset is given",
+    "rollout_len": "ppo: env steps collected per environment per iteration",
+    "epochs": "ppo: passes over each iteration's frames",
+    "minibatch_size": "ppo: frames per gradient step",
+    "gamma": "ppo: discount",
+    "clip_epsilon": "ppo: clipping of the probability ratio",
+    "critic_coeff": "ppo: weight of the critic's loss",
     "iterations": "ppo: iterations of collect + update (with --resume: more iterations)",
     "minutes": "training time (with --resume: more minutes)",
     "device": "cpu, cuda, or auto",
@@ -587,16 +618,52 @@ def given_options(args, method: str) -> dict:
             if method in o.owners and getattr(args, o.dest) is not None}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recursion-env", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's, plus "(default: X)" after an option's help where it has a default its help does not state."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS) and not action.option_strings == []
+        if shown and "default" not in text and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def train_option_group(option: TrainOption) -> str:
+    """The heading ``train --help`` lists an option under: the network, every method, or the methods that have it."""
+    from .trainers import METHODS
+
+    if option.model:
+        return "the network (trm, dis, ppo)"
+    if set(option.owners) == set(METHODS):
+        return "every method"
+    return " and ".join(option.owners) + " only"
+
+
+def _method_asked_for_help(argv: list[str]) -> str | None:
+    """``train --method M --help``: M (its help then lists only M's options); None otherwise."""
+    if not argv or argv[0] != "train" or not {"-h", "--help"} & set(argv):
+        return None
+    for i, a in enumerate(argv):
+        if a == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--method="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def build_parser(help_method: str | None = None) -> argparse.ArgumentParser:
+    """The command line; ``help_method`` hides the train options that method does not have from ``train --help``
+    (they still parse, and are refused as another method's)."""
+    parser = argparse.ArgumentParser(prog="recursion-env", description=__doc__, formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     data = sub.add_parser("data", help="build or show puzzle datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     build = data_sub.add_parser("build", help="generate a dataset and save it as .npz")
     add_task_arguments(build)
-    build.add_argument("--n", type=int, required=True)
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--n", type=int, required=True, help="puzzles to generate")
+    build.add_argument("--seed", type=int, default=0, help="the generator's seed")
     build.add_argument("--out", required=True, help="the .npz file to write (refused if it exists)")
     build.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     build.set_defaults(func=cmd_data_build)
@@ -613,9 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished conversion")
     convert.set_defaults(func=cmd_data_convert)
     show = data_sub.add_parser("show", help="print puzzles from a .npz, .csv or text file, or a converted folder")
-    show.add_argument("file")
+    show.add_argument("file", help="a .npz, .csv or text file of puzzles, or a converted folder")
     add_task_arguments(show)
-    show.add_argument("--count", type=int, default=3)
+    show.add_argument("--count", type=int, default=3, help="puzzles to print")
     show.set_defaults(func=cmd_data_show)
 
     sw = sub.add_parser("sweep", help="a grid or random search over train options with Ray Tune (the [ray] extra)",
@@ -633,9 +700,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "of another method than --method's is an error.")
     from .trainers import METHODS
 
-    tr.add_argument("--method", choices=list(METHODS), default="trm")
+    tr.add_argument("--method", choices=list(METHODS), default="trm",
+                    help="trm (deep supervision), dis (policy improvement) or ppo (RL: halting or the whole TRM); "
+                         "train --method M --help lists only M's options")
     add_task_arguments(tr)
-    tr.add_argument("--out", required=True)
+    tr.add_argument("--out", required=True, help="the run folder: checkpoints, config.json, metrics, tb/ (TensorBoard)")
     tr.add_argument("--preset", choices=["cpu", "paper", "arc"], default="cpu",
                     help="trm/dis: cpu (small sizes, clipping and EMA warm-up; with --task arc also attention, "
                          "batch 16 and 16 held-out examples), paper (the official Sudoku recipe, for a GPU) or arc "
@@ -644,12 +713,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue the run in --out from its newest valid checkpoint, for --steps more steps and/or "
                          "--minutes more minutes")
     tr.add_argument("--overwrite", action="store_true", help="replace a run already in --out (refused otherwise)")
-    for option in train_options().values():
-        tr.add_argument(*option.flags, dest=option.dest, default=None, help=option.help, **option.kwargs)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for option in sorted(train_options().values(), key=lambda o: (o.model, len(o.owners) < 3, len(o.owners) == 1)):
+        title = train_option_group(option)
+        group = groups.get(title) or groups.setdefault(title, tr.add_argument_group(f"options of {title}"))
+        hidden = help_method is not None and help_method not in option.owners
+        group.add_argument(*option.flags, dest=option.dest, default=None,
+                           help=argparse.SUPPRESS if hidden else option.help, **option.kwargs)
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a trained run")
-    ev.add_argument("run")
+    ev.add_argument("run", help="a run folder (train, demo or import-official wrote it)")
     ev.add_argument("--puzzles", default=None, help="a file of puzzles (task's text form, .csv or .npz)")
     ev.add_argument("--n", type=int, default=1000, help="held-out puzzles; with --task arc: held-out tasks")
     ev.add_argument("--task", choices=["arc"], default=None,
@@ -658,7 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--guidance", default=None, help="comma-separated guidance weights w, e.g. 0,0.5,1,2")
     ev.add_argument("--json", default=None, help="write the result here (refused if the file exists)")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--device", default="cpu", help="cpu or cuda")
     add_precision_argument(ev, "the network's precision", default=None)
     add_eval_compile_argument(ev)
     ev.set_defaults(func=cmd_eval)
@@ -675,14 +749,14 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_import_official)
 
     dg = sub.add_parser("diagnose", help="dead-compute diagnostics per supervision step")
-    dg.add_argument("run")
-    dg.add_argument("--n", type=int, default=1000)
+    dg.add_argument("run", help="a run folder")
+    dg.add_argument("--n", type=int, default=1000, help="held-out puzzles")
     dg.add_argument("--w", type=float, default=1.0, help="guidance weight of the policy the margin is taken under")
-    dg.add_argument("--puzzles", default=None)
+    dg.add_argument("--puzzles", default=None, help="a file of puzzles instead of held-out ones")
     dg.add_argument("--json", default=None, help="write the report here (refused if the file exists)")
     dg.add_argument("--plots", default=None, help="folder for accuracy_vs_nfe.png and margin_per_step.png")
     dg.add_argument("--overwrite", action="store_true", help="replace existing --json and --plots files")
-    dg.add_argument("--device", default="cpu")
+    dg.add_argument("--device", default="cpu", help="cpu or cuda")
     add_precision_argument(dg, "the network's precision", default=None)
     add_eval_compile_argument(dg)
     dg.set_defaults(func=cmd_diagnose)
@@ -695,19 +769,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the main job: train DIS on generated 6x6 Sudoku for a few minutes, "
                                        "evaluate, and show a puzzle solved step by step")
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--minutes", type=float, default=3.0)
-    demo.add_argument("--hidden", type=int, default=64)
-    demo.add_argument("--eval-n", type=int, default=500)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--device", default="cpu")
+    demo.add_argument("--out", default="runs/demo", help="the demo's run folder (refused if it holds another run)")
+    demo.add_argument("--minutes", type=float, default=3.0, help="training time")
+    demo.add_argument("--hidden", type=int, default=64, help="width of the network")
+    demo.add_argument("--eval-n", type=int, default=500, help="held-out puzzles evaluated")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the network and the puzzles")
+    demo.add_argument("--device", default="cpu", help="cpu or cuda")
     add_precision_argument(demo, "training and evaluation")
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every subcommand's parser: defaults shown in the help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(help_method=_method_asked_for_help(argv)).parse_args(argv)
     try:
         check_arguments(args)
         return args.func(args)

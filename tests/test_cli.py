@@ -135,3 +135,45 @@ def test_a_method_is_its_file_and_one_registry_line(monkeypatch, tmp_path):
                     "--out", str(tmp_path)]) == 2
     finally:
         cli_module.train_options.cache_clear()
+
+
+def _all_actions(parser, path=()):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _all_actions(sub, (*path, name))
+        elif not isinstance(action, argparse._HelpAction):
+            yield path, action
+
+
+def test_every_option_of_every_command_has_help_and_shows_its_default():
+    from agents.cli import build_parser
+
+    missing = [(" ".join(path), a.option_strings or a.dest) for path, a in _all_actions(build_parser()) if not a.help]
+    assert missing == []
+    text = build_parser()._subparsers._group_actions[0].choices["demo"].format_help()
+    assert "training time (default: 3.0)" in " ".join(text.split())
+
+
+def test_train_help_is_grouped_by_method_and_one_method_shows_only_its_own(capsys):
+    def help_of(*argv):
+        with pytest.raises(SystemExit) as done:
+            cli(["train", *argv, "--help"])
+        assert done.value.code == 0
+        return capsys.readouterr().out
+
+    everything = help_of()
+    for heading in ("options of every method:", "options of trm and dis only:", "options of dis only:",
+                    "options of ppo only:", "options of the network (trm, dis, ppo):"):
+        assert heading in everything
+    assert "--rollout-len" in everything and "--recipe" in everything
+    dis = help_of("--method", "dis")
+    assert "--recipe" in dis and "--n-sup" in dis and "--rollout-len" not in dis and "options of ppo only" not in dis
+    assert len(dis.splitlines()) < len(everything.splitlines())
+    ppo = help_of("--method=ppo")
+    assert "--rollout-len" in ppo and "--recipe" not in ppo and "--keeps-givens" not in everything
+    # hidden from the help, an option of another method still parses, and is refused by name
+    assert cli(["train", "--method", "dis", "--rollout-len", "3", "--steps", "1", "--out", "x"]) == 2
+    assert "--rollout-len" in capsys.readouterr().err
