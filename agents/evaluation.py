@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recursion_env.tasks import PuzzleBatch, Task, load_puzzles, make_task
+from recursion_env.tasks import PuzzleBatch, Task, load_puzzles
 
-from .checkpoint import load_checkpoint
-from .precision import autocast, resolve_compile, resolve_precision, trained_precision
+from .precision import autocast, resolve_compile, resolve_precision
 from .rollout import RecursionRunner
-from .trm import TRM, TRMConfig
+from .runs import load_trained
+from .trm import TRM
 
 
 @torch.no_grad()
@@ -100,24 +100,6 @@ def summarize(metrics: dict, steps: list[int] | None = None, halting_seed: int =
     return {"n_puzzles": int(n), "by_step": by_step, "halting": _halting(solved, cell, logit > 0, k, match),
             "halting_sampled": _halting(solved, cell, draws < 1 / (1 + np.exp(-logit.astype(np.float64))), k,
                                         match)}
-
-
-def load_trained(run, device="cpu", weights: str = "ema") -> tuple[TRM, Task, dict]:
-    """(model with the EMA weights, task, train config dict) from a run folder or checkpoint file."""
-    state = load_checkpoint(run, map_location=device)
-    missing = [k for k in ("model_config", weights, "task", "task_kwargs", "train_config") if k not in state]
-    if missing or not isinstance(state["model_config"], dict):
-        raise ValueError(f"{run}: not a recursion-env run (its checkpoint lacks {', '.join(missing) or 'a config'})")
-    if "puzzle_emb_ndim" not in state["model_config"]:
-        raise ValueError(f"{run}: written by an older recursion-env whose network was not the official TRM "
-                         "(norm axis, SwiGLU widths, puzzle slots); it cannot be loaded into this one: retrain it")
-    try:
-        model = TRM(TRMConfig(**state["model_config"])).to(device)
-        model.load_state_dict(state[weights])
-        task = make_task(state["task"], **state["task_kwargs"])
-    except (TypeError, RuntimeError) as e:  # unknown config fields; missing, unexpected or mis-shaped weights
-        raise ValueError(f"{run}: checkpoint does not fit its own config ({str(e).strip()[:500]})") from None
-    return model.eval(), task, {**state["train_config"], "precision": trained_precision(state)}
 
 
 def evaluation_batch(task: Task, train_config: dict, n: int, puzzles=None) -> PuzzleBatch:
