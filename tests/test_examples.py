@@ -17,6 +17,12 @@ def test_gym_rollout_example():
     assert reward > 1.0  # the label solves the puzzle: score gain + solve bonus - a small cost
 
 
+def test_own_network_example_acts_in_both_envs():
+    result = load("own_network.py")["main"]()
+    assert 2 <= result["recursion_nfe"] <= 12 and result["recursion_nfe"] % 2 == 0  # 2 passes a step, <= 6 steps
+    assert result["halting_nfe"] == 2 * 2  # continued twice (2 passes each), then halted without compute
+
+
 def test_torchrl_collector_example():
     assert load("torchrl_collector.py")["main"](num_envs=8, frames=8 * 10) > 0
 
