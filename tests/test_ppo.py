@@ -103,7 +103,7 @@ def test_full_mode_learns_the_answer_from_scratch_on_one_blank(tmp_path):
     """4x4 puzzles with one blank, a fresh network, no compute cost: each step's answer is credited with its own
     correctness gain (GAE lambda 0, the full-mode default), so the mean return must rise within 120 iterations
     (the envs starting from the network's own initial state; first 10 -> last 10 iterations: 0.525 -> 0.985,
-    0.556 -> 1.469 at seeds 0 and 1; 80 iterations gave +0.20 to +0.59 on seeds 0-2, and +0.16 at seed 0 on
+    0.556 -> 1.469, 0.550 -> 1.187 at seeds 0-2; 80 iterations gave +0.20 to +0.59, and +0.16 at seed 0 on
     another CPU, too close to call)."""
     result = train_ppo(tiny(mode="full", task_kwargs={"size": 4, "min_givens": 15, "max_givens": 15}, nfe_cost=0.0,
                             num_envs=32, iterations=120, minibatch_size=64, lr=3e-3, out=str(tmp_path)))
