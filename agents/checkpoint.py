@@ -134,11 +134,42 @@ def read_torch(source, path, map_location="cpu", what: str = "checkpoint"):
         raise ValueError(f"{path}: not a valid {what} ({type(e).__name__}: {reason})") from None
 
 
+#: the model zoo: ``NAME.pt`` (weights, as :func:`save_checkpoint` writes them) and ``NAME.json`` (its manifest)
+ZOO_DIR = Path(__file__).parent / "zoo"
+ZOO_PREFIX = "zoo:"
+
+
+def zoo_file(name: str) -> Path:
+    """The weights file of zoo entry ``name``, after checking its SHA-256 against the manifest's."""
+    import json
+
+    manifest_path, weights = ZOO_DIR / f"{name}.json", ZOO_DIR / f"{name}.pt"
+    known = sorted(f.stem for f in ZOO_DIR.glob("*.json"))
+    if not manifest_path.is_file():
+        raise ValueError(f"zoo:{name}: no such zoo entry (known: {', '.join(known) or 'none'}; recursion-env zoo "
+                         "list)")
+    if not weights.is_file():
+        raise ValueError(f"zoo:{name}: its weights file {weights} is missing (rebuild it: recursion-env zoo build "
+                         f"{name} --overwrite)")
+    expected = json.loads(manifest_path.read_text()).get("sha256")
+    if hashlib.sha256(weights.read_bytes()).hexdigest() != expected:
+        raise ValueError(f"{weights}: its SHA-256 does not match {manifest_path.name}'s; the file is damaged "
+                         f"(rebuild it: recursion-env zoo build {name} --overwrite)")
+    return weights
+
+
+def resolve_run(run):
+    """``zoo:NAME`` -> that entry's verified weights file; anything else as it is."""
+    if isinstance(run, str) and run.startswith(ZOO_PREFIX):
+        return zoo_file(run[len(ZOO_PREFIX):])
+    return run
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
-    """The state saved by :func:`save_checkpoint` (a run folder or a file); a file whose checksum does not match,
-    or that torch cannot read, is a ``ValueError`` naming it. Files without a checksum (written by older versions,
-    or imported) load as they are."""
-    path = Path(path)
+    """The state saved by :func:`save_checkpoint` (a run folder, a file, or ``zoo:NAME``); a file whose checksum
+    does not match, or that torch cannot read, is a ``ValueError`` naming it. Files without a checksum (written by
+    older versions, or imported) load as they are."""
+    path = Path(resolve_run(path))
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.exists():

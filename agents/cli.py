@@ -301,6 +301,24 @@ def _write_json(path, result: dict) -> None:
         print(f"wrote {path}")
 
 
+def cmd_zoo_list(args) -> int:
+    from . import zoo
+
+    print(zoo.table())
+    return 0
+
+
+def cmd_zoo_build(args) -> int:
+    from .zoo.build import build
+
+    m = build(args.name, overwrite=args.overwrite)
+    last = m["held_out"]["by_step"][-1]
+    print(f"wrote zoo:{m['name']} ({m['bytes'] / 2**20:.2f} MB, sha256 {m['sha256'][:12]}...): exact "
+          f"{last['exact_accuracy']:.3f} at {last['nfe']} NFE on {m['held_out']['n']} held-out puzzles, built in "
+          f"{m['build_seconds']:.0f} s")
+    return 0
+
+
 def cmd_eval_arc(args) -> int:
     from .evaluation import load_trained, torch_device
     from .voting import evaluate_arc
@@ -760,6 +778,14 @@ def build_parser(help_method: str | None = None) -> argparse.ArgumentParser:
     add_precision_argument(dg, "the network's precision", default=None)
     add_eval_compile_argument(dg)
     dg.set_defaults(func=cmd_diagnose)
+
+    zoo = sub.add_parser("zoo", help="trained networks shipped in the package: zoo:NAME wherever a run goes")
+    zoo_sub = zoo.add_subparsers(dest="zoo_command", required=True)
+    zoo_sub.add_parser("list", help="the entries, their tasks and held-out accuracy").set_defaults(func=cmd_zoo_list)
+    zb = zoo_sub.add_parser("build", help="retrain an entry from its manifest (or its recipe) and replace it")
+    zb.add_argument("name", help="the entry, e.g. trm-sudoku4")
+    zb.add_argument("--overwrite", action="store_true", help="replace the entry's files in the package")
+    zb.set_defaults(func=cmd_zoo_build)
 
     bench = sub.add_parser("bench", help="measured comparisons")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)

@@ -105,6 +105,15 @@ class TRMPolicy:
         self.latent_shape = (2, cfg.latent_len, cfg.hidden)
         self.nfe_per_step = cfg.nfe_per_supervision_step if granularity == "supervision_step" else 1
 
+    @classmethod
+    def pretrained(cls, name: str, device="cpu", **kwargs) -> TRMPolicy:
+        """The policy of zoo entry ``name`` (``recursion-env zoo list``), e.g. for the halting env:
+        ``gym.make("TRMHalting-Sudoku-v0", size=4, policy=TRMPolicy.pretrained("trm-sudoku4"))``."""
+        from .zoo import load
+
+        model, _ = load(name, device)
+        return cls(model, **kwargs)
+
     def initial_latent(self, puzzle: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.model.initial_latent(puzzle)
