@@ -139,21 +139,27 @@ ZOO_DIR = Path(__file__).parent / "zoo"
 ZOO_PREFIX = "zoo:"
 
 
-def zoo_file(name: str) -> Path:
-    """The weights file of zoo entry ``name``, after checking its SHA-256 against the manifest's."""
+def zoo_manifest(name: str) -> dict:
+    """The manifest of zoo entry ``name`` (``ZOO_DIR/NAME.json``), or one error naming the entries there are."""
     import json
 
-    manifest_path, weights = ZOO_DIR / f"{name}.json", ZOO_DIR / f"{name}.pt"
-    known = sorted(f.stem for f in ZOO_DIR.glob("*.json"))
-    if not manifest_path.is_file():
+    path = ZOO_DIR / f"{name}.json"
+    if not path.is_file():
+        known = sorted(f.stem for f in ZOO_DIR.glob("*.json"))
         raise ValueError(f"zoo:{name}: no such zoo entry (known: {', '.join(known) or 'none'}; recursion-env zoo "
                          "list)")
+    return json.loads(path.read_text())
+
+
+def zoo_file(name: str) -> Path:
+    """The weights file of zoo entry ``name``, after checking its SHA-256 against the manifest's."""
+    expected = zoo_manifest(name).get("sha256")
+    weights = ZOO_DIR / f"{name}.pt"
     if not weights.is_file():
         raise ValueError(f"zoo:{name}: its weights file {weights} is missing (rebuild it: recursion-env zoo build "
                          f"{name} --overwrite)")
-    expected = json.loads(manifest_path.read_text()).get("sha256")
     if hashlib.sha256(weights.read_bytes()).hexdigest() != expected:
-        raise ValueError(f"{weights}: its SHA-256 does not match {manifest_path.name}'s; the file is damaged "
+        raise ValueError(f"{weights}: its SHA-256 does not match {name}.json's; the file is damaged "
                          f"(rebuild it: recursion-env zoo build {name} --overwrite)")
     return weights
 

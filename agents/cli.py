@@ -641,7 +641,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        shown = action.default not in (None, False, argparse.SUPPRESS) and not action.option_strings == []
+        shown = action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
         if shown and "default" not in text and "%(default)" not in text:
             text += " (default: %(default)s)"
         return text
@@ -732,9 +732,12 @@ def build_parser(help_method: str | None = None) -> argparse.ArgumentParser:
                          "--minutes more minutes")
     tr.add_argument("--overwrite", action="store_true", help="replace a run already in --out (refused otherwise)")
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for option in sorted(train_options().values(), key=lambda o: (o.model, len(o.owners) < 3, len(o.owners) == 1)):
+    # every method's options first, then those of fewer methods, the network's last
+    for option in sorted(train_options().values(), key=lambda o: (o.model, -len(o.owners))):
         title = train_option_group(option)
-        group = groups.get(title) or groups.setdefault(title, tr.add_argument_group(f"options of {title}"))
+        if title not in groups:
+            groups[title] = tr.add_argument_group(f"options of {title}")
+        group = groups[title]
         hidden = help_method is not None and help_method not in option.owners
         group.add_argument(*option.flags, dest=option.dest, default=None,
                            help=argparse.SUPPRESS if hidden else option.help, **option.kwargs)

@@ -523,6 +523,15 @@ def test_stable_baselines3_and_torchrl_gym_wrapper_checkers_pass(env_id, kw):
     check_env_specs(GymEnv(env_id, latent_dim=8, **kw))
 
 
+def assert_child_prints_ok(script: str, timeout: float) -> None:
+    """Run ``script`` in a fresh interpreter (its own imports, its own start method) that must print ``ok``."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("render_mode", ["ansi", "rgb_array"])
 def test_the_native_vector_env_renders_every_env_as_sync_vector_env_does(render_mode):
     vec = gym.make_vec("TRMRecursion-Sudoku-v0", num_envs=3, size=4, latent_dim=D, render_mode=render_mode)
@@ -542,9 +551,6 @@ def test_the_native_vector_env_renders_every_env_as_sync_vector_env_does(render_
 def test_module_qualified_ids_work_in_spawned_workers_without_a_prior_import():
     """``recursion_env:ID`` makes Gymnasium import the package first, so a spawned worker (a fresh interpreter) that
     unpickles ``partial(gym.make, ID)`` finds the id; the script itself never imports recursion_env."""
-    import subprocess
-    import sys
-
     script = (
         "import functools, gymnasium as gym\n"
         "if __name__ == '__main__':\n"
@@ -554,16 +560,12 @@ def test_module_qualified_ids_work_in_spawned_workers_without_a_prior_import():
         "    env.step(env.action_space.sample())\n"
         "    env.close()\n"
         "    print('ok')\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+    assert_child_prints_ok(script, timeout=180)
 
 
 def test_async_vector_envs_work_after_torch_ran_in_the_parent():
     """A forked worker whose parent used torch's thread pool used to deadlock at its first step; run in a child
     process with a timeout so a deadlock fails the test instead of hanging it."""
-    import subprocess
-    import sys
-
     script = (
         "import torch, gymnasium as gym, recursion_env\n"
         "torch.randn(256, 256) @ torch.randn(256, 256)\n"
@@ -573,8 +575,7 @@ def test_async_vector_envs_work_after_torch_ran_in_the_parent():
         "    env.step(action if action is not None else env.action_space.sample())\n"
         "    env.close()\n"
         "print('ok')\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+    assert_child_prints_ok(script, timeout=120)
 
 
 def test_a_puzzle_without_a_label_gets_its_derived_label_or_a_clear_refusal():

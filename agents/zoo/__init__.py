@@ -52,10 +52,8 @@ def names() -> list[str]:
 
 
 def manifest(name: str) -> dict:
-    path = checkpoint.ZOO_DIR / f"{name}.json"
-    if not path.is_file():
-        raise ValueError(f"zoo:{name}: no such zoo entry (known: {', '.join(names()) or 'none'})")
-    return json.loads(path.read_text())
+    """Entry ``name``'s manifest (commands, seed, precision, code version, SHA-256, held-out accuracy)."""
+    return checkpoint.zoo_manifest(name)
 
 
 def load(name: str, device="cpu"):

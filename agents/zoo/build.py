@@ -41,20 +41,23 @@ def code_version() -> str:
     return f"{__version__}+{commit[:12]}{'+changes' if dirty else ''}" if commit else __version__
 
 
-def _recipe(name: str, overwrite: bool) -> dict:
+def _entry_files(name: str, overwrite: bool) -> tuple[Path, Path]:
+    """(weights, manifest) paths of entry ``name``; refused where they exist, unless ``overwrite``."""
     weights, manifest_path = checkpoint.ZOO_DIR / f"{name}.pt", checkpoint.ZOO_DIR / f"{name}.json"
     if (weights.exists() or manifest_path.exists()) and not overwrite:
         raise ValueError(f"zoo:{name} exists ({weights}); pass --overwrite to retrain and replace it")
-    if manifest_path.exists():
-        return json.loads(manifest_path.read_text())
-    if name in zoo.RECIPES:
-        return zoo.RECIPES[name]
-    raise ValueError(f"zoo:{name}: no recipe for it (known: {', '.join(sorted(zoo.RECIPES))})")
+    return weights, manifest_path
 
 
 def build(name: str, overwrite: bool = False, progress=print) -> dict:
     """Train, export and measure entry ``name``; returns its manifest."""
-    recipe = _recipe(name, overwrite)  # (refused before any training)
+    _, manifest_path = _entry_files(name, overwrite)  # (refused before any training)
+    if manifest_path.exists():
+        recipe = json.loads(manifest_path.read_text())
+    elif name in zoo.RECIPES:
+        recipe = zoo.RECIPES[name]
+    else:
+        raise ValueError(f"zoo:{name}: no recipe for it (known: {', '.join(sorted(zoo.RECIPES))})")
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix=f"zoo_{name}_") as work:
         for command in recipe["commands"]:
@@ -70,8 +73,7 @@ def build(name: str, overwrite: bool = False, progress=print) -> dict:
 def export(name: str, run, recipe: dict, overwrite: bool = False, build_seconds: float | None = None) -> dict:
     """Entry ``name`` from a trained ``run`` (the last run of ``recipe["commands"]``): what loading needs, its
     held-out accuracy, its manifest."""
-    _recipe(name, overwrite)
-    weights, manifest_path = checkpoint.ZOO_DIR / f"{name}.pt", checkpoint.ZOO_DIR / f"{name}.json"
+    weights, manifest_path = _entry_files(name, overwrite)
     state = load_checkpoint(run)
     entry = {k: state[k] for k in KEPT}
     entry["train_config"] = {**entry["train_config"], "out": f"zoo:{name}", "init": None}
