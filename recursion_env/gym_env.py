@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import gymnasium as gym
@@ -32,7 +33,7 @@ def single_spaces(core: RecursionCore) -> tuple[spaces.Dict, spaces.Dict]:
         **({} if core.num_puzzle_ids is None else
            {"puzzle_id": spaces.Box(0, core.num_puzzle_ids - 1, shape=(1,), dtype=np.int64)}),
     })
-    action = spaces.Dict({"latent": latent, "answer": tokens, "halt": spaces.Discrete(2)})
+    action = ActionDict({"latent": latent, "answer": tokens, "halt": spaces.Discrete(2)})
     return observation, action
 
 
@@ -125,6 +126,7 @@ class RecursionGymEnv(gym.Env):
         self.core = build_core(task, 1, dataset=dataset, device=device, **kwargs)
         self.task = self.core.task
         self.observation_space, self.action_space = single_spaces(self.core)
+        teach_torchrl_action_dicts()
 
     def _obs(self) -> dict[str, np.ndarray]:
         # fresh arrays (Gymnasium's rule); the counters [1] as their Box((1,)) holds them
@@ -165,6 +167,45 @@ def _header(core: RecursionCore, i: int) -> str:
     return f"step {int(core.step_count[i])}  nfe {int(core.nfe[i])}  cell accuracy {float(core.cell_accuracy[i]):.3f}"
 
 
+class ActionDict(spaces.Dict):
+    """The action space of one env: a Dict that batches (``gymnasium.vector.utils.batch_space``, as
+    ``AsyncVectorEnv`` and TorchRL's ``GymEnv(id, num_envs=N)`` do) into a :class:`BatchedDict`."""
+
+
+class BatchedDict(spaces.Dict):
+    """A batched :class:`ActionDict` that remembers its one env's space (``single``) and ``num_envs``: TorchRL's
+    ``GymEnv`` gives a plain batched Dict no batch size, so :func:`teach_torchrl_action_dicts` converts this one
+    from ``single``, batched."""
+
+    def __init__(self, single: spaces.Dict, num_envs: int):
+        super().__init__({k: batch_space(v, num_envs) for k, v in single.spaces.items()})
+        self.single, self.num_envs = single, num_envs
+
+
+@batch_space.register(ActionDict)
+def _batch_action_dict(space: ActionDict, n: int = 1) -> BatchedDict:
+    return BatchedDict(space, n)
+
+
+def teach_torchrl_action_dicts() -> None:
+    """Register :class:`ActionDict` and :class:`BatchedDict` with TorchRL's space conversion where TorchRL is
+    loaded (its ``GymEnv`` imports it before it makes an env; nothing here imports it): one env's as TorchRL
+    converts a Dict, a batched one to a spec of the vector env's batch size, with categorical encoding (``answer``
+    as token indices, ``halt`` as 0/1), the shapes TorchRL's own checker then expects of its batched rollout."""
+    gym_lib = sys.modules.get("torchrl.envs.libs.gym")
+    registry = getattr(gym_lib, "_conversion_registry", None)
+    if registry is None or BatchedDict in registry:
+        return
+    registry[ActionDict] = registry[spaces.Dict]
+
+    @gym_lib.register_gym_spec_conversion(BatchedDict)
+    def _convert_batched(spec, dtype=None, device=None, categorical_action_encoding=False,
+                         remap_state_to_observation=True, batch_size=None):
+        return gym_lib._gym_to_torchrl_spec_transform(
+            spec.single, dtype=dtype, device=device, categorical_action_encoding=True,
+            remap_state_to_observation=remap_state_to_observation, batch_size=(spec.num_envs,))
+
+
 class RecursionVectorEnv(VectorEnv):
     """``gymnasium.make_vec("TRMRecursion-...-v0", num_envs=B)``: B envs stepped as one batch by the core
     (no Python loop over envs). Autoreset is Gymnasium's default next-step mode: the step after an episode
@@ -187,6 +228,7 @@ class RecursionVectorEnv(VectorEnv):
         self.single_observation_space, self.single_action_space = single_spaces(self.core)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
+        teach_torchrl_action_dicts()
         self._autoreset = np.zeros(num_envs, dtype=bool)
         self._all_set = np.ones(num_envs, dtype=bool)  # the "_key" masks: every env reports every info key
         self._all_set.flags.writeable = False

@@ -523,6 +523,25 @@ def test_stable_baselines3_and_torchrl_gym_wrapper_checkers_pass(env_id, kw):
     check_env_specs(GymEnv(env_id, latent_dim=8, **kw))
 
 
+def test_torchrl_gym_env_batches_every_id_with_num_envs():
+    """TorchRL's ``GymEnv(id, num_envs=N)`` (gymnasium's AsyncVectorEnv in worker processes, by the
+    module-qualified id): its checker passes and a rollout steps every env, the Dict actions included."""
+    from torchrl.envs import GymEnv
+    from torchrl.envs.utils import check_env_specs
+
+    for env_id, kw in (("TRMRecursion-Sudoku-v0", {"size": 4}), ("TRMHalting-Sudoku-v0", {"size": 4})):
+        env = GymEnv(f"recursion_env:{env_id}", num_envs=2, **kw)
+        try:
+            check_env_specs(env)
+            assert env.batch_size == torch.Size([2])
+            td = env.rollout(6, break_when_any_done=False)
+            assert td.shape == (2, 6) and bool(td["next", "done"].any()), env_id  # episodes ended and restarted
+            if env_id.startswith("TRMRecursion"):  # the Dict action: one spec per key, of the batch's size
+                assert env.action_spec["answer"].shape == (2, 16) and env.action_spec["halt"].shape == (2,)
+        finally:
+            env.close()
+
+
 def assert_child_prints_ok(script: str, timeout: float) -> None:
     """Run ``script`` in a fresh interpreter (its own imports, its own start method) that must print ``ok``."""
     import subprocess
