@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .evaluation import evaluate_run, rollout_metrics, summarize
+from .metrics import prepare_run, rollout_metrics, summarize
 from .rollout import RecursionRunner
 from .trm import SupervisionOutput
 
@@ -65,12 +65,19 @@ def step_diagnostics(out: SupervisionOutput, scored: torch.Tensor, label: torch.
 
 def diagnose(run, n: int = 1000, w: float = 1.0, device="cpu", puzzles=None, precision: str | None = None,
              compile: str = "off") -> dict:
-    """Per supervision step on held-out puzzles: accuracy, mean advantage margin, changed fraction, dead flag."""
-    return evaluate_run(run, n=n, puzzles=puzzles, device=device, diagnostics=True, w=w,
-                        precision=precision, compile=compile)["diagnostics"]
+    """Per supervision step on held-out puzzles: accuracy, mean advantage margin, changed fraction, dead flag
+    (what ``evaluate_run(..., diagnostics=True)["diagnostics"]`` holds)."""
+    model, task, train_config, precision, inputs, labels = prepare_run(run, n, puzzles, device, precision, compile)
+    report = diagnose_model(model, task, inputs, labels, w, device, precision=precision)
+    del report["summary"]
+    return report | {"run": str(run), "method": train_config.get("method", "trm")}
 
 
 def diagnose_model(model, task, inputs, labels, w: float = 1.0, device="cpu", precision: str = "fp32") -> dict:
+    """The dead-compute report of ``model`` on ``inputs`` (with their ``labels``: the margin is measured at the
+    solution token), and under ``summary`` the rollout's :func:`~agents.metrics.summarize`."""
+    if labels is None:
+        raise ValueError("diagnostics need labels (the margin is measured at the solution token)")
     N_sup = model.cfg.N_sup
     sums = np.zeros((N_sup, 4))
 

@@ -19,10 +19,9 @@ import json
 import random
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -48,18 +47,7 @@ from ..precision import (
 )
 from ..rollout import RecursionRunner
 from ..trm import TRM, TRMConfig
-
-
-class Method(NamedTuple):
-    """A training method as the registry (``agents.trainers.METHODS``) knows it: its name (``--method``), its
-    config class (whose fields are its ``train`` options), the function that trains it, and for the supervised
-    loop below the objective (the loss of one supervision step and when an example halts)."""
-
-    name: str
-    config: type
-    train: Callable[..., dict]
-    objective: type | None = None
-
+from .registry import Method, config_from_dict, get_method  # noqa: F401  (Method: the methods' import path)
 
 #: the network's fields, which a flat config dict holds beside the method's own
 MODEL_FIELDS = frozenset(f.name for f in fields(TRMConfig))
@@ -336,8 +324,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
 
 def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, device_name: str) -> dict:
     from torch.utils.tensorboard import SummaryWriter
-
-    from . import config_from_dict, get_method
 
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from ..rollout import RecursionRunner
 from ..trm import SupervisionOutput
-from .common import Method, TrainConfig, counted_cells, exactly_right, token_loss, train
+from .common import TrainConfig, counted_cells, exactly_right, token_loss, train
+from .registry import Method, register
 
 
 @dataclass
@@ -68,4 +69,4 @@ class DeepSupervision:
         pass
 
 
-METHOD = Method("trm", DeepSupervisionConfig, train, DeepSupervision)
+METHOD = register(Method("trm", DeepSupervisionConfig, train, DeepSupervision))

@@ -22,7 +22,8 @@ import torch
 from ..rollout import RecursionRunner
 from ..targets import GENERATORS, make_targets
 from ..trm import SupervisionOutput, TRMConfig
-from .common import Method, TrainConfig, counted_cells, exactly_right, token_loss, train
+from .common import TrainConfig, counted_cells, exactly_right, token_loss, train
+from .registry import Method, register
 
 #: the two DIS recipes (see DISConfig.recipe)
 DIS_RECIPES = {"paper": {"step_weight": "linear", "autoregressive": False},
@@ -124,4 +125,4 @@ class PolicyImprovement:
         self.targets = state["targets"]
 
 
-METHOD = Method("dis", DISConfig, train, PolicyImprovement)
+METHOD = register(Method("dis", DISConfig, train, PolicyImprovement))

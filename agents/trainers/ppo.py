@@ -57,7 +57,8 @@ from ..checkpoint import StopRequest, save_checkpoint
 from ..data import outside, puzzle_keys
 from ..evaluation import evaluation_set, load_trained
 from ..trm import HALT_READOUTS, TRM, TRMConfig
-from .common import Method, config_kwargs, resolve_model
+from .common import config_kwargs, resolve_model
+from .registry import Method, register
 
 #: the collectors PPO can use (``--collector``)
 COLLECTORS = ("sync", "multisync", "ray")
@@ -497,4 +498,4 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
     return result
 
 
-METHOD = Method("ppo", PPOConfig, train_ppo)
+METHOD = register(Method("ppo", PPOConfig, train_ppo))
