@@ -181,17 +181,6 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def ppo_iterations(args) -> int | None:
-    """``--iterations``; ``--steps`` is its deprecated name for PPO (steps mean optimizer steps for trm/dis)."""
-    if args.steps is None:
-        return args.iterations
-    if args.iterations is not None:
-        raise ValueError("--steps and --iterations: PPO counts iterations, give --iterations alone")
-    warnings.warn("--steps for PPO is deprecated: give --iterations", DeprecationWarning, stacklevel=2)
-    print("recursion-env: warning: --steps for PPO is deprecated: give --iterations", file=sys.stderr)
-    return args.steps
-
-
 def cmd_train(args) -> int:
     from .distributed import launched_rank, launched_world
     from .evaluation import torch_device
@@ -244,7 +233,7 @@ def cmd_train_ppo(args) -> int:
     from .evaluation import torch_device
     from .trainers.ppo import PPOConfig, train_ppo
 
-    values = given_options(args, "ppo") | {"iterations": ppo_iterations(args), "task": args.task,
+    values = given_options(args, "ppo") | {"iterations": args.iterations, "task": args.task,
                                            "task_kwargs": _task_kwargs(args), "out": args.out,
                                            "device": str(torch_device(args.device or "cpu"))}
     if values["iterations"] is None and values.get("minutes") is None:
@@ -459,7 +448,7 @@ def cmd_bench(args) -> int:
 
 # -- train's options, derived from the methods' config dataclasses -----------------------------------------------
 class TrainOption(NamedTuple):
-    flags: tuple  # "--n-sup", or several names ("--nfe-cost", "--lam")
+    flags: tuple  # ("--n-sup",): the option's flag names
     dest: str  # the config field
     owners: tuple  # the methods whose config has the field
     model: bool  # a field of the network (TRMConfig), nested as cfg.model
@@ -476,7 +465,7 @@ NOT_MODEL_OPTIONS = {"seq_len", "vocab_size", "num_puzzle_ids", "step_embedding"
 #: A field documents its option with ``field(metadata={"help": ..., "choices": [...]})`` beside it; the tables below
 #: hold the texts of the fields that predate that.
 #: spellings other than ``--`` + the field name with dashes
-FLAGS = {"N_sup": ("--n-sup",), "L_layers": ("--layers",), "nfe_cost": ("--nfe-cost", "--lam"),
+FLAGS = {"N_sup": ("--n-sup",), "L_layers": ("--layers",), "nfe_cost": ("--nfe-cost",),
          "augment": ("--no-augment",), "final_eval": ("--no-final-eval",)}
 CHOICES = {"mixer": ["mlp", "attention"], "optimizer": ["adam_atan2", "adamw"],
            "weight_decay_scope": ["all", "matrices"], "loss": ["stablemax", "ce"], "step_weight": ["linear", "uniform"],
@@ -548,7 +537,7 @@ HELP = {
     "anytime_weight": "dis: weight of an extra loss toward the final solution at every step",
     "mode": "ppo: train only the halting decision (network frozen) or the whole TRM",
     "init": "ppo: start from this TRM/DIS run (default: a fresh network)",
-    "nfe_cost": "ppo: reward cost per forward pass (--lam is its deprecated name)",
+    "nfe_cost": "ppo: reward cost per forward pass",
     "reward_mode": "ppo: label or label-free (the task's verifier)",
     "num_envs": "ppo: environments per batch",
     "entropy_coeff": "ppo: entropy bonus (default 0.01 halting, 0 full)",
@@ -854,8 +843,6 @@ def check_arguments(args) -> None:
         for option in train_options().values():
             if getattr(args, option.dest) is None or method in option.owners:
                 continue
-            if option.dest == "steps" and method == "ppo":
-                continue  # --steps: PPO's deprecated name for --iterations (ppo_iterations)
             if option.dest == "iterations" and args.resume:
                 continue  # a resumed run's own method decides (cmd_train)
             raise ValueError(f"{option.flags[0]} is a {'/'.join(option.owners)} option; --method {method} does not "

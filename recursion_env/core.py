@@ -33,10 +33,9 @@ The Gymnasium and TorchRL environments are thin adapters over this class; neithe
 from __future__ import annotations
 
 import math
-import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import InitVar, asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
 import numpy as np
@@ -61,7 +60,7 @@ class RecursionConfig:
     latent_dim: int = 64
     #: positions of the latent; ``None`` means the puzzle length L (agents with extra slots ask for more)
     latent_len: int | None = None
-    #: the reward's cost per forward pass (``lam`` is its deprecated alias: in RL code lambda means GAE's)
+    #: the reward's cost per forward pass
     nfe_cost: float = 0.0
     reward_mode: str = "label"
     #: TRM's budget: 16 supervision steps x 3 recursions x 7 calls
@@ -69,12 +68,8 @@ class RecursionConfig:
     nfe_per_step: int = 1
     solve_bonus: float = 1.0
     terminate_on_solve: bool = False
-    lam: InitVar[float | None] = None  # deprecated: nfe_cost
 
-    def __post_init__(self, lam: float | None = None) -> None:
-        if lam is not None:
-            warnings.warn("lam is deprecated: call it nfe_cost", DeprecationWarning, stacklevel=3)
-            object.__setattr__(self, "nfe_cost", lam)
+    def __post_init__(self) -> None:
         if self.reward_mode not in REWARD_MODES:
             raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {self.reward_mode!r}")
         for name in ("latent_dim", "max_steps", "nfe_per_step", "latent_len"):
@@ -93,7 +88,9 @@ class RecursionConfig:
     @classmethod
     def split(cls, kwargs: dict) -> tuple[RecursionConfig, dict]:
         """Separate config options from the rest (task options) in one keyword dict."""
-        names = {f.name for f in fields(cls)} | {"lam"}  # (the deprecated alias)
+        if "lam" in kwargs:  # (in RL code lambda means GAE's)
+            raise ValueError("lam: the reward's cost per forward pass is called nfe_cost")
+        names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in kwargs.items() if k in names}), {
             k: v for k, v in kwargs.items() if k not in names}
 
@@ -203,7 +200,10 @@ class RecursionCore:
             task = make_task(task)
         config = config or RecursionConfig()
         if overrides:
-            config = RecursionConfig(**{**asdict(config), **overrides})
+            config = RecursionConfig.split({**asdict(config), **overrides})[0]
+            unknown = set(overrides) - {f.name for f in fields(RecursionConfig)}
+            if unknown:
+                raise TypeError(f"RecursionCore got unknown option(s) {', '.join(sorted(unknown))}")
         self.task, self.config = task, config
         self.device = torch.device(device)
         self.batch_size = int(batch_size)

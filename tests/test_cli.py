@@ -91,7 +91,7 @@ def test_train_options_are_the_method_configs_fields():
     # the flag names users know are kept
     flags = {flag for action in build_parser()._subparsers._group_actions[0].choices["train"]._actions
              for flag in action.option_strings}
-    assert {"--n-sup", "--layers", "--T", "--n", "--hidden", "--nfe-cost", "--lam", "--no-augment", "--no-final-eval",
+    assert {"--n-sup", "--layers", "--T", "--n", "--hidden", "--nfe-cost", "--no-augment", "--no-final-eval",
             "--ema-warmup", "--no-ema-warmup", "--autoregressive", "--steps", "--iterations", "--halt-bias",
             "--halt-readout", "--eval-every-minutes", "--keep", "--compile", "--preset"} <= flags
     assert options["halt_loss_weight"].owners == ("trm",) and options["rollout_len"].owners == ("ppo",)

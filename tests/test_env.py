@@ -685,21 +685,22 @@ def test_core_never_keeps_a_callers_tensors(masked):
     assert core.latent.data_ptr() == owned.data_ptr()
 
 
-def test_lam_is_a_deprecated_alias_of_nfe_cost():
-    """``lam`` means GAE's lambda in most RL code; ours is the cost per forward pass, now ``nfe_cost``. The old
-    name still works everywhere for a while, with a DeprecationWarning."""
-    from agents.cli import build_parser
+def test_the_cost_per_forward_pass_is_nfe_cost_and_lam_is_refused():
+    """``lam`` means GAE's lambda in most RL code; ours is the cost per forward pass, ``nfe_cost``. The name it had
+    before it left this repository is refused with one line naming the right one."""
+    from agents.cli import main as cli
     from agents.trainers.ppo import PPOConfig
 
-    with pytest.warns(DeprecationWarning, match="nfe_cost"):
-        core = RecursionCore(SUDOKU4, batch_size=1, latent_dim=D, lam=0.25)
+    core = RecursionCore(SUDOKU4, batch_size=1, latent_dim=D, nfe_cost=0.25)
     assert core.config.nfe_cost == 0.25 and core.reward_bounds()[1] == pytest.approx(2.0 - 0.25)
-    with pytest.warns(DeprecationWarning):
-        env = gym.make("TRMRecursion-Sudoku-v0", size=4, latent_dim=D, lam=0.5)
-    assert env.unwrapped.core.config.nfe_cost == 0.5
-    with pytest.warns(DeprecationWarning):
-        assert PPOConfig(lam=0.2).nfe_cost == 0.2
-    assert build_parser().parse_args(["train", "--method", "ppo", "--lam", "0.3", "--out", "x"]).nfe_cost == 0.3
+    for make in (lambda: RecursionCore(SUDOKU4, batch_size=1, latent_dim=D, lam=0.25),
+                 lambda: gym.make("TRMRecursion-Sudoku-v0", size=4, latent_dim=D, lam=0.5)):
+        with pytest.raises(ValueError, match="called nfe_cost"):
+            make()
+    with pytest.raises(TypeError, match="lam"):
+        PPOConfig(lam=0.2)
+    with pytest.raises(SystemExit):
+        cli(["train", "--method", "ppo", "--lam", "0.3", "--out", "x"])
 
 
 @pytest.mark.parametrize("task_name", ["sudoku", "nqueens", "maze"])

@@ -157,10 +157,10 @@ def test_ppo_resumes_exactly(tmp_path, capsys):
     # the CLI resumes a PPO run whatever --method says, and needs a budget
     assert cli(["train", "--resume", "--out", str(tmp_path / "b"), "--iterations", "1"]) == 0
     assert load_checkpoint(tmp_path / "b")["step"] == 5
-    # --steps is PPO's deprecated name for --iterations: it still works, with a warning
-    with pytest.warns(DeprecationWarning, match="--iterations"):
-        assert cli(["train", "--resume", "--out", str(tmp_path / "b"), "--steps", "1"]) == 0
-    assert load_checkpoint(tmp_path / "b")["step"] == 6
+    # --steps counts trm/dis optimizer steps: PPO counts --iterations, and says so
+    assert cli(["train", "--method", "ppo", "--resume", "--out", str(tmp_path / "b"), "--steps", "1"]) == 2
+    assert "--steps is a trm/dis option" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "b")["step"] == 5
     assert cli(["train", "--method", "ppo", "--resume", "--out", str(tmp_path / "b")]) == 2
     assert "needs a budget" in capsys.readouterr().err
 

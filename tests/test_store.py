@@ -202,22 +202,33 @@ def test_cli_readers_refuse_a_damaged_folder_in_one_line(good_store, tmp_path, c
     assert "do not match their checksums" in capsys.readouterr().err
 
 
-def test_a_folder_without_checksums_still_refuses_bad_tokens_and_wrong_labels(good_store, tmp_path):
+def test_a_folder_converted_without_checksums_is_refused_in_one_line(good_store, tmp_path):
     out = damaged(good_store, tmp_path, "meta.json",
                   lambda d: d.replace(b"puzzle store v2", b"puzzle store v1"))
     (out / "checksums.npy").unlink()
+    with pytest.raises(ValueError, match="without checksums by an older recursion-env: convert it again"):
+        PuzzleStore(out)
+
+
+def test_rows_whose_checksums_match_still_refuse_bad_tokens_and_wrong_labels(good_store, tmp_path):
+    """A bad row written with its own checksum (as a faulty converter would): the token and rule checks refuse it."""
+    from recursion_env.tasks.store import row_checksums
+
+    out = damaged(good_store, tmp_path, "meta.json", lambda d: d)
     inputs, labels = out / "inputs.npy", out / "labels.npy"
     first = data_offset(inputs)
-    with pytest.warns(UserWarning, match="without checksums"):
-        PuzzleStore(out)
     keep_in, keep_lab = inputs.read_bytes(), labels.read_bytes()
-    labels.write_bytes(bytes(set_byte(first + 36 * 4 + 2, (keep_lab[first + 36 * 4 + 2] % 6) + 1)(bytearray(keep_lab))))
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"labels.npy: row\(s\) 4 hold a label that does "
-                                                                     "not solve its puzzle"):
+
+    def rewrite(path: Path, data: bytes) -> None:
+        path.write_bytes(data)
+        np.save(out / "checksums.npy", row_checksums(np.load(inputs), np.load(labels)))
+
+    rewrite(labels, bytes(set_byte(first + 36 * 4 + 2, (keep_lab[first + 36 * 4 + 2] % 6) + 1)(bytearray(keep_lab))))
+    with pytest.raises(ValueError, match=r"labels.npy: row\(s\) 4 hold a label that does not solve its puzzle"):
         read_all(PuzzleStore(out))
     labels.write_bytes(keep_lab)
-    inputs.write_bytes(bytes(set_byte(first + 36 * 2, 10)(bytearray(keep_in))))
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"inputs.npy: row\(s\) 2 hold a token outside 0-6"):
+    rewrite(inputs, bytes(set_byte(first + 36 * 2, 10)(bytearray(keep_in))))
+    with pytest.raises(ValueError, match=r"inputs.npy: row\(s\) 2 hold a token outside 0-6"):
         read_all(PuzzleStore(out))
 
 

@@ -344,7 +344,10 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
                                 "compile": ("on" if state["compiled"] else "off") if "compiled" in state
                                 else saved.get("compile", "off"),
                                 **{k: getattr(cfg, k) for k in ("progress", "device")}}, strict=False)
-        per_rank = state.get("ranks") or [state]  # (checkpoints before torchrun support held one process's)
+        if "ranks" not in state:
+            raise ValueError(f"{out} was saved by an older recursion-env (no per-process training state): it cannot "
+                             "be resumed exactly; retrain it")
+        per_rank = state["ranks"]
         if len(per_rank) != ddp.world:
             raise ValueError(f"{out} was trained by {len(per_rank)} process(es), and each one's data stream and "
                              f"carried batch are in its checkpoint: resume it with {len(per_rank)} (torchrun "

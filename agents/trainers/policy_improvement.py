@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import numpy as np
 import torch
 
 from ..rollout import RecursionRunner
@@ -116,12 +115,10 @@ class PolicyImprovement:
         return {"generator": self.generator.get_state(), "targets": self.targets}
 
     def load_state_dict(self, state: dict) -> None:
-        if "generator" in state:
-            self.generator.set_state(state["generator"].cpu())
-        else:  # saved when the paths were drawn by NumPy: go on drawing from torch, seeded by that state
-            bits = np.random.PCG64()
-            bits.state = state["rng"]
-            self.generator.manual_seed(int(np.random.Generator(bits).integers(2**63)))
+        if "generator" not in state:
+            raise ValueError("this DIS run was saved by an older recursion-env (its target paths drawn by NumPy): "
+                             "it cannot be resumed exactly; retrain it")
+        self.generator.set_state(state["generator"].cpu())
         self.targets = state["targets"]
 
 

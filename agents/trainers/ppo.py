@@ -40,7 +40,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import InitVar, asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import ClassVar
@@ -77,7 +77,7 @@ class PPOConfig:
     task: str = "sudoku"
     task_kwargs: dict = field(default_factory=lambda: {"size": 4})
     model: TRMConfig | dict | None = None  # a fresh network only (with ``init`` the network is the init run's)
-    nfe_cost: float = 0.01  # the reward's cost per forward pass (``lam``: deprecated alias)
+    nfe_cost: float = 0.01  # the reward's cost per forward pass
     #: reset the halting head's bias before training ("keep" = keep). Its init of -5 (p(halt) ~ 0.7%) leaves PPO
     #: almost no halting to learn from; DIS checkpoints never trained it. 0 starts at p(halt) = 1/2.
     #: None = 0 for halting, keep for full.
@@ -118,13 +118,9 @@ class PPOConfig:
     checkpoint_every: int = 10  # iterations; the run resumes exactly from its newest valid checkpoint
     out: str = "runs/ppo"
     progress: bool = True
-    lam: InitVar[float | None] = None  # deprecated: nfe_cost
 
-    def __post_init__(self, lam: float | None = None):
+    def __post_init__(self):
         self.model = resolve_model(self.model, self.MODEL_DEFAULTS)
-        if lam is not None:
-            warnings.warn("lam is deprecated: call it nfe_cost", DeprecationWarning, stacklevel=3)
-            self.nfe_cost = lam
         if self.mode not in ("halting", "full"):
             raise ValueError(f"mode must be 'halting' or 'full', got {self.mode!r}")
         if self.collector not in COLLECTORS:
@@ -136,8 +132,8 @@ class PPOConfig:
             self.gae_lambda = 0.95 if self.mode == "halting" else 0.0
         if self.entropy_coeff is None:
             self.entropy_coeff = 0.01 if self.mode == "halting" else 0.0
-        # the halting recipe that works (BENCHMARKS.md: 6.1 NFE at the fixed budget's 99.3% on an anytime DIS run)
-        # is the default; the position-0 readout and the head's -5 bias left the policy never halting
+        # the halting recipe that works on an anytime DIS run (BENCHMARKS.md) is the default; the position-0
+        # readout and the head's -5 bias left the policy never halting
         halting = self.mode == "halting"
         if self.halt_readout is None:
             self.halt_readout = "confidence" if halting else "keep"
@@ -153,9 +149,7 @@ class PPOConfig:
     @classmethod
     def from_dict(cls, d: dict, strict: bool = True) -> PPOConfig:
         """A config from ``asdict`` output or the flat form (``TrainConfig.from_dict``); ``strict=False`` for a
-        checkpoint's config, which may hold fields of older versions."""
-        if "lam" in d:  # a run saved before the rename
-            d = {k: v for k, v in d.items() if k != "lam"} | {"nfe_cost": d.get("nfe_cost", d["lam"])}
+        checkpoint's config (whose ``init_method`` is not an option)."""
         return cls(**config_kwargs(cls, d, strict))
 
 

@@ -21,7 +21,6 @@ import csv
 import json
 import os
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +31,6 @@ from ..atomic import atomic_write, locks_folder
 from .sudoku import _DIGITS, SudokuTask
 
 FORMAT = "recursion-env puzzle store v2"  # v2: checksums.npy
-FORMAT_V1 = "recursion-env puzzle store v1"  # no checksums: read with the row checks alone, and a warning
 REQUIRED = ("source", "question", "answer", "rating")
 #: the weights of the row checksum: fixed odd 64-bit numbers, one per byte of (question, answer)
 _CHECKSUM_WEIGHTS = np.random.default_rng(0x5EED_C0DE).integers(0, 2**63, size=2 * 256, dtype=np.uint64) * 2 + 1
@@ -61,7 +59,10 @@ def validate_meta(meta, path: Path) -> SudokuTask:
     """The task a ``meta.json`` describes, after checking its fields and their types (one error naming the field)."""
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}")
-    if meta.get("format") not in (FORMAT, FORMAT_V1):
+    if meta.get("format") == "recursion-env puzzle store v1":
+        raise ValueError(f"{path}: converted without checksums by an older recursion-env: convert it again "
+                         "(recursion-env data convert CSV --out FOLDER --overwrite)")
+    if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
     if meta.get("task") != "sudoku":
         raise _meta_error(path, "task", f"is {meta.get('task')!r}, expected 'sudoku'")
@@ -132,12 +133,8 @@ class PuzzleStore:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise ValueError(f"{meta_path}: unreadable ({e})") from None
         self.task = validate_meta(self.meta, meta_path)
-        names = ("inputs", "labels") + (("checksums",) if self.meta["format"] == FORMAT else ())
-        if self.meta["format"] == FORMAT_V1:
-            warnings.warn(f"{self.folder} was converted without checksums (an older recursion-env): its rows are "
-                          "checked for tokens and rules only; convert it again to add them", stacklevel=2)
         arrays = {}
-        for name in names:
+        for name in ("inputs", "labels", "checksums"):
             path = self.folder / f"{name}.npy"
             expected = (self.meta["rows"],) if name == "checksums" else (self.meta["rows"], self.task.seq_len)
             dtype = np.uint64 if name == "checksums" else np.uint8
@@ -151,7 +148,7 @@ class PuzzleStore:
                                  f"{np.dtype(dtype)} {expected}; the folder is damaged: convert it again")
         self.inputs = CheckedRows(self, "inputs", arrays["inputs"])
         self.labels = CheckedRows(self, "labels", arrays["labels"])
-        self.checksums = arrays.get("checksums")
+        self.checksums = arrays["checksums"]
 
     def read(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``idx`` of (inputs, labels), ``uint8``, checked: their checksums, their tokens (givens 0..size,
@@ -168,10 +165,8 @@ class PuzzleStore:
             raise ValueError(f"{self.folder / file}: row(s) {shown} {what}; the folder is damaged: convert it again "
                              "(recursion-env data convert CSV --out FOLDER --overwrite)")
 
-        if self.checksums is not None:
-            bad = row_checksums(x, y) != self.checksums[idx]
-            if bad.any():
-                refuse(bad, "do not match their checksums in checksums.npy", "checksums.npy")
+        if (bad := row_checksums(x, y) != self.checksums[idx]).any():
+            refuse(bad, "do not match their checksums in checksums.npy", "checksums.npy")
         if (bad := (x > size).any(1)).any():
             refuse(bad, f"hold a token outside 0-{size}", "inputs.npy")
         if (bad := ((y < 1) | (y > size)).any(1)).any():
