@@ -26,13 +26,13 @@ PRECISIONS = ("auto", "bf16", "fp32")
 COMPILE_MODES = ("auto", "on", "off")
 
 #: ``--compile auto`` compiles a run whose budget is at least this long (training minutes, or steps at the
-#: measured rate): compiling f took 3-9 s at width 64 and ~30 s at width 512 on a 2-core CPU, and saved 6-32% of
-#: every bf16 step after it (benchmarks/step_cost.py, BENCHMARKS.md)
+#: measured rate): long enough for the seconds compiling f takes to be repaid by the cheaper bf16 steps after it
+#: (benchmarks/step_cost.py; the figures: BENCHMARKS.md, "Training speed")
 COMPILE_AUTO_MINUTES = 10.0
 COMPILE_AUTO_STEPS = 2000
-#: ``eval --compile auto`` compiles a bf16 evaluation of at least this many forward passes (puzzles x NFE): TRM's
-#: 336 on 512 puzzles took 36 s eager and 26 s compiled in bf16 (compiling: ~6 s), but 63 s eager and 68 s compiled
-#: in fp32 (benchmarks/step_cost.py --eval, BENCHMARKS.md), so an fp32 evaluation is not compiled by default
+#: ``eval --compile auto`` compiles a bf16 evaluation of at least this many forward passes (puzzles x NFE); an fp32
+#: evaluation is not compiled by default, since compiling did not pay there (benchmarks/step_cost.py --eval; the
+#: figures: BENCHMARKS.md, "Training speed")
 COMPILE_AUTO_FORWARD_PASSES = 100_000
 
 

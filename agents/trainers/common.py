@@ -107,8 +107,7 @@ class TrainConfig:
     #: bf16 units (CUDA; a CPU with AMX or AVX512-BF16), else fp32
     precision: str = field(default="auto", metadata={"choices": PRECISIONS})
     #: torch.compile the shared network f: on, off, or auto (runs of at least COMPILE_AUTO_MINUTES minutes or
-    #: COMPILE_AUTO_STEPS steps, where a compiler is found; compiling took 3-9 s at width 64 and ~30 s at width 512
-    #: on a 2-core CPU, outside the training clock)
+    #: COMPILE_AUTO_STEPS steps, where a compiler is found; compiling is off the training clock)
     compile: str = field(default="auto", metadata={"choices": COMPILE_MODES})
     eval_every: int = 0  # 0 = only at the end
     #: also look at the held-out accuracy every this many training minutes (0 = off): equal looks for methods of
@@ -203,9 +202,8 @@ ARC_PRESET = {**PAPER_PRESET, "mixer": "attention", "pos": "rope", "n": 4, "lr":
               "puzzle_emb_lr": 1e-2, "puzzle_emb_weight_decay": 0.1}
 #: the task options of the ARC preset: the official data's variants per task
 ARC_PRESET_TASK = {"num_aug": 1000}
-#: ``train --task arc`` on CPU: self-attention as the official ARC network (mlp_t across 916 positions costs ~20 s
-#: a DIS step at batch 64 on 2 cores), batch 16 (~2 s a DIS step, ~8 s a TRM step) and a final look at 16 held-out
-#: examples (TRM runs each for 336 forward passes: ~1 min)
+#: ``train --task arc`` on CPU: self-attention as the official ARC network (mlp_t across 916 positions is too slow
+#: a step on 2 cores), batch 16 and a final look at 16 held-out examples (step costs: BENCHMARKS.md, ARC)
 ARC_CPU = {"mixer": "attention", "batch_size": 16, "eval_n": 16}
 
 
