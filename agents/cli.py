@@ -122,15 +122,11 @@ def cmd_data_show(args) -> int:
 def cmd_demo(args) -> int:
     """The main job: train DIS on generated 6x6 Sudoku for a few minutes, evaluate it on held-out puzzles, and
     show one puzzle being solved step by step."""
-    import torch
-
     from recursion_env.render import board_text
 
     from .checkpoint import run_files
     from .diagnostics import diagnose, save_plots
-    from .evaluation import load_trained
-    from .precision import autocast
-    from .rollout import RecursionRunner
+    from .evaluation import load_trained, rollout_metrics
     from .trainers import DISConfig, train
 
     out = Path(args.out)
@@ -159,22 +155,21 @@ def cmd_demo(args) -> int:
     model, task, trained = load_trained(out, args.device)
     puzzle = task.generate(1, seed=args.seed + 77).inputs  # a fresh puzzle, not from training
     label = task.solve(puzzle[0])
-    runner = RecursionRunner(model, task, 1, args.device)
-    runner.start(puzzle, label[None])
-    previous = runner.core.answer[0].cpu().numpy()
     print("\nOne puzzle, step by step ([d] given, d* changed by this step, d! wrong):")
-    print(board_text(task, puzzle[0], previous, label) + "\n")
-    with torch.no_grad():
-        for s in range(model.cfg.N_sup):
-            with autocast(trained["precision"], args.device):
-                out_step = runner.forward()
-            res = runner.commit(out_step)
-            answer = runner.core.answer[0].cpu().numpy()
-            accuracy = float(res.info["cell_accuracy"][0])
-            status = "solved" if bool(res.info["solved"][0]) else f"{accuracy:.0%} of blanks right"
-            print(f"after step {s + 1} (NFE {int(res.info['nfe'][0])}): {status}")
-            print(board_text(task, puzzle[0], answer, label, changed=answer != previous) + "\n")
-            previous = answer
+    print(board_text(task, puzzle[0], puzzle[0], label) + "\n")  # (the answer starts as the puzzle)
+    previous = puzzle[0]
+
+    def show(s: int, _rows, _out, runner) -> None:  # after each supervision step of the evaluation's own rollout
+        nonlocal previous
+        core = runner.core
+        answer = core.answer[0].cpu().numpy()
+        status = "solved" if bool(core.solved[0]) else f"{float(core.cell_accuracy[0]):.0%} of blanks right"
+        print(f"after step {s + 1} (NFE {int(core.nfe[0])}): {status}")
+        print(board_text(task, puzzle[0], answer, label, changed=answer != previous) + "\n")
+        previous = answer
+
+    rollout_metrics(model, task, puzzle, label[None], device=args.device, on_step=show,
+                    precision=trained["precision"])
     plots = save_plots(report, out / "plots")
     print(f"checkpoint: {out / 'checkpoint.pt'}\nplots: {', '.join(map(str, plots))}\n"
           f"TensorBoard logs: {out / 'tb'}\nnext: recursion-env eval {out} --guidance 0,1,2 --json {out}/eval.json")
