@@ -251,9 +251,6 @@ def _check_folder(cfg: BenchConfig, out: Path, overwrite: bool) -> None:
     mine = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "compile", "guidance", "preset")}
     if saved.exists() and not overwrite:
         theirs = json.loads(saved.read_text())
-        if "ppo_lam" in theirs:  # written before lam became nfe_cost
-            theirs["ppo_nfe_cost"] = theirs.pop("ppo_lam")
-        theirs.setdefault("seeds", [theirs.get("seed")])  # written before --seeds: one seed
         theirs = {k: v for k, v in theirs.items() if k in mine}
         if theirs != mine:
             diff = sorted(k for k in mine if theirs.get(k) != mine[k])
