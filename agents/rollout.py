@@ -85,6 +85,24 @@ class RecursionRunner:
         return self.core.transition(latent, answer, halt.bool(), mask)
 
 
+def zoo_policy(task, name: str | None = None, device="cpu") -> TRMPolicy | None:
+    """The halting env's policy provider ``zoo`` (entry point ``recursion_env.policies``): zoo entry ``name`` as a
+    :class:`TRMPolicy`, or with ``name=None`` the entry that is the halting env's default for ``task``
+    (:func:`agents.zoo.halting_env_default`), None when there is none."""
+    from . import zoo
+
+    name = name or zoo.halting_env_default(task)
+    if name is None:
+        return None
+    policy = TRMPolicy.pretrained(name, device)
+    cfg = policy.model.cfg
+    if (cfg.seq_len, cfg.vocab_size) != (task.seq_len, task.vocab_size):
+        raise ValueError(f"policy='zoo:{name}': the entry's network reads {cfg.seq_len} cells of {cfg.vocab_size} "
+                         f"tokens, the env's {task.name} has {task.seq_len} of {task.vocab_size}: give the env the "
+                         f"entry's task options ({zoo.manifest(name)['task_kwargs']})")
+    return policy
+
+
 class TRMPolicy:
     """A TRM as an agent in the recursion MDP and as the recursion policy of the halting env.
 
@@ -104,6 +122,8 @@ class TRMPolicy:
         cfg = model.cfg
         self.latent_shape = (2, cfg.latent_len, cfg.hidden)
         self.nfe_per_step = cfg.nfe_per_supervision_step if granularity == "supervision_step" else 1
+        #: the episode length it was trained for (the halting env's default ``max_steps``)
+        self.max_steps = cfg.N_sup if granularity == "supervision_step" else cfg.N_sup * cfg.nfe_per_supervision_step
 
     @classmethod
     def pretrained(cls, name: str, device="cpu", **kwargs) -> TRMPolicy:

@@ -1,7 +1,8 @@
 """The per-call MDP: a trained TRM acting one call of its shared network f per ``env.step``.
 
-    python examples/per_call_trace.py                  # trains a small TRM on 4x4 Sudoku (~20 s), then traces it
-    python examples/per_call_trace.py --run runs/trm6  # or traces a run you trained (a Sudoku run)
+    python examples/per_call_trace.py                  # traces the zoo's trm-sudoku4 (336 calls)
+    python examples/per_call_trace.py --run runs/trm6  # or a Sudoku run you trained
+    python examples/per_call_trace.py --train          # or a small TRM it trains on 4x4 Sudoku first
 
 Each transition is one forward pass (``nfe_per_step=1``): within a supervision step z is updated n times
 (z = f(z, x + y)) and then y once (y = f(y, z)), T times over; the answer is decoded after the step's last y
@@ -67,8 +68,10 @@ def main(run: str | None = None, out: str = "runs/per_call", seed: int = 0, nfe_
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", default=None, help="a trained Sudoku run (default: train a small one first)")
+    p.add_argument("--run", default="zoo:trm-sudoku4", help="a trained Sudoku run or zoo entry (default: "
+                   "zoo:trm-sudoku4)")
+    p.add_argument("--train", action="store_true", help="train a small TRM first and trace it instead")
     p.add_argument("--nfe-cost", type=float, default=0.001, help="compute cost per forward pass")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    main(a.run, nfe_cost=a.nfe_cost, seed=a.seed)
+    main(None if a.train else a.run, nfe_cost=a.nfe_cost, seed=a.seed)

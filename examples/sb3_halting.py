@@ -1,7 +1,9 @@
-"""A Stable-Baselines3 halting controller for a trained TRM or DIS run, against the fixed budget and the
-run's own halting head, on the run's held-out puzzles.
+"""A Stable-Baselines3 halting controller for a trained TRM or DIS run (default: the zoo's anytime DIS, the
+halting env's own default network), against the fixed budget and the run's own halting head, on the run's
+held-out puzzles.
 
-    python examples/sb3_halting.py runs/trm6 --timesteps 4000 --nfe-cost 0.01 --eval-n 1000
+    python examples/sb3_halting.py                                   # zoo:dis-anytime-sudoku6
+    python examples/sb3_halting.py runs/trm6 --timesteps 4096 --nfe-cost 0.01 --eval-n 1000
 
 The controller sees the halting env's 5 features (step fraction, answer entropy, changed fraction, max-prob
 gain, halting logit) and chooses continue/halt; the reward is the core's: score gain - nfe_cost * NFE + solve bonus.
@@ -33,12 +35,13 @@ def evaluate_controller(env, controller, puzzles, labels) -> dict:
     return {"mean_nfe": float(np.mean(nfe)), "exact_accuracy": float(np.mean(solved))}
 
 
-def main(run: str, timesteps: int = 4000, nfe_cost: float = 0.01, eval_n: int = 1000, seed: int = 0) -> dict:
+def main(run: str = "zoo:dis-anytime-sudoku6", timesteps: int = 4096, nfe_cost: float = 0.01, eval_n: int = 200,
+         seed: int = 0) -> dict:
     model, task, train_config = load_trained(run)
     size = task.kwargs["size"]
     env = gym.make("TRMHalting-Sudoku-v0", size=size, policy=TRMPolicy(model), max_steps=model.cfg.N_sup,
                    nfe_cost=nfe_cost)
-    controller = sb3.PPO("MlpPolicy", env, n_steps=256, batch_size=64, seed=seed, verbose=0)
+    controller = sb3.PPO("MlpPolicy", env, seed=seed, verbose=0)  # Stable-Baselines3's defaults
     controller.learn(total_timesteps=timesteps)
     puzzles, labels = evaluation_set(task, train_config, eval_n)
     learned = evaluate_controller(env.unwrapped, controller, puzzles, labels)
@@ -54,10 +57,11 @@ def main(run: str, timesteps: int = 4000, nfe_cost: float = 0.01, eval_n: int = 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run")
-    p.add_argument("--timesteps", type=int, default=4000)
+    p.add_argument("run", nargs="?", default="zoo:dis-anytime-sudoku6",
+                   help="a run folder or zoo:NAME (default: zoo:dis-anytime-sudoku6)")
+    p.add_argument("--timesteps", type=int, default=4096, help="SB3 PPO's training steps (its rollouts are 2,048)")
     p.add_argument("--nfe-cost", type=float, default=0.01)
-    p.add_argument("--eval-n", type=int, default=1000)
+    p.add_argument("--eval-n", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     a = p.parse_args()

@@ -22,7 +22,7 @@ for _id, _task in _RECURSION_IDS.items():
                       kwargs={"task": _task}, disable_env_checker=True)
 if "TRMHalting-Sudoku-v0" not in _gym.registry:
     _gym.register(id="TRMHalting-Sudoku-v0", entry_point="recursion_env.halting_env:RecursionHaltingEnv",
-                  kwargs={"task": "sudoku"}, disable_env_checker=True)
+                  kwargs={"task": "sudoku", "size": 6}, disable_env_checker=True)
 
 
 def __getattr__(name):

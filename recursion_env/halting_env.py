@@ -9,11 +9,20 @@ A *recursion policy* is anything with this small interface (a trained TRM plugs 
     step(puzzle, latent, step_index [B] int64) -> RecursionOutput(latent, logits [B, L, V], halt_logit [B] or None)
 
 ``step_index`` counts the steps already taken (policies that embed it, like DIS, need it; others ignore it).
+A policy may also say how many steps it was trained for (``max_steps``: the env's default episode length).
+
+**The default policy.** ``policy=None`` asks the installed *policy providers* for a trained network for the task:
+packages register a callable ``provider(task, name=None, device="cpu") -> RecursionPolicy | None`` under the
+entry-point group ``recursion_env.policies`` (``agents`` registers ``zoo``: its model zoo, whose
+``dis-anytime-sudoku6`` is the default on 6x6 Sudoku). Where none has one, the env runs an untrained
+:class:`TinyRecursionPolicy`. ``policy="tiny"`` asks for that one; ``policy="zoo:NAME"`` for provider ``zoo``'s
+entry ``NAME``.
 """
 
 from __future__ import annotations
 
 import math
+from importlib.metadata import entry_points
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import gymnasium as gym
@@ -73,6 +82,37 @@ class TinyRecursionPolicy(nn.Module):
         return RecursionOutput(torch.stack([y, z], 1), self.head(y), self.halt_head(y).mean((1, 2)))
 
 
+POLICY_PROVIDERS = "recursion_env.policies"  # the entry-point group of the policy providers
+
+
+def _providers() -> dict:
+    return {ep.name: ep for ep in entry_points(group=POLICY_PROVIDERS)}
+
+
+def resolve_policy(policy, task: Task, device="cpu", seed: int = 0) -> RecursionPolicy:
+    """The halting env's recursion policy for ``policy``: a :class:`RecursionPolicy` as it is, ``None`` (the
+    first provider's default for ``task``, else the untrained tiny one), ``"tiny"`` or ``"PROVIDER:NAME"``."""
+    if policy is None:
+        for ep in _providers().values():
+            found = ep.load()(task, device=device)
+            if found is not None:
+                return found
+        policy = "tiny"
+    if policy == "tiny":
+        return TinyRecursionPolicy(task.seq_len, task.vocab_size, seed=seed).to(device)
+    if isinstance(policy, str):
+        provider, _, name = policy.partition(":")
+        providers = _providers()
+        if not name or provider not in providers:
+            known = ", ".join(f"'{p}:NAME'" for p in providers) or "none installed"
+            raise ValueError(f"policy={policy!r}: give a RecursionPolicy, None, 'tiny' or a provider's network "
+                             f"({known})")
+        return providers[provider].load()(task, name=name, device=device)
+    if not isinstance(policy, RecursionPolicy):
+        raise ValueError("policy must offer latent_shape, nfe_per_step, initial_latent() and step()")
+    return policy
+
+
 FEATURES = ("step_fraction", "answer_entropy", "changed_fraction", "max_prob_gain", "halt_logit")
 
 
@@ -93,14 +133,16 @@ class RecursionHaltingEnv(gym.Env):
 
     ``reset(options={"puzzle": ..., "label": ...})`` starts from a given puzzle (e.g. a held-out set).
 
-    Keyword args: ``task``, task options, ``policy`` (a :class:`RecursionPolicy`; default an untrained
-    :class:`TinyRecursionPolicy`), ``max_steps`` (default 16), ``nfe_cost``, ``reward_mode``, ``solve_bonus``,
+    Keyword args: ``task``, task options (registered: ``size=6``), ``policy`` (a :class:`RecursionPolicy`,
+    ``"tiny"`` or ``"zoo:NAME"``; default a trained network where a provider has one for the task: on 6x6 Sudoku
+    the zoo's ``dis-anytime-sudoku6``, 3 NFE a step; else an untrained :class:`TinyRecursionPolicy`, 2 NFE a step),
+    ``max_steps`` (default the policy's own ``max_steps``, else 16), ``nfe_cost``, ``reward_mode``, ``solve_bonus``,
     ``dataset``, ``device``, ``render_mode`` (``"ansi"``/``"rgb_array"``).
 
     Sample rollout::
 
         >>> import gymnasium as gym, recursion_env
-        >>> env = gym.make("TRMHalting-Sudoku-v0", size=4)
+        >>> env = gym.make("TRMHalting-Sudoku-v0", size=4)  # no trained 4x4 default: the tiny policy
         >>> obs, info = env.reset(seed=0)
         >>> obs, reward, terminated, truncated, info = env.step(0)  # one recursion step
         >>> info["nfe"]
@@ -111,9 +153,9 @@ class RecursionHaltingEnv(gym.Env):
 
     metadata = {"render_modes": RENDER_MODES, "render_fps": 4}
 
-    def __init__(self, task: Task | str = "sudoku", policy: RecursionPolicy | None = None,
+    def __init__(self, task: Task | str = "sudoku", policy: RecursionPolicy | str | None = None,
                  render_mode: str | None = None, dataset=None, device: str | torch.device = "cpu",
-                 max_steps: int = 16, policy_seed: int = 0, **kwargs):
+                 max_steps: int | None = None, policy_seed: int = 0, **kwargs):
         for k in ("latent_dim", "latent_len", "nfe_per_step"):
             if k in kwargs:
                 raise ValueError(f"{k} is set by the policy in the halting env, not passed")
@@ -121,11 +163,9 @@ class RecursionHaltingEnv(gym.Env):
         single_thread_in_workers()
         config, task_kwargs = RecursionConfig.split(kwargs)
         task, dataset = resolve_task(task, dataset, **task_kwargs)
-        if policy is None:
-            policy = TinyRecursionPolicy(task.seq_len, task.vocab_size, seed=policy_seed).to(device)
-        if not isinstance(policy, RecursionPolicy):
-            raise ValueError("policy must offer latent_shape, nfe_per_step, initial_latent() and step()")
-        self.policy = policy
+        self.policy = policy = resolve_policy(policy, task, device, policy_seed)
+        if max_steps is None:
+            max_steps = int(getattr(policy, "max_steps", 16))
         _, latent_len, latent_dim = policy.latent_shape
         self.core = RecursionCore(task, 1, config, dataset=dataset, device=device, max_steps=max_steps,
                                   nfe_per_step=policy.nfe_per_step, latent_len=latent_len, latent_dim=latent_dim)

@@ -68,3 +68,9 @@ def test_per_call_trace_example(tmp_path):
     for t in trace:
         if not t["decoded"]:
             assert t["reward"] == pytest.approx(-0.001)
+
+
+def test_per_call_trace_example_traces_the_zoos_trm_by_default():
+    trace = load("per_call_trace.py")["main"]("zoo:trm-sudoku4", nfe_cost=0.001)
+    assert len(trace) == 16 * 3 * 7 and sum(t["decoded"] for t in trace) == 16  # T=3, n=6: 21 calls a step
+    assert trace[20]["solved"]  # the zoo's TRM solves this puzzle in its first supervision step

@@ -96,3 +96,22 @@ def test_zoo_build_trains_exports_and_measures_an_entry(tmp_path, monkeypatch):
     assert set(state) == {"model_config", "ema", "task", "task_kwargs", "train_config"}  # no optimizer state
     with pytest.raises(ValueError, match="--overwrite"):
         build("tiny")
+
+
+def test_the_halting_env_defaults_to_the_zoos_anytime_dis_on_its_board():
+    from recursion_env import TinyRecursionPolicy
+
+    env = gym.make("TRMHalting-Sudoku-v0").unwrapped  # registered 6x6: the zoo's dis-anytime-sudoku6
+    model = zoo.load("dis-anytime-sudoku6")[0]
+    assert isinstance(env.policy, TRMPolicy) and env.task.kwargs["size"] == 6
+    assert all(torch.equal(a, b) for a, b in zip(env.policy.model.state_dict().values(), model.state_dict().values()))
+    assert env.max_steps == model.cfg.N_sup == 6 and env.policy.nfe_per_step == 3
+    assert zoo.halting_env_default(env.task) == "dis-anytime-sudoku6"
+    for kwargs in ({"size": 4}, {"size": 6, "policy": "tiny"}):  # no trained default on 4x4; the tiny one asked for
+        assert isinstance(gym.make("TRMHalting-Sudoku-v0", **kwargs).unwrapped.policy, TinyRecursionPolicy)
+    named = gym.make("TRMHalting-Sudoku-v0", size=4, policy="zoo:trm-sudoku4").unwrapped
+    assert named.policy.nfe_per_step == 21 and named.max_steps == 16
+    with pytest.raises(ValueError, match="reads 16 cells .* has 36"):
+        gym.make("TRMHalting-Sudoku-v0", policy="zoo:trm-sudoku4")  # a 4x4 network on the 6x6 board
+    with pytest.raises(ValueError, match="'zoo:NAME'"):
+        gym.make("TRMHalting-Sudoku-v0", policy="hub:model")

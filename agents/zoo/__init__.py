@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 
+from recursion_env.tasks import make_task
+
 from .. import checkpoint
 from ..checkpoint import ZOO_PREFIX, zoo_file
 from ..runs import load_trained
@@ -25,6 +27,7 @@ from ..runs import load_trained
 #: held-out puzzles each entry is measured on (its manifest's figures, and the zoo test's): the first of the 1,000
 #: its training held out (``eval zoo:NAME`` takes up to those 1,000)
 EVAL_N = 200
+_SUDOKU6 = ["--task", "sudoku", "--size", "6", "--min-givens", "10", "--max-givens", "12"]
 _PORTABLE = ["--precision", "fp32", "--compile", "off", "--eval-n", "1000", "--seed", "0"]
 
 #: name -> what the entry is and the ``recursion-env`` commands that train it (``{work}``: a scratch folder; the
@@ -36,12 +39,34 @@ RECIPES = {
         "commands": [["train", "--method", "trm", "--task", "sudoku", "--size", "4", "--hidden", "64",
                       "--steps", "600", "--no-final-eval", *_PORTABLE, "--out", "{work}/run"]],
     },
+    "trm-sudoku6": {
+        "description": "TRM (deep supervision, T=3, n=6, N_sup=16: 336 NFE) on 6x6 Sudoku with 10-12 givens, "
+                       "width 64",
+        "commands": [["train", "--method", "trm", *_SUDOKU6, "--hidden", "64", "--steps", "2000", "--no-final-eval",
+                      *_PORTABLE, "--out", "{work}/run"]],
+    },
     "dis-sudoku6": {
         "description": "DIS (policy improvement, T=1, n=2, N_sup=6: 18 NFE, the official code's recipe) on 6x6 Sudoku "
-                       "with 14-18 givens (the task's default), width 64",
-        "commands": [["train", "--method", "dis", "--task", "sudoku", "--size", "6", "--hidden", "64",
-                      "--recipe", "official-code", "--targets", "diffusion", "--steps", "1500", "--no-final-eval",
+                       "with 10-12 givens, width 64",
+        "commands": [["train", "--method", "dis", *_SUDOKU6, "--hidden", "64", "--recipe", "official-code",
+                      "--targets", "diffusion", "--steps", "2000", "--no-final-eval", *_PORTABLE, "--out",
+                      "{work}/run"]],
+    },
+    "dis-anytime-sudoku6": {
+        "description": "anytime DIS (every step's answer trained toward the solution too, weight 0.5; 18 NFE) on 6x6 "
+                       "Sudoku with 10-12 givens, width 64: the halting env's default network (its halting head is "
+                       "untrained: learn one with train --method ppo --init zoo:dis-anytime-sudoku6)",
+        "commands": [["train", "--method", "dis", *_SUDOKU6, "--hidden", "64", "--recipe", "official-code",
+                      "--targets", "diffusion", "--anytime-weight", "0.5", "--steps", "2000", "--no-final-eval",
                       *_PORTABLE, "--out", "{work}/run"]],
+        "halting_env_default": True,
+    },
+    "dis-nqueens8": {
+        "description": "DIS (policy improvement, T=1, n=2, N_sup=6: 18 NFE, the official code's recipe) on 8x8 "
+                       "N-Queens with 1-7 queens given (the paper's setting), width 64",
+        "commands": [["train", "--method", "dis", "--task", "nqueens", "--board", "8", "--min-given", "1",
+                      "--max-given", "7", "--hidden", "64", "--recipe", "official-code", "--targets", "diffusion",
+                      "--steps", "2000", "--no-final-eval", *_PORTABLE, "--out", "{work}/run"]],
     },
 }
 
@@ -76,4 +101,15 @@ def table() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["EVAL_N", "RECIPES", "names", "manifest", "load", "table", "zoo_file"]
+def halting_env_default(task) -> str | None:
+    """The shipped entry marked as the halting env's default for ``task`` (same task and board; other options,
+    e.g. givens, may differ), or None."""
+    for name in names():
+        m = manifest(name)
+        if RECIPES.get(name, {}).get("halting_env_default") and m["task"] == task.name and \
+                make_task(m["task"], **m["task_kwargs"]).seq_len == task.seq_len:
+            return name
+    return None
+
+
+__all__ = ["EVAL_N", "RECIPES", "names", "manifest", "load", "table", "zoo_file", "halting_env_default"]
