@@ -2,8 +2,11 @@
 halting env's own default network), against the fixed budget and the run's own halting head, on the run's
 held-out puzzles.
 
-    python examples/sb3_halting.py                                   # zoo:dis-anytime-sudoku6
+    python examples/sb3_halting.py      # zoo:dis-anytime-sudoku6: 71 s on 2 CPU cores beside another job
     python examples/sb3_halting.py runs/trm6 --timesteps 4096 --nfe-cost 0.01 --eval-n 1000
+
+Stable-Baselines3's PPO runs with its own defaults (20,480 steps: ten of its rollouts); what it learns is in the
+README ("Learned halting").
 
 The controller sees the halting env's 5 features (step fraction, answer entropy, changed fraction, max-prob
 gain, halting logit) and chooses continue/halt; the reward is the core's: score gain - nfe_cost * NFE + solve bonus.
@@ -35,7 +38,7 @@ def evaluate_controller(env, controller, puzzles, labels) -> dict:
     return {"mean_nfe": float(np.mean(nfe)), "exact_accuracy": float(np.mean(solved))}
 
 
-def main(run: str = "zoo:dis-anytime-sudoku6", timesteps: int = 4096, nfe_cost: float = 0.01, eval_n: int = 200,
+def main(run: str = "zoo:dis-anytime-sudoku6", timesteps: int = 20480, nfe_cost: float = 0.01, eval_n: int = 200,
          seed: int = 0) -> dict:
     model, task, train_config = load_trained(run)
     size = task.kwargs["size"]
@@ -59,7 +62,8 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", nargs="?", default="zoo:dis-anytime-sudoku6",
                    help="a run folder or zoo:NAME (default: zoo:dis-anytime-sudoku6)")
-    p.add_argument("--timesteps", type=int, default=4096, help="SB3 PPO's training steps (its rollouts are 2,048)")
+    p.add_argument("--timesteps", type=int, default=20480, help="SB3 PPO's training steps (ten of its 2,048-step "
+                   "rollouts)")
     p.add_argument("--nfe-cost", type=float, default=0.01)
     p.add_argument("--eval-n", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
