@@ -1,6 +1,6 @@
 """The per-call MDP: a trained TRM acting one call of its shared network f per ``env.step``.
 
-    python examples/per_call_trace.py                  # traces the zoo's trm-sudoku4 (336 calls)
+    python examples/per_call_trace.py                  # traces the zoo's trm-sudoku4 (336 calls): 2 s
     python examples/per_call_trace.py --run runs/trm6  # or a Sudoku run you trained
     python examples/per_call_trace.py --train          # or a small TRM it trains on 4x4 Sudoku first
 

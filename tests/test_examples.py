@@ -74,3 +74,9 @@ def test_per_call_trace_example_traces_the_zoos_trm_by_default():
     trace = load("per_call_trace.py")["main"]("zoo:trm-sudoku4", nfe_cost=0.001)
     assert len(trace) == 16 * 3 * 7 and sum(t["decoded"] for t in trace) == 16  # T=3, n=6: 21 calls a step
     assert trace[20]["solved"]  # the zoo's TRM solves this puzzle in its first supervision step
+
+
+def test_train_and_diagnose_example_compares_the_zoos_trm_and_dis():
+    reports = load("train_and_diagnose.py")["compare_zoo"](n=16)
+    assert len(reports["trm"]["steps"]) == 16 and len(reports["dis"]["steps"]) == 6
+    assert reports["trm"]["run"] == "zoo:trm-sudoku6" and reports["dis"]["n_puzzles"] == 16

@@ -64,7 +64,8 @@ def test_a_damaged_or_unknown_entry_is_one_line(tmp_path, monkeypatch, capsys):
 def test_zoo_names_work_wherever_a_run_goes(tmp_path, capsys):
     name = ENTRIES[0]
     assert cli(["zoo", "list"]) == 0
-    assert all(n in capsys.readouterr().out for n in ENTRIES)
+    listed = capsys.readouterr().out
+    assert all(n in listed for n in ENTRIES)
     assert cli(["eval", f"zoo:{name}", "--n", "8", "--json", str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["n_puzzles"] == 8
     task_kwargs = zoo.manifest(name)["task_kwargs"]
