@@ -200,8 +200,7 @@ class RecursionCore:
             task = make_task(task)
         config = config or RecursionConfig()
         if overrides:
-            config = RecursionConfig.split({**asdict(config), **overrides})[0]
-            unknown = set(overrides) - {f.name for f in fields(RecursionConfig)}
+            config, unknown = RecursionConfig.split({**asdict(config), **overrides})  # (split refuses lam)
             if unknown:
                 raise TypeError(f"RecursionCore got unknown option(s) {', '.join(sorted(unknown))}")
         self.task, self.config = task, config

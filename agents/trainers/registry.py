@@ -11,7 +11,7 @@ from typing import NamedTuple
 class Method(NamedTuple):
     """A training method as the registry (:data:`METHODS`) knows it: its name (``--method``), its
     config class (whose fields are its ``train`` options), the function that trains it, and for the supervised
-    loop below the objective (the loss of one supervision step and when an example halts)."""
+    loop (``common.train``) the objective (the loss of one supervision step and when an example halts)."""
 
     name: str
     config: type
