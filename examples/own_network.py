@@ -7,7 +7,7 @@ scores the answer, charges the forward passes and ends the episode. The halting 
 leaves the agent only the choice to stop. The network here is untrained (the interface is the point): train it
 with your own loop, or start from a trained TRM (``TRMPolicy.pretrained``, the model zoo).
 
-    python examples/own_network.py     # 2 s on 2 CPU cores (AMD EPYC, 2026-12-04), most of it importing torch
+    python examples/own_network.py     # 2 s on 2 CPU cores (AMD EPYC, AVX512-BF16, 2026-12-04): mostly importing torch
 """
 
 import gymnasium as gym

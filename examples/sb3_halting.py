@@ -2,7 +2,7 @@
 halting env's own default network), against the fixed budget and the run's own halting head, on the run's
 held-out puzzles.
 
-    python examples/sb3_halting.py      # zoo:dis-anytime-sudoku6: 71 s on 2 CPU cores (AMD EPYC) beside another job
+    python examples/sb3_halting.py      # zoo:dis-anytime-sudoku6: 71 s, 2-core AMD EPYC (AVX512-BF16), shared
     python examples/sb3_halting.py runs/trm6 --timesteps 4096 --nfe-cost 0.01 --eval-n 1000
 
 Stable-Baselines3's PPO runs with its own defaults (20,480 steps: ten of its rollouts); what it learns is in the

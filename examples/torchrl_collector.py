@@ -1,6 +1,6 @@
 """Roll the batched TorchRL env out with a collector and a trivial policy (keeps its latent, never halts).
 
-    python examples/torchrl_collector.py      # 4 s on 2 CPU cores (AMD EPYC, 2026-12-04)
+    python examples/torchrl_collector.py      # 4 s on 2 CPU cores (AMD EPYC, AVX512-BF16, 2026-12-04)
 """
 
 import torch
