@@ -68,7 +68,7 @@ class BenchConfig:
     targets: list | None = None  # DIS target generators; None = diffusion, plus the solver trace where one exists
     anytime_weight: float = 0.5  # the anytime DIS run that PPO learns to halt; 0 = no such run
     ppo_minutes: float = 3.0  # each PPO halting run (on the TRM and on the anytime DIS); 0 = none
-    ppo_nfe_cost: float = 0.01  # PPO's reward cost per forward pass
+    ppo_nfe_cost: float | None = None  # PPO's reward cost per forward pass (None: PPO's default for the network)
     guidance: list = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
     eval_every_minutes: float | None = None  # held-out looks during training; None = every tenth of the budget
     parallel: bool = True
@@ -173,8 +173,9 @@ def ppo_runs(cfg: BenchConfig) -> dict[str, tuple[str, list[str]]]:
     """name -> (init run, ``train`` flags) of the learned-halting runs."""
     if not cfg.ppo_minutes:
         return {}
-    flags = ["--method", "ppo", "--mode", "halting", "--nfe-cost", str(cfg.ppo_nfe_cost), "--seed", str(cfg.seeds[0]),
-             "--device", cfg.device]
+    flags = ["--method", "ppo", "--mode", "halting", "--seed", str(cfg.seeds[0]), "--device", cfg.device]
+    if cfg.ppo_nfe_cost is not None:
+        flags += ["--nfe-cost", str(cfg.ppo_nfe_cost)]
     if cfg.task == "nqueens":  # many valid completions: reward any of them, not only the stored one
         flags += ["--reward-mode", "verifier"]
     inits = ["trm"] + (["dis-anytime"] if cfg.anytime_weight else [])

@@ -532,16 +532,17 @@ HELP = {
     "anytime_weight": "dis: weight of an extra loss toward the final solution at every step",
     "mode": "ppo: train only the halting decision (network frozen) or the whole TRM",
     "init": "ppo: start from this TRM/DIS run (default: a fresh network)",
-    "nfe_cost": "ppo: reward cost per forward pass",
+    "nfe_cost": "ppo: reward cost per forward pass (default 0.9 / the network's NFE budget: 0.05 for DIS's 18)",
     "reward_mode": "ppo: label or label-free (the task's verifier)",
     "num_envs": "ppo: environments per batch",
     "entropy_coeff": "ppo: entropy bonus (default 0.01 halting, 0 full)",
     "collector": "ppo: one process, --workers processes (multisync) or --workers Ray actors (ray: the [ray] extra)",
     "workers": "ppo --collector multisync/ray: worker processes or Ray actors",
     "gae_lambda": "ppo: GAE lambda (default 0.95 halting, 0 full: each step's answer gets its own credit)",
-    "halt_readout": "ppo: the halting head reads the readout's confidence (least sure cell, mean doubt, mean entropy; "
-                    "the halting default), y at position 0 (TRM), the mean of y, or what the model has (keep; the "
-                    "full default)",
+    "halt_readout": "ppo: the halting head reads the readout's confidence and whether the decoded answer obeys the "
+                    "puzzle's rules (rules: the halting default; no label, no forward pass), the confidence alone "
+                    "(least sure cell, mean doubt, mean entropy), y at position 0 (TRM), the mean of y, or what the "
+                    "model has (keep; the full default)",
     "halt_bias": "ppo: reset the halting head's bias first (halting default 0 = p(halt) 1/2; 'keep' keeps it, the "
                  "full default)",
 }

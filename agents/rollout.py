@@ -170,7 +170,7 @@ class TRMPolicy:
             x = model.step_input(puzzle, obs.get("answer"), sup_index, y, puzzle_id)
             y, z = model.recursion_call(c % (cfg.n + 1), x, y, z)
             if c == per_sup - 1:  # the supervision step is complete: read out
-                logits, halt_logit, _ = model.readout(y)
+                logits, halt_logit, _ = model.readout(y, puzzle)
                 answer = logits.argmax(-1)
                 if self.use_halting:
                     halt = (halt_logit > 0).long()

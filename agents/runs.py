@@ -25,4 +25,6 @@ def load_trained(run, device="cpu", weights: str = "ema") -> tuple[TRM, Task, di
         task = make_task(state["task"], **state["task_kwargs"])
     except (TypeError, RuntimeError) as e:  # unknown config fields; missing, unexpected or mis-shaped weights
         raise ValueError(f"{run}: checkpoint does not fit its own config ({str(e).strip()[:500]})") from None
+    if task.has_rule_verifier:  # what halt_readout "rules" checks answers against
+        model.set_rules(task)
     return model.eval(), task, {**state["train_config"], "precision": trained_precision(state)}

@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HALT_READOUTS = ("first", "mean", "confidence")
+HALT_READOUTS = ("first", "mean", "confidence", "rules")
+#: the readouts that read the decoded answer rather than y (their heads take `readout_features`, not width D)
+ANSWER_READOUTS = {"confidence": 3, "rules": 5}
 POSITIONS = ("none", "rope", "learned")
 
 
@@ -57,8 +59,9 @@ class TRMConfig:
     step_embedding: int = 0  # supervision steps embedded into x (0 = none; DIS uses N_sup)
     input_from_answer: bool = False  # x embeds the previous decoded answer instead of the puzzle (DIS option)
     keeps_givens: bool = True  # the task's: a decoded answer keeps the puzzle's non-zero cells (not in ARC)
-    #: what the halting head reads: y at position 0 (TRM), the mean of y ("mean"), or the readout's confidence
-    #: ("confidence", see `confidence_features`)
+    #: what the halting head reads: y at position 0 (TRM), the mean of y ("mean"), the readout's confidence
+    #: ("confidence", see `confidence_features`), or that and how far the decoded answer is from obeying the
+    #: puzzle's rules ("rules", see `TRM.set_rules`)
     halt_readout: str = "first"
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
@@ -140,6 +143,21 @@ def confidence_features(logits: torch.Tensor) -> torch.Tensor:
     doubt = (-torch.expm1(logp.max(-1).values)).clamp_min(1e-6).log()  # log(1 - max p), finite gradients
     entropy = -(logp.exp() * logp).sum(-1) / math.log(logits.shape[-1])
     return torch.stack([doubt.max(-1).values, doubt.mean(-1), entropy.mean(-1)], -1)
+
+
+def rules_features(logits: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """``[B, 5]`` from logits ``[B, L, V]`` and the decoded answer's rule score ``[B]``, each in [0, 1] with 1 meaning
+    "stop": how sure the least sure cell and the average cell are (log(1 - max prob) / log(1e-6)), one minus the
+    mean entropy / log V, whether the answer obeys every rule, and how close it is to that (log(1 - score) /
+    log(1e-4)). Signed alike on purpose: with features that are large where halting is right and small where it is
+    wrong, punishing a bad halt moves the bias, not the weights that make a good halt likely (the log-doubts of
+    `confidence_features`, large in magnitude where the answer is sure, tie the two together)."""
+    logp = logits.float().log_softmax(-1)
+    doubt = (-torch.expm1(logp.max(-1).values)).clamp(1e-6, 1.0).log() / math.log(1e-6)
+    entropy = -(logp.exp() * logp).sum(-1) / math.log(logits.shape[-1])
+    closeness = (1.0 - score.float()).clamp(1e-4, 1.0).log() / math.log(1e-4)
+    return torch.stack([doubt.min(-1).values, doubt.mean(-1), 1.0 - entropy.mean(-1), (score >= 1).float(),
+                        closeness], -1)
 
 
 def rms_norm(h: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -291,9 +309,10 @@ class TRM(nn.Module):
         self.compiled = False  # see compile_f
 
     def _new_heads(self) -> None:
-        """The halting (Q) head and the value head, on y or, with ``halt_readout="confidence"``, on the readout's
-        confidence (`confidence_features`): a frozen network's y was never trained to say how sure it is."""
-        size = 3 if self.cfg.halt_readout == "confidence" else self.cfg.hidden
+        """The halting (Q) head and the value head, on y or, with ``halt_readout`` "confidence" or "rules", on
+        features of the decoded answer (`_head_inputs`): a frozen network's y was never trained to say how sure it
+        is."""
+        size = ANSWER_READOUTS.get(self.cfg.halt_readout, self.cfg.hidden)
         device = self.output_head.weight.device
         self.halt_head = nn.Linear(size, 1, device=device)
         nn.init.zeros_(self.halt_head.weight)
@@ -304,13 +323,20 @@ class TRM(nn.Module):
 
     def set_halt_readout(self, readout: str) -> None:
         """Switch what the halting and value heads read; heads of a different input size start afresh (so build
-        the optimizer after this). The model gets a new config; the old one, wherever it is held, is unchanged."""
+        the optimizer after this). The model gets a new config; the old one, wherever it is held, is unchanged.
+        ``"rules"`` needs the task's rules (:meth:`set_rules`)."""
         if readout not in HALT_READOUTS:
             raise ValueError(f"halt_readout must be one of {HALT_READOUTS}, got {readout!r}")
-        changes_size = (readout == "confidence") != (self.cfg.halt_readout == "confidence")
+        size = ANSWER_READOUTS.get(self.cfg.halt_readout, self.cfg.hidden)
         self.cfg = replace(self.cfg, halt_readout=readout)
-        if changes_size:
+        if ANSWER_READOUTS.get(readout, self.cfg.hidden) != size:
             self._new_heads()
+
+    def set_rules(self, task) -> None:
+        """The task whose rules ``halt_readout="rules"`` checks the decoded answer against (its label-free
+        ``rule_score``: no label is read, and no forward pass of f is spent). `load_trained` sets it for every
+        network it loads; a task without rules (ARC) is refused when the readout is used."""
+        self.rules = task
 
     def configure_optimizers(self, lr: float, weight_decay: float, betas=(0.9, 0.95), optimizer: str = "adam_atan2",
                              weight_decay_scope: str = "all", puzzle_emb_lr: float | None = None,
@@ -421,29 +447,47 @@ class TRM(nn.Module):
                 y, z = self.latent_recursion(x, y, z, n)
         return self.latent_recursion(x, y, z, n)
 
-    def _head_inputs(self, y: torch.Tensor, logits: torch.Tensor | None = None):
+    def _head_inputs(self, y: torch.Tensor, logits: torch.Tensor | None = None, puzzle: torch.Tensor | None = None):
         """What the halting (Q) head and the value head read, each computed once: TRM's Q head reads position 0
         (a puzzle-embedding slot when there is one, else the first cell) or the mean of y, the value head the mean
         of y; with ``halt_readout="confidence"`` both read the readout's confidence (``logits``, computed from y
-        when not given). Any batch dims."""
+        when not given), with ``"rules"`` `rules_features`: the same, signed alike, and the decoded answer checked
+        against ``puzzle``'s rules. Any batch dims."""
         readout = self.cfg.halt_readout
-        if readout == "confidence":
-            h = confidence_features(self.output_head(y[..., self.cfg.puzzle_emb_len:, :]) if logits is None
-                                    else logits)
+        if readout in ANSWER_READOUTS:
+            if logits is None:
+                logits = self.output_head(y[..., self.cfg.puzzle_emb_len:, :])
+            h = (rules_features(logits, self.answer_rule_score(puzzle, logits)) if readout == "rules"
+                 else confidence_features(logits))
             return h, h
         mean = y.mean(-2)
         return (y[..., 0, :] if readout == "first" else mean), mean
 
-    def halt_logit(self, y: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
-        return self.halt_head(self._head_inputs(y, logits)[0]).squeeze(-1)
+    def answer_rule_score(self, puzzle: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+        """The rule score of the answer decoded from ``logits`` (givens kept, as the MDP core keeps them)."""
+        rules = getattr(self, "rules", None)
+        if rules is None or puzzle is None:
+            raise ValueError("halt_readout 'rules' checks the decoded answer against the puzzle's rules: give the "
+                             "network its task (model.set_rules(task); load_trained does) and the puzzle")
+        answer = logits.argmax(-1)
+        if self.cfg.keeps_givens:
+            answer = torch.where(puzzle != 0, puzzle, answer)
+        shape = answer.shape
+        return rules.rule_score(puzzle.reshape(-1, shape[-1]), answer.reshape(-1, shape[-1])).reshape(shape[:-1])
 
-    def value(self, y: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
-        return self.value_head(self._head_inputs(y, logits)[1]).squeeze(-1)
+    def halt_logit(self, y: torch.Tensor, logits: torch.Tensor | None = None,
+                   puzzle: torch.Tensor | None = None) -> torch.Tensor:
+        return self.halt_head(self._head_inputs(y, logits, puzzle)[0]).squeeze(-1)
 
-    def readout(self, y: torch.Tensor):
-        """(logits [B, L, V], halt logit [B], value [B]) from the answer embedding."""
+    def value(self, y: torch.Tensor, logits: torch.Tensor | None = None,
+              puzzle: torch.Tensor | None = None) -> torch.Tensor:
+        return self.value_head(self._head_inputs(y, logits, puzzle)[1]).squeeze(-1)
+
+    def readout(self, y: torch.Tensor, puzzle: torch.Tensor | None = None):
+        """(logits [B, L, V], halt logit [B], value [B]) from the answer embedding (and the puzzle, which the
+        "rules" readout checks the answer against)."""
         logits = self.output_head(y[:, self.cfg.puzzle_emb_len:])
-        halt_in, value_in = self._head_inputs(y, logits)
+        halt_in, value_in = self._head_inputs(y, logits, puzzle)
         return logits, self.halt_head(halt_in).squeeze(-1), self.value_head(value_in).squeeze(-1)
 
     def forward(self, puzzle: torch.Tensor, latent: torch.Tensor, step_index: torch.Tensor | None = None,
@@ -452,14 +496,15 @@ class TRM(nn.Module):
         step count, the current answer (see :meth:`step_input`) and the puzzle's identifier (ARC's variants; 0
         when None). The trainers, evaluation, the env policy and PPO's actor all act through this one call."""
         y, z = latent[:, 0], latent[:, 1]
-        return self.supervision_step(self.step_input(puzzle, answer, step_index, y, puzzle_id), y, z)
+        return self.supervision_step(self.step_input(puzzle, answer, step_index, y, puzzle_id), y, z, puzzle=puzzle)
 
-    def supervision_step(self, x, y, z, T: int | None = None, n: int | None = None) -> SupervisionOutput:
+    def supervision_step(self, x, y, z, T: int | None = None, n: int | None = None,
+                         puzzle: torch.Tensor | None = None) -> SupervisionOutput:
         """One supervision step from carry (y, z): the reference logits before it, the conditional ones after."""
         T = self.cfg.T if T is None else T
         n = self.cfg.n if n is None else n
         with torch.no_grad():
             reference_logits = self.output_head(y[:, self.cfg.puzzle_emb_len:])
         y, z = self.deep_recursion(x, y, z, T, n)
-        logits, halt_logit, value = self.readout(y)
+        logits, halt_logit, value = self.readout(y, puzzle)
         return SupervisionOutput(y, z, logits, reference_logits, halt_logit, value, T * (n + 1))

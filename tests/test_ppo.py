@@ -132,7 +132,7 @@ def test_halting_defaults_are_the_working_recipe_and_a_plain_dis_init_is_warned_
     from agents.trainers import train
 
     halting, full = PPOConfig(mode="halting"), PPOConfig(mode="full")
-    assert (halting.halt_readout, halting.halt_bias, halting.lr) == ("confidence", 0.0, 1e-2)
+    assert (halting.halt_readout, halting.halt_bias, halting.lr) == ("rules", 0.0, 1e-2)
     assert (full.halt_readout, full.halt_bias, full.lr) == ("keep", "keep", 3e-4)
     with pytest.raises(ValueError, match="halt_readout"):
         PPOConfig(halt_readout="last")
@@ -195,3 +195,29 @@ def test_a_core_refuses_an_initial_latent_of_the_wrong_shape():
     core = build_core("sudoku", 2, size=4, latent_dim=8, initial_latent=torch.ones(2, 16, 8))
     core.reset()
     assert bool((core.latent == 1).all())
+
+
+def test_the_default_cost_prices_the_whole_schedule_at_0_9_and_the_run_saves_it(tmp_path):
+    """nfe_cost None: 0.9 / (N_sup * NFE per step), here 4 steps of T (n + 1) = 2 NFE: 0.9 / 8."""
+    result = train_ppo(tiny(mode="halting", iterations=1, out=str(tmp_path)))
+    assert result["nfe_cost"] == pytest.approx(0.9 / 8)
+    assert PPOConfig(nfe_cost=0.02).nfe_cost == 0.02
+
+
+def test_halting_values_the_schedules_end_as_an_end(tmp_path, monkeypatch):
+    """The last step of the schedule is terminal for the halting critic (no bootstrap past N_sup), so its value
+    target is the reward alone; truncated episodes show as terminated in the batch GAE reads."""
+    from torchrl.objectives.value import GAE
+
+    seen = []
+    real = GAE.forward
+
+    def spy(self, tensordict, *args, **kwargs):
+        seen.append((tensordict["next", "done"].clone(), tensordict["next", "terminated"].clone(),
+                     tensordict["next", "truncated"].clone()))
+        return real(self, tensordict, *args, **kwargs)
+
+    monkeypatch.setattr(GAE, "forward", spy)
+    train_ppo(tiny(mode="halting", iterations=2, halt_bias=-20.0, out=str(tmp_path)))  # never halts: N_sup ends
+    done, terminated, truncated = (torch.cat(x) for x in zip(*seen))
+    assert truncated.any() and torch.equal(done, terminated)

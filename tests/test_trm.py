@@ -350,3 +350,34 @@ def test_confidence_features_and_switching_the_halt_readout():
     assert torch.allclose(reloaded.readout(y)[1], halt)
     with pytest.raises(ValueError, match="halt_readout"):
         model.set_halt_readout("last")
+
+
+def test_the_rules_readout_reads_whether_the_decoded_answer_obeys_the_rules():
+    """halt_readout "rules": five features in [0, 1], 1 meaning stop; the fourth is 1 exactly when the answer
+    decoded from the logits (givens kept) solves the puzzle, checked by the task's label-free rules."""
+    from agents.trm import rules_features
+    from recursion_env.tasks import make_task
+
+    task = make_task("sudoku", size=4)
+    batch = task.generate(2, seed=0)
+    puzzle, label = torch.as_tensor(batch.inputs), torch.as_tensor(batch.labels)
+    wrong = label.clone()
+    blank = (puzzle[1] == 0).nonzero()[0, 0]
+    wrong[1, blank] = wrong[1, blank] % 4 + 1  # one blank cell changed: a rule broken
+    logits = torch.nn.functional.one_hot(torch.stack([label[0], wrong[1]]), task.vocab_size).float() * 30
+    model = TRM(TRMConfig(hidden=16, T=1, n=1).for_task(task))
+    model.set_halt_readout("rules")
+    assert model.halt_head.in_features == 5
+    with pytest.raises(ValueError, match="set_rules"):
+        model.answer_rule_score(puzzle, logits)
+    model.set_rules(task)
+    score = model.answer_rule_score(puzzle, logits)
+    f = rules_features(logits, score)
+    assert f.shape == (2, 5) and float(f.min()) >= 0 and float(f.max()) <= 1
+    assert f[0, 3] == 1 and f[1, 3] == 0 and f[0, 4] == 1 and f[1, 4] < 1
+    assert f[0, :3].min() > 0.99  # every cell certain
+    y = torch.randn(2, model.cfg.latent_len, 16)
+    logits_y, halt, value = model.readout(y, puzzle)
+    h = rules_features(logits_y, model.answer_rule_score(puzzle, logits_y))
+    assert torch.allclose(halt, model.halt_head(h).squeeze(-1))
+    assert torch.allclose(value, model.value_head(h).squeeze(-1))

@@ -60,6 +60,10 @@ from ..trm import HALT_READOUTS, TRM, TRMConfig
 from .common import config_kwargs, resolve_model
 from .registry import Method, register
 
+#: what running the whole schedule costs when ``nfe_cost`` is not given: just under the solve bonus (1), so a step
+#: is worth taking while it solves more than 1 / N_sup * 0.9 of the puzzles still open
+BUDGET_COST = 0.9
+
 #: the collectors PPO can use (``--collector``)
 COLLECTORS = ("sync", "multisync", "ray")
 
@@ -77,14 +81,18 @@ class PPOConfig:
     task: str = "sudoku"
     task_kwargs: dict = field(default_factory=lambda: {"size": 4})
     model: TRMConfig | dict | None = None  # a fresh network only (with ``init`` the network is the init run's)
-    nfe_cost: float = 0.01  # the reward's cost per forward pass
+    #: the reward's cost per forward pass; None = BUDGET_COST / the network's NFE budget (N_sup steps): DIS's 18
+    #: NFE 0.05 each, the TRM's 336 0.0027. At 0.01 a DIS step (3 NFE) cost 0.03, and the advantage of halting a
+    #: solved answer was too small beside the solve bonus's +-1 for PPO to learn it in 40 iterations
+    nfe_cost: float | None = None
     #: reset the halting head's bias before training ("keep" = keep). Its init of -5 (p(halt) ~ 0.7%) leaves PPO
     #: almost no halting to learn from; DIS checkpoints never trained it. 0 starts at p(halt) = 1/2.
     #: None = 0 for halting, keep for full.
     halt_bias: float | str | None = None
     #: what the halting head reads (TRMConfig.halt_readout): "keep" keeps the model's; "mean" (a whole-board
-    #: summary) or "confidence" (how sure the readout is) for a frozen model whose halting head was never trained
-    #: (DIS), whose position 0 is just the first cell's embedding. None = confidence for halting, keep for full.
+    #: summary), "confidence" (how sure the readout is) or "rules" (that, and how far the decoded answer is from
+    #: obeying the puzzle's rules) for a frozen model whose halting head was never trained (DIS), whose position 0
+    #: is just the first cell's embedding. None = rules for halting, keep for full.
     halt_readout: str | None = field(default=None, metadata={"choices": ("keep", *HALT_READOUTS)})
     reward_mode: str = "label"
     solve_bonus: float = 1.0
@@ -136,7 +144,7 @@ class PPOConfig:
         # readout and the head's -5 bias left the policy never halting
         halting = self.mode == "halting"
         if self.halt_readout is None:
-            self.halt_readout = "confidence" if halting else "keep"
+            self.halt_readout = "rules" if halting else "keep"
         if self.halt_bias is None:
             self.halt_bias = 0.0 if halting else "keep"
         if self.lr is None:
@@ -206,7 +214,7 @@ class TRMActor(nn.Module):
             out = model(puzzle, latent, step, answer)
         # the halting head trains in both modes: in halting mode the step ran without gradient, so its head is
         # applied again, outside, on the (frozen) y; in full mode the step's own halting logit carries it
-        halt_logit = out.halt_logit if self.mode == "full" else model.halt_logit(out.y.detach(), out.logits)
+        halt_logit = out.halt_logit if self.mode == "full" else model.halt_logit(out.y.detach(), out.logits, puzzle)
         return torch.stack([out.y, out.z], 1).detach().float(), out.logits, halt_logit, puzzle == 0
 
 
@@ -215,8 +223,8 @@ class TRMCritic(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, latent):  # [..., 2, P, D]: any batch dims (GAE passes [envs, time])
-        return self.model.value(latent[..., 0, :, :]).unsqueeze(-1)
+    def forward(self, latent, puzzle):  # [..., 2, P, D], [..., L]: any batch dims (GAE passes [envs, time])
+        return self.model.value(latent[..., 0, :, :], puzzle=puzzle).unsqueeze(-1)
 
 
 def _split(sample):
@@ -238,6 +246,7 @@ def build_model(cfg: PPOConfig):
     task = _ppo_task(make_task(cfg.task, **cfg.task_kwargs))
     torch.manual_seed(cfg.seed)
     model = TRM(cfg.model.for_task(task, step_embedding=cfg.model.N_sup)).to(cfg.device)
+    model.set_rules(task)
     return model, task, {}
 
 
@@ -371,6 +380,8 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
     if not keep.any():
         raise ValueError("every training puzzle is also a held-out puzzle")
     dataset = pool[np.flatnonzero(keep)]
+    if cfg.nfe_cost is None:  # (the run saves the cost it trained with)
+        cfg = replace(cfg, nfe_cost=BUDGET_COST / (model.cfg.N_sup * model.cfg.nfe_per_supervision_step))
     if cfg.halt_readout != "keep":
         model.set_halt_readout(cfg.halt_readout)  # saved with the run, so evaluation halts the same way
     mcfg = model.cfg  # (after the switch: the model's config now says what its heads read)
@@ -394,8 +405,11 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
     )
     policy = TensorDictSequential(actor, TensorDictModule(_split, in_keys=["sample"],
                                                           out_keys=[("action", "answer"), ("action", "halt")]))
-    critic = TensorDictModule(TRMCritic(model), in_keys=["latent"], out_keys=["state_value"])
-    advantage = GAE(gamma=cfg.gamma, lmbda=cfg.gae_lambda, value_network=critic, average_gae=False)
+    critic = TensorDictModule(TRMCritic(model), in_keys=["latent", "puzzle"], out_keys=["state_value"])
+    # (no vmap over the critic: the "rules" readout runs the task's verifier, whose in-place scatters and
+    # breadth-first searches vmap cannot batch)
+    advantage = GAE(gamma=cfg.gamma, lmbda=cfg.gae_lambda, value_network=critic, average_gae=False,
+                    deactivate_vmap=True)
     loss_module = ClipPPOLoss(actor, critic, clip_epsilon=cfg.clip_epsilon, entropy_coeff=cfg.entropy_coeff,
                               critic_coeff=cfg.critic_coeff, normalize_advantage=True)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
@@ -444,6 +458,13 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
                           "mean_nfe": float(nxt["nfe"][done].float().mean()),
                           "exact_accuracy": float(nxt["solved"][done].float().mean()),
                           "halting_rate": float(nxt["terminated"].squeeze(-1)[done].float().mean())}
+            # halting: the schedule's last step (N_sup) ends the recursion for good, so value it as an end, not as
+            # a time limit to bootstrap past. The halting critic does not see the step count: a bootstrap there
+            # reads a later state's value off an earlier one's features and makes running to the end look better
+            # than halting (PPO then never halted, or drifted into halting at once). Full mode keeps the bootstrap
+            # its measured learning rests on (tests/test_ppo.py)
+            if cfg.mode == "halting":
+                batch["next", "terminated"] = batch["next", "done"].clone()
             with torch.no_grad():
                 advantage(batch)
             data = batch.reshape(-1)

@@ -54,12 +54,21 @@ RECIPES = {
     },
     "dis-anytime-sudoku6": {
         "description": "anytime DIS (every step's answer trained toward the solution too, weight 0.5; 18 NFE) on 6x6 "
-                       "Sudoku with 10-12 givens, width 64: the halting env's default network (its halting head is "
-                       "untrained: learn one with train --method ppo --init zoo:dis-anytime-sudoku6)",
+                       "Sudoku with 10-12 givens, width 64, with a halting head learned by PPO (the halting "
+                       "defaults: it reads the answer's confidence and rule check): the halting env's default network",
         "commands": [["train", "--method", "dis", *_SUDOKU6, "--hidden", "64", "--recipe", "official-code",
-                      "--targets", "diffusion", "--anytime-weight", "0.5", "--steps", "2000", "--no-final-eval",
-                      *_PORTABLE, "--out", "{work}/run"]],
+                      "--targets", "diffusion", "--anytime-weight", "0.5", "--steps", "5000", "--no-final-eval",
+                      *_PORTABLE, "--out", "{work}/dis"],
+                     ["train", "--method", "ppo", "--mode", "halting", "--init", "{work}/dis", "--iterations", "40",
+                      "--seed", "0", "--out", "{work}/run"]],
         "halting_env_default": True,
+    },
+    "dis-maze9": {
+        "description": "DIS (policy improvement, T=1, n=2, N_sup=6: 18 NFE, the official code's recipe) on 9x9 mazes "
+                       "(a perfect maze: one shortest path), width 64",
+        "commands": [["train", "--method", "dis", "--task", "maze", "--size", "9", "--hidden", "64", "--recipe",
+                      "official-code", "--targets", "diffusion", "--steps", "3000", "--no-final-eval", *_PORTABLE,
+                      "--out", "{work}/run"]],
     },
     "dis-nqueens8": {
         "description": "DIS (policy improvement, T=1, n=2, N_sup=6: 18 NFE, the official code's recipe) on 8x8 "
