@@ -113,7 +113,7 @@ def resolve_policy(policy, task: Task, device="cpu", seed: int = 0) -> Recursion
     return policy
 
 
-FEATURES = ("step_fraction", "answer_entropy", "changed_fraction", "max_prob_gain", "halt_logit")
+FEATURES = ("step_fraction", "answer_entropy", "changed_fraction", "max_prob_gain", "halt_logit", "rules_held")
 
 
 class RecursionHaltingEnv(gym.Env):
@@ -121,9 +121,11 @@ class RecursionHaltingEnv(gym.Env):
 
     Spaces::
 
-        observation  Box(float32, (5,)): step fraction [0, 1], mean answer entropy over blank cells / log V
+        observation  Box(float32, (6,)): step fraction [0, 1], mean answer entropy over blank cells / log V
                      [0, 1], fraction of blank cells changed by the last step [0, 1], mean max-probability
-                     gain of the last step [-1, 1], the policy's halting logit clipped to [-20, 20] (0 if none)
+                     gain of the last step [-1, 1], the policy's halting logit clipped to [-20, 20] (0 if none),
+                     and 1 when the current answer obeys every rule of the puzzle, else 0 (the task's label-free
+                     verifier, no forward pass; always 0 for a task without one, ARC)
         action       Discrete(2): 0 = run one more recursion step, 1 = halt now
 
     Continuing runs one policy step through the recursion core (charged the policy's ``nfe_per_step``);
@@ -171,11 +173,11 @@ class RecursionHaltingEnv(gym.Env):
                                   nfe_per_step=policy.nfe_per_step, latent_len=latent_len, latent_dim=latent_dim)
         self.task = task
         self.max_steps = max_steps
-        low = np.array([0, 0, 0, -1, -20], dtype=np.float32)
-        high = np.array([1, 1, 1, 1, 20], dtype=np.float32)
+        low = np.array([0, 0, 0, -1, -20, 0], dtype=np.float32)
+        high = np.array([1, 1, 1, 1, 20, 1], dtype=np.float32)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self.action_space = spaces.Discrete(2)
-        self._features = np.zeros(5, dtype=np.float32)
+        self._features = np.zeros(len(FEATURES), dtype=np.float32)
         self._probs: torch.Tensor | None = None
         self._changed: torch.Tensor | None = None
 
@@ -201,7 +203,7 @@ class RecursionHaltingEnv(gym.Env):
         V = self.task.vocab_size
         self._probs = torch.full((1, self.task.seq_len, V), 1.0 / V, device=self.core.device)
         self._changed = None
-        self._features = np.array([0.0, 1.0, 0.0, 0.0, 0.0], dtype=np.float32)
+        self._features = np.array([0.0, 1.0, 0.0, 0.0, 0.0, 0.0], dtype=np.float32)
         return self._features.copy(), self.core.env_info()
 
     def step(self, action):
@@ -228,6 +230,7 @@ class RecursionHaltingEnv(gym.Env):
             float((self._changed.float() * blank).sum() / n_blank),
             float((gain * blank).sum() / n_blank),
             halt_logit,
+            float(self.task.has_rule_verifier and bool(self.task.rule_score(core.puzzle, core.answer)[0] >= 1)),
         ], dtype=np.float32).clip(self.observation_space.low, self.observation_space.high)
         return (self._features.copy(), float(res.reward[0]), bool(res.terminated[0]), bool(res.truncated[0]),
                 self.core.env_info())

@@ -432,6 +432,24 @@ def test_halting_env_checkers_and_accounting():
         env.step(2)
 
 
+def test_halting_env_observes_whether_the_answer_obeys_the_rules():
+    """The last feature is the task's label-free verdict on the current answer: 1 on a grid given in full (the
+    answer keeps every given), and equal to ``info["solved"]`` along an episode."""
+    from recursion_env.halting_env import FEATURES
+
+    env = gym.make("TRMHalting-Sudoku-v0", size=4)
+    assert FEATURES[-1] == "rules_held" and env.observation_space.shape == (len(FEATURES),)
+    solution = env.unwrapped.task.generate(1, seed=0).labels[0]
+    obs, _ = env.reset(seed=0, options={"puzzle": solution})
+    assert obs[-1] == 0.0  # nothing answered yet
+    obs, *_, info = env.step(0)
+    assert obs[-1] == 1.0 and info["solved"]
+    obs, _ = env.reset(seed=1)
+    for _ in range(4):
+        obs, _, terminated, truncated, info = env.step(0)
+        assert obs[-1] == float(info["solved"])
+
+
 def test_halting_env_truncates_and_rewards_telescope():
     env = gym.make("TRMHalting-Sudoku-v0", size=4, nfe_cost=0.05, max_steps=5)
     obs, info = env.reset(seed=3)
