@@ -1,5 +1,6 @@
-"""The README stays true: its Python snippets run, every command in it parses (flags, methods, files), and its
-training commands run end to end with small budgets, in order, as a reader would type them."""
+"""The README and the guide's pages stay true: their Python snippets run, every command in them parses (flags,
+methods, files), and each page's training commands run end to end with small budgets, in order, as a reader would
+type them."""
 
 import re
 import shlex
@@ -14,17 +15,20 @@ from recursion_env.tasks import make_task
 from recursion_env.tasks.store import write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
+#: the pages whose commands and snippets a reader copies: the README, then the guide's
+PAGES = ["README.md", *(f"docs/{p}.md" for p in ("tasks", "mdp", "methods", "zoo", "scaling", "official",
+                                                  "benchmarks"))]
+TEXT = {page: (ROOT / page).read_text() for page in PAGES}
 
 
-def blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README, re.S)
+def blocks(lang: str, pages=PAGES) -> list[str]:
+    return [b for page in pages for b in re.findall(rf"```{lang}\n(.*?)```", TEXT[page], re.S)]
 
 
-def commands() -> list[list[str]]:
-    """Every ``.venv/bin/...`` command of the README's bash blocks, continuation lines joined, comments dropped."""
+def commands(pages=PAGES) -> list[list[str]]:
+    """Every ``.venv/bin/...`` command of the pages' bash blocks, continuation lines joined, comments dropped."""
     out = []
-    for block in blocks("bash"):
+    for block in blocks("bash", pages):
         for line in block.replace("\\\n", " ").splitlines():
             for part in line.split(" && "):
                 part = part.strip()
@@ -42,12 +46,15 @@ SCRIPTS = [c for c in commands() if c[0] == ".venv/bin/python" and c[1].endswith
 def test_the_readme_has_what_these_tests_read():
     assert len(blocks("python")) >= 2 and len(CLI) >= 15 and len(SCRIPTS) >= 6
     assert CLI[0] == [".venv/bin/recursion-env", "demo"]  # the main job, in the first command
+    trains = [c for c in CLI if c[1] == "train"]
+    assert len(trains) >= 6 and {"eval", "diagnose"} <= {c[1] for c in CLI}
+    assert any("ppo" in c and "halting" in c for c in trains) and any("ppo" in c and "full" in c for c in trains)
 
 
 @pytest.mark.parametrize("i", range(len(blocks("python"))))
 def test_python_snippets_run(i, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    exec(compile(blocks("python")[i], f"README.md python block {i}", "exec"), {})
+    exec(compile(blocks("python")[i], f"python block {i} of the README and the guide", "exec"), {})
 
 
 def test_the_torchrun_commands_launch_recursion_env():
@@ -59,7 +66,7 @@ def test_every_recursion_env_command_parses(cmd):
     try:
         args = build_parser().parse_args(cmd[1:])
     except SystemExit:
-        pytest.fail(f"README command does not parse: {' '.join(cmd)}")
+        pytest.fail(f"command does not parse: {' '.join(cmd)}")
     check_arguments(args)  # another method's flag, a negative budget: the errors main() would give
 
 
@@ -105,23 +112,32 @@ def small(cmd: list[str]) -> list[str]:
 
 
 @pytest.mark.slow
-def test_the_readme_training_commands_run_in_order(tmp_path, monkeypatch):
+@pytest.mark.parametrize("page", [p for p in PAGES if any(c[1] == "train" for c in commands([p])
+                                                           if c[0] == ".venv/bin/recursion-env")])
+def test_each_pages_training_commands_run_in_order(page, tmp_path, monkeypatch):
     """data, train (TRM, DIS, anytime DIS, PPO halting and full), eval, diagnose and resume, as written but for the
-    budgets, in the README's order (later commands read the runs earlier ones wrote)."""
+    budgets, in the page's order (later commands read the runs earlier ones wrote), each page in a fresh folder."""
     monkeypatch.chdir(tmp_path)
     ran, trained = [], set()
-    for cmd in CLI:
+    for cmd in (c for c in commands([page]) if c[0] == ".venv/bin/recursion-env"):
         if cmd[1] in ("data", "train", "eval", "diagnose"):
             if cmd[1] in ("eval", "diagnose") and cmd[2] not in trained:
-                continue  # a run the README gets elsewhere (import-official needs an official checkpoint)
+                continue  # a run the page gets elsewhere (import-official needs an official checkpoint)
             if cmd[1] == "train":
                 trained.add(cmd[cmd.index("--out") + 1])
-            if cmd[1:3] == ["data", "convert"] and not Path(cmd[3]).exists():  # the README's CSV, made small
+            if cmd[1:3] == ["data", "convert"] and not Path(cmd[3]).exists():  # the page's CSV, made small
                 task = make_task("sudoku", size=9)
                 batch = task.generate(20, seed=0)
                 write_csv(cmd[3], task, batch.inputs, batch.labels)
             argv = small(cmd)
-            assert main(argv) == 0, f"README command failed: {' '.join(cmd)} (run as {' '.join(argv)})"
+            assert main(argv) == 0, f"{page}: command failed: {' '.join(cmd)} (run as {' '.join(argv)})"
             ran.append(argv[0])
-    assert ran.count("train") >= 6 and "eval" in ran and "diagnose" in ran
-    assert (tmp_path / "runs" / "ppo" / "checkpoint.pt").is_file()
+    assert "train" in ran
+    for cmd in ran_commands(page):
+        assert (tmp_path / cmd[cmd.index("--out") + 1] / "checkpoint.pt").is_file()
+
+
+def ran_commands(page: str) -> list[list[str]]:
+    """The page's fresh ``train`` commands (each must leave a checkpoint behind)."""
+    return [c for c in commands([page]) if c[0] == ".venv/bin/recursion-env" and c[1] == "train"
+            and "--resume" not in c]
