@@ -1,6 +1,7 @@
 """The headline benchmark: accuracy against forward passes. TRM (21 ... 336 NFE, and its halting head), DIS at
-18 NFE in both recipes and with each target generator, and a learned halting policy (PPO) on the TRM and on an
-anytime DIS, all on the same data, the same held-out puzzles, the same width and the same wall-clock. Run as
+18 NFE (both schedules read from the method configs' defaults: `schedule`) in both recipes and with each target
+generator, and a learned halting policy (PPO) on the TRM and on an anytime DIS, all on the same data, the same
+held-out puzzles, the same width and the same wall-clock. Run as
 ``recursion-env bench nfe-vs-accuracy`` or ``python benchmarks/nfe_vs_accuracy.py``.
 
 How it is fair: every method trains in its own process (``recursion-env train``) on one pre-generated training
@@ -37,6 +38,24 @@ from recursion_env.atomic import locks_folder
 from recursion_env.tasks import build_dataset, make_task, save_dataset
 
 from .precision import cpu_bf16_units, cpu_model
+from .trainers import DeepSupervisionConfig, DISConfig
+
+
+def schedule(config_class) -> dict[str, int]:
+    """A method's recursion schedule (T, n, N_sup) and its forward passes, from its config's defaults: per
+    supervision step T (n + 1), in all N_sup T (n + 1)."""
+    m = config_class().model
+    per_step = m.T * (m.n + 1)
+    return {"T": m.T, "n": m.n, "N_sup": m.N_sup, "nfe_per_step": per_step, "nfe": m.N_sup * per_step}
+
+
+#: the schedules the bench compares (TRM: 21 NFE a step, 336 in all; DIS: 18), read from the method configs
+TRM_SCHEDULE, DIS_SCHEDULE = schedule(DeepSupervisionConfig), schedule(DISConfig)
+TRM_FIRST, TRM_FULL, DIS_FULL = TRM_SCHEDULE["nfe_per_step"], TRM_SCHEDULE["nfe"], DIS_SCHEDULE["nfe"]
+
+
+def _schedule_flags(sched: dict) -> list[str]:
+    return ["--T", str(sched["T"]), "--n", str(sched["n"]), "--n-sup", str(sched["N_sup"])]
 
 TRM_PREFIXES = (1, 2, 4, 8, 16)
 DEPTH_POINTS = 0.05  # a task needs depth when TRM@336 >= TRM@21 + 5 points
@@ -154,8 +173,8 @@ def training_runs(cfg: BenchConfig) -> dict[str, list[str]]:
               "--eval-n", str(cfg.eval_n), "--device", cfg.device, "--precision", cfg.precision,
               "--compile", cfg.compile, "--no-final-eval",
               "--eval-every-minutes", str(cfg.eval_every_minutes or max(cfg.minutes / 10, 0.01))]
-    methods = {"trm": ["--method", "trm", "--T", "3", "--n", "6", "--n-sup", "16", *common]}
-    dis = ["--method", "dis", "--T", "1", "--n", "2", "--n-sup", "6", *common]
+    methods = {"trm": ["--method", "trm", *_schedule_flags(TRM_SCHEDULE), *common]}
+    dis = ["--method", "dis", *_schedule_flags(DIS_SCHEDULE), *common]
     for recipe in cfg.recipes:
         for t in cfg.targets:
             methods[f"dis-{recipe}-{t}"] = [*dis, "--recipe", recipe, "--targets", t]
@@ -294,7 +313,7 @@ def run(cfg: BenchConfig, progress=print, overwrite: bool = False) -> dict:
         train_metrics = json.loads((out / name / "train_metrics.json").read_text())
         trm = base_of(name) == "trm"
         guidance = cfg.guidance if name.startswith("dis") else None
-        # one rollout for both: the TRM's 336 NFE per puzzle once
+        # one rollout for both: the TRM's whole schedule per puzzle once
         ev = evaluate_run(out / name, n=cfg.eval_n, halting=True, guidance=guidance, device=cfg.device,
                           diagnostics=True, compile=cfg.compile)
         diag = ev["diagnostics"]
@@ -323,6 +342,7 @@ def run(cfg: BenchConfig, progress=print, overwrite: bool = False) -> dict:
     report = judged(results)
     report |= {"date": time.strftime("%Y-%m-%d %H:%M"), "config": asdict(cfg), "task_name": cfg.task,
                "task": task.kwargs, "wall_clock_training_s": wall_s,
+               "schedules": {"trm": TRM_SCHEDULE, "dis": DIS_SCHEDULE},
                "machine_sharing": ("concurrent, one thread per run: equal shares of the machine for the same "
                                    "wall-clock" if cfg.parallel else "sequential, every thread per run"),
                "machine": {"cpu": cpu_model(), "cpu_native_bf16": cpu_bf16_units(), "cores": os.cpu_count(),
@@ -401,13 +421,14 @@ def _rule(first: float, full: float, best_trm: float, best_dis: float) -> tuple[
         return "inconclusive", "the TRM baseline did not learn within this budget"
     if full - first < DEPTH_POINTS:
         return "inconclusive", (f"the task does not need depth at this budget: TRM gains {full - first:+.3f} "
-                                f"from 21 to 336 NFE (< {DEPTH_POINTS:.2f})")
+                                f"from {TRM_FIRST} to {TRM_FULL} NFE (< {DEPTH_POINTS:.2f})")
     if best_dis >= full - WITHIN:
         if best_dis > full + WITHIN:
-            return "reproduced", (f"DIS@18 is {best_dis - full:.3f} above TRM@336 on a task that needs depth, in "
+            return "reproduced", (f"DIS@{DIS_FULL} is {best_dis - full:.3f} above TRM@{TRM_FULL} on a task that "
+                                  "needs depth, in "
                                   "equal wall-clock")
-        return "reproduced", f"DIS@18 is within {WITHIN:.2f} of TRM@336 on a task that needs depth"
-    return "not reproduced", f"DIS@18 is {full - best_dis:.3f} below TRM@336 on a task that needs depth"
+        return "reproduced", f"DIS@{DIS_FULL} is within {WITHIN:.2f} of TRM@{TRM_FULL} on a task that needs depth"
+    return "not reproduced", f"DIS@{DIS_FULL} is {full - best_dis:.3f} below TRM@{TRM_FULL} on a task that needs depth"
 
 
 def verdict(results: dict) -> dict:
@@ -427,7 +448,7 @@ def verdict(results: dict) -> dict:
 
     verdicts, depth = {}, {}
     for metric in METRICS:
-        first, full = _at(trm, 21, metric), _at(trm, 336, metric)
+        first, full = _at(trm, TRM_FIRST, metric), _at(trm, TRM_FULL, metric)
         if first is None:
             continue
         dis18 = {k: r[metric] for k, r in dis.items()}
@@ -436,7 +457,7 @@ def verdict(results: dict) -> dict:
         depth[metric] = {"trm_21": first, "trm_336": full, "gain": full - first,
                          "needs_depth": full - first >= DEPTH_POINTS}
         n_seeds = len(means["trm"]["runs"])
-        numbers = (f"TRM {first:.3f} @21 NFE, {full:.3f} @336; best DIS @18 {best_dis:.3f}"
+        numbers = (f"TRM {first:.3f} @{TRM_FIRST} NFE, {full:.3f} @{TRM_FULL}; best DIS @{DIS_FULL} {best_dis:.3f}"
                    + (f" ({best_name})" if best_name else "") + (f"; means of {n_seeds} seeds" if n_seeds > 1 else ""))
         v, why = _rule(first, full, max(r[metric] for r in trm), best_dis)
         learning = not_converged(means["trm"]["runs"] + (means[best_name]["runs"] if best_name else []))
@@ -454,7 +475,8 @@ def verdict(results: dict) -> dict:
                 pair = best_name and best_name + run[len("trm"):]
                 pair = pair if pair in results else None  # a DIS recipe trained once: its one run
                 d18 = results[pair]["by_step"][-1][metric] if pair else best_dis
-                sv, _ = _rule(_at(rows, 21, metric), _at(rows, 336, metric), max(r[metric] for r in rows), d18)
+                sv, _ = _rule(_at(rows, TRM_FIRST, metric), _at(rows, TRM_FULL, metric), max(r[metric] for r in rows),
+                              d18)
                 if sv == "reproduced" and not_converged([run, pair]):
                     sv = "inconclusive (baseline not converged)"
                 per_seed[run] = sv
@@ -463,14 +485,15 @@ def verdict(results: dict) -> dict:
             entry["reason"] += f"; {agree} of {n_seeds} seeds, judged alone, agree"
         verdicts[metric] = entry
     metric = "exact_accuracy"
-    trm_full = _at(trm, 336, metric)
+    trm_full = _at(trm, TRM_FULL, metric)
     halting = {}
     for name, m in means.items():
         h = m.get("halting")
         if not h or not name.startswith(("trm", "ppo")):
             continue
         halting[name] = {"mean_nfe": h["mean_nfe"], "exact_accuracy": h["exact_accuracy"],
-                         "label_match": h.get("label_match"), "times_fewer_than_336": 336 / max(h["mean_nfe"], 1e-9),
+                         "label_match": h.get("label_match"),
+                         "times_fewer_than_336": TRM_FULL / max(h["mean_nfe"], 1e-9),
                          "at_trm_336_accuracy": h["exact_accuracy"] >= trm_full - WITHIN, "seeds": len(m["runs"])}
     target = max((e["best_exact_accuracy"] for e in results["trm"].get("history", [])), default=None)
     if target is not None and target < 0.10:
@@ -561,7 +584,7 @@ def markdown(report: dict) -> str:
             f"{k} {'yes' if c['converged'] else 'no'} ({_rise(c)})" for k, c in report["convergence"].items())]
     if report.get("halting"):
         lines += ["", "Halting: " + "; ".join(
-            f"{k}: {h['mean_nfe']:.1f} NFE mean ({h['times_fewer_than_336']:.1f}x fewer than 336) at "
+            f"{k}: {h['mean_nfe']:.1f} NFE mean ({h['times_fewer_than_336']:.1f}x fewer than {TRM_FULL}) at "
             f"{h['exact_accuracy']:.3f} exact{' (matches TRM@336)' if h['at_trm_336_accuracy'] else ''}"
             for k, h in report["halting"].items())]
     for name, r in report["methods"].items():

@@ -214,3 +214,18 @@ def test_a_seed_still_learning_makes_the_mean_verdict_inconclusive():
     runs["trm-seed1"] = methods(0.60, 0.80, 0.80, looks=(0.4, 0.6, 0.8))["trm"]
     v = verdict(runs)["verdicts"]["exact_accuracy"]
     assert v["verdict"] == "inconclusive (baseline not converged)" and "trm-seed1 was not converged" in v["reason"]
+
+
+def test_the_bench_reads_its_schedules_off_the_method_configs():
+    """The flags it trains with and the NFE it judges at come from the configs' defaults, not from constants."""
+    from agents.bench import DIS_FULL, TRM_FIRST, TRM_FULL, BenchConfig, schedule, training_runs
+    from agents.trainers import DeepSupervisionConfig, DISConfig
+
+    trm, dis = schedule(DeepSupervisionConfig), schedule(DISConfig)
+    m = DeepSupervisionConfig().model
+    assert (TRM_FIRST, TRM_FULL, DIS_FULL) == (m.T * (m.n + 1), m.N_sup * m.T * (m.n + 1), dis["nfe"]) == (21, 336, 18)
+    runs = training_runs(BenchConfig.for_task("sudoku", preset="quick"))
+    for name, sched in (("trm", trm), ("dis-anytime", dis)):
+        flags = runs[name]
+        got = [int(flags[flags.index(f) + 1]) for f in ("--T", "--n", "--n-sup")]
+        assert got == [sched["T"], sched["n"], sched["N_sup"]]
