@@ -19,7 +19,7 @@ PRECISION_HELP = ("bf16 (autocast, fp32 master weights), fp32, or auto: bf16 on 
 
 
 def add_precision_argument(p: argparse.ArgumentParser, what: str, default: str | None = "auto") -> None:
-    from .precision import PRECISIONS
+    from .model.precision import PRECISIONS
 
     p.add_argument("--precision", choices=list(PRECISIONS), default=default,
                    help=f"{what}: {PRECISION_HELP}" + (f" (default {default})" if default
@@ -27,7 +27,7 @@ def add_precision_argument(p: argparse.ArgumentParser, what: str, default: str |
 
 
 def add_eval_compile_argument(p: argparse.ArgumentParser) -> None:
-    from .precision import COMPILE_MODES
+    from .model.precision import COMPILE_MODES
 
     p.add_argument("--compile", choices=list(COMPILE_MODES), default="auto",
                    help="torch.compile f for the rollout: on, off, or auto (bf16 rollouts of at least 100,000 "
@@ -95,7 +95,7 @@ def cmd_data_convert(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import sweep
+    from .experiments.sweep import sweep
 
     report = sweep(args.config, args.out, cpus=args.cpus, address=args.address, overwrite=args.overwrite)
     for t in report["trials"]:
@@ -125,8 +125,8 @@ def cmd_demo(args) -> int:
     from recursion_env.render import board_text
 
     from .checkpoint import run_files
-    from .diagnostics import diagnose, save_plots
-    from .evaluation import load_trained, rollout_metrics
+    from .eval.diagnostics import diagnose, save_plots
+    from .eval.evaluation import load_trained, rollout_metrics
     from .trainers import DISConfig, train
 
     out = Path(args.out)
@@ -177,10 +177,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .distributed import launched_rank, launched_world
-    from .evaluation import torch_device
+    from .eval.evaluation import torch_device
     from .trainers import ARC_PRESET, PAPER_PRESET, TrainConfig, method, train
-    from .trainers.common import ARC_CPU, ARC_PRESET_TASK
+    from .trainers.distributed import launched_rank, launched_world
+    from .trainers.loop import ARC_CPU, ARC_PRESET_TASK
 
     if args.resume:
         if args.overwrite:
@@ -225,7 +225,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_train_ppo(args) -> int:
-    from .evaluation import torch_device
+    from .eval.evaluation import torch_device
     from .trainers.ppo import PPOConfig, train_ppo
 
     values = given_options(args, "ppo") | {"iterations": args.iterations, "task": args.task,
@@ -259,7 +259,7 @@ def _print_table(result: dict) -> None:
 
 def cmd_eval(args) -> int:
 
-    from .evaluation import evaluate_run, torch_device
+    from .eval.evaluation import evaluate_run, torch_device
 
     if args.json:
         from .checkpoint import guard_output
@@ -304,8 +304,8 @@ def cmd_zoo_build(args) -> int:
 
 
 def cmd_eval_arc(args) -> int:
-    from .evaluation import load_trained, torch_device
-    from .voting import evaluate_arc
+    from .eval.evaluation import load_trained, torch_device
+    from .eval.voting import evaluate_arc
 
     device = torch_device(args.device)
     model, task, train_config = load_trained(args.run, device)
@@ -324,7 +324,7 @@ def cmd_eval_arc(args) -> int:
 
 
 def cmd_import_official(args) -> int:
-    from .official import import_official
+    from .model.official import import_official
 
     task_kwargs = _task_kwargs(args) if args.task else None
     if args.identifiers:
@@ -339,8 +339,8 @@ def cmd_import_official(args) -> int:
 
 def cmd_diagnose(args) -> int:
     from .checkpoint import guard_output
-    from .diagnostics import PLOT_FILES, diagnose, summary_text, write_report
-    from .evaluation import torch_device
+    from .eval.diagnostics import PLOT_FILES, diagnose, summary_text, write_report
+    from .eval.evaluation import torch_device
 
     outputs = ([args.json] if args.json else []) + ([Path(args.plots) / f for f in PLOT_FILES] if args.plots else [])
     for path in outputs:
@@ -354,7 +354,7 @@ def cmd_diagnose(args) -> int:
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    from .precision import COMPILE_MODES
+    from .model.precision import COMPILE_MODES
 
     add_task_arguments(p)
     p.add_argument("--preset", choices=["cpu", "long", "quick", "gpu"], default=None,
@@ -397,7 +397,7 @@ BENCH_TASK_OPTIONS = {"sudoku": ("size", "min_givens", "max_givens"), "maze": ("
 
 
 def cmd_bench(args) -> int:
-    from .bench import BenchConfig, run
+    from .experiments.bench import BenchConfig, run
 
     preset = "quick" if args.quick else (args.preset or "cpu")
     if args.quick and args.preset not in (None, "quick"):
@@ -424,11 +424,11 @@ def cmd_bench(args) -> int:
         task_kwargs |= {"min_givens": 22, "max_givens": 27}
     cfg = BenchConfig.for_task(args.task, preset, task_kwargs=task_kwargs, **kw)
     if cfg.device.startswith("cuda"):
-        from .evaluation import torch_device
+        from .eval.evaluation import torch_device
 
         torch_device(cfg.device)  # a clear error where there is no CUDA
     if args.report_only:
-        from .bench import rewrite_report
+        from .experiments.bench import rewrite_report
 
         if not (Path(cfg.out) / "results.json").is_file():
             raise ValueError(f"--report-only: no results.json in {cfg.out} (run the benchmark there first)")
@@ -575,8 +575,8 @@ def _field_default(f) -> object:
 @functools.cache
 def train_options() -> dict[str, TrainOption]:
     """dest -> option, over every registered method's config fields (the network's nested in ``model``)."""
+    from .model.trm import TRMConfig
     from .trainers import METHODS, config_class
-    from .trm import TRMConfig
 
     found: dict[str, dict] = {}
 
@@ -690,7 +690,7 @@ def build_parser(help_method: str | None = None) -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="a grid or random search over train options with Ray Tune (the [ray] extra)",
                         description="CONFIG (YAML): method, base, grid, random, num_samples, resources; see "
-                        "agents/sweep.py. Each trial is an ordinary run folder in OUT/trials/.")
+                        "agents/experiments/sweep.py. Each trial is an ordinary run folder in OUT/trials/.")
     sw.add_argument("config", help="the sweep file (YAML or JSON)")
     sw.add_argument("--out", required=True, help="the sweep's folder: trials/, results.csv, sweep.json, a plot")
     sw.add_argument("--cpus", type=int, default=None, help="CPUs Ray may use on this machine (default: all)")

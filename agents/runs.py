@@ -5,8 +5,8 @@ from __future__ import annotations
 from recursion_env.tasks import Task, make_task
 
 from .checkpoint import load_checkpoint
-from .precision import trained_precision
-from .trm import TRM, TRMConfig
+from .model.precision import trained_precision
+from .model.trm import TRM, TRMConfig
 
 
 def load_trained(run, device="cpu", weights: str = "ema") -> tuple[TRM, Task, dict]:

@@ -77,7 +77,7 @@ def stream_cost(folder: Path, batches: int, batch: int = 64, rounds: int = 5) ->
     """Milliseconds per training batch drawn from ``folder`` (``PuzzleStream``: chunks of 256 rows read from the
     memory maps, augmented) with the row checks and without (``PuzzleStore(verify=False)``), best of ``rounds``
     taken in turns."""
-    from agents.data import PuzzleStream
+    from agents.trainers.data import PuzzleStream
     from recursion_env.tasks.store import PuzzleStore
 
     best = {}
@@ -126,7 +126,7 @@ def main() -> None:
     streamed = child([*train, "--dataset", str(work / "store"), "--out", str(work / "run_store")])
     folder_mib = sum(f.stat().st_size for f in (work / "store").iterdir()) / 2**20
     stream = stream_cost(work / "store", args.stream_batches)
-    from agents.precision import cpu_model
+    from agents.model.precision import cpu_model
 
     result = {
         "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpu_cores": os.cpu_count()},

@@ -104,9 +104,9 @@ def main(argv=None) -> int:
         return json.loads((out / "env_throughput.json").read_text())["steps_per_s"]
 
     def no_sync():
-        from agents.data import DeviceFeed
-        from agents.rollout import RecursionRunner
+        from agents.model.rollout import RecursionRunner
         from agents.trainers import config_from_dict, train
+        from agents.trainers.data import DeviceFeed
 
         forward, top_up = RecursionRunner.forward, DeviceFeed.top_up
         calls = {"forward": 0}

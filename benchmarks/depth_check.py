@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from agents.bench import train_command  # fresh, resumed, or done: the bench's own rule
+from agents.experiments.bench import train_command  # fresh, resumed, or done: the bench's own rule
 
 #: name -> task flags; the candidates of the headline issue (6x6 with the fewest givens that keep one solution,
 #: 9x9 with 36-45 givens) and two between them
@@ -74,7 +74,7 @@ def main(argv=None) -> dict:
                     raise SystemExit(f"{name}: training failed (exit {proc.returncode}); see {out / name}.log")
                 print(f"{name}: trained ({time.time() - start:.0f} s since start)", flush=True)
 
-    from agents.evaluation import evaluate_run
+    from agents.eval.evaluation import evaluate_run
 
     rows = []
     for name in names:

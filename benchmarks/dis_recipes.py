@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
         if proc.wait() != 0:
             raise RuntimeError(f"training {name} failed; see {out / (name + '.log')}")
         log.close()
-    from agents.evaluation import evaluate_run
+    from agents.eval.evaluation import evaluate_run
 
     rows = []
     for setting, recipe, name, *_ in jobs:

@@ -134,7 +134,7 @@ def make_official_config(folder: Path) -> Path:
 
 
 def load_official_config(path: Path):
-    from agents.official import CheckpointMismatch, official_model_config, read_official_arch
+    from agents.model.official import CheckpointMismatch, official_model_config, read_official_arch
     from recursion_env.tasks import make_task
 
     task = make_task("sudoku", size=4)
@@ -158,7 +158,7 @@ def make_sweep(folder: Path) -> Path:
 
 
 def load_sweep(path: Path):
-    from agents.sweep import read_sweep
+    from agents.experiments.sweep import read_sweep
 
     return read_sweep(path), True  # what read_sweep accepts is its definition of valid
 
@@ -226,7 +226,7 @@ def main() -> None:
     p.add_argument("--out", default=None)
     args = p.parse_args()
     torch.set_num_threads(1)
-    from agents.precision import cpu_model
+    from agents.model.precision import cpu_model
 
     result = {"cpu": cpu_model(), "flips": args.flips, "truncations": args.truncations, "readers": {}}
     root = Path(tempfile.mkdtemp(prefix="fuzz_readers_"))

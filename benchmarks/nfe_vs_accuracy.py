@@ -4,7 +4,7 @@
     python benchmarks/nfe_vs_accuracy.py --task nqueens --preset long --out runs/bench/nqueens_long  # the paper's
     python benchmarks/nfe_vs_accuracy.py --quick --out runs/bench/quick            # a smoke run of a few minutes
 
-Same as ``recursion-env bench nfe-vs-accuracy``; the logic lives in ``agents/bench.py``.
+Same as ``recursion-env bench nfe-vs-accuracy``; the logic lives in ``agents/experiments/bench.py``.
 """
 
 import argparse

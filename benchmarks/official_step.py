@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from step_cost import time_steps  # (beside this file: python puts the script's folder on the path)
 
-from agents.precision import machine
+from agents.model.precision import machine
 
 
 def official_step_seconds(official: Path, size: int, hidden: int, batch: int, dtype: str, rounds: int) -> float:

@@ -17,7 +17,7 @@ import json
 
 import torch
 
-from agents.targets import diffusion_targets
+from agents.trainers.targets import diffusion_targets
 from recursion_env.tasks import make_task
 
 SETTINGS = {

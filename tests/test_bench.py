@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.bench import BenchConfig, markdown, ppo_runs, training_runs, verdict
 from agents.cli import main
-from agents.evaluation import summarize
+from agents.eval.evaluation import summarize
+from agents.experiments.bench import BenchConfig, markdown, ppo_runs, training_runs, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,7 @@ def test_a_win_over_a_baseline_still_learning_is_inconclusive_and_says_why():
     ([(30, 0.2), (110, 0.9), (170, 0.85)], 180, True),  # a drop is no rise
 ])
 def test_convergence_is_a_rise_under_a_point_over_the_last_third(looks, wall, converged):
-    from agents.bench import convergence
+    from agents.experiments.bench import convergence
 
     run = {"wall_clock_s": wall, "history": [{"elapsed_s": t, "best_exact_accuracy": a} for t, a in looks]}
     assert convergence(run)["converged"] is converged
@@ -218,7 +218,7 @@ def test_a_seed_still_learning_makes_the_mean_verdict_inconclusive():
 
 def test_the_bench_reads_its_schedules_off_the_method_configs():
     """The flags it trains with and the NFE it judges at come from the configs' defaults, not from constants."""
-    from agents.bench import DIS_FULL, TRM_FIRST, TRM_FULL, BenchConfig, schedule, training_runs
+    from agents.experiments.bench import DIS_FULL, TRM_FIRST, TRM_FULL, BenchConfig, schedule, training_runs
     from agents.trainers import DeepSupervisionConfig, DISConfig
 
     trm, dis = schedule(DeepSupervisionConfig), schedule(DISConfig)

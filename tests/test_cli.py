@@ -78,8 +78,8 @@ def test_train_options_are_the_method_configs_fields():
     from dataclasses import fields
 
     from agents.cli import NOT_MODEL_OPTIONS, NOT_OPTIONS, build_parser, train_options
+    from agents.model.trm import TRMConfig
     from agents.trainers import METHODS
-    from agents.trm import TRMConfig
 
     options = train_options()
     for name, method in METHODS.items():  # every field of every method's config is an option of that method
@@ -115,7 +115,7 @@ def test_a_method_is_its_file_and_one_registry_line(monkeypatch, tmp_path):
 
     import agents.cli as cli_module
     from agents import trainers
-    from agents.trainers.common import Method, TrainConfig
+    from agents.trainers.loop import Method, TrainConfig
 
     @dataclass
     class ToyConfig(TrainConfig):

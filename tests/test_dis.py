@@ -6,10 +6,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.evaluation import evaluate_run, load_trained, rollout_metrics
-from agents.rollout import RecursionRunner, guided_logits
-from agents.targets import GENERATORS, make_targets
+from agents.eval.evaluation import evaluate_run, load_trained, rollout_metrics
+from agents.model.rollout import RecursionRunner, guided_logits
 from agents.trainers import DeepSupervisionConfig, DISConfig, train
+from agents.trainers.targets import GENERATORS, make_targets
 from recursion_env import make_task
 
 TASKS = {"sudoku4": make_task("sudoku", size=4), "sudoku6": make_task("sudoku", size=6),
@@ -141,7 +141,7 @@ def test_dis_overfits_64_sudoku4_puzzles(tmp_path):
 
 # -- dead-compute diagnostics ---------------------------------------------------------------------------------------
 
-from agents.diagnostics import (  # noqa: E402
+from agents.eval.diagnostics import (  # noqa: E402
     advantage_margin,
     diagnose_model,
     guided_cross_entropy,
@@ -203,7 +203,7 @@ def test_diagnostics_flag_a_step_that_changes_nothing(tmp_path):
 
 
 def test_summarize_greedy_and_sampled_halting():
-    from agents.evaluation import summarize
+    from agents.eval.evaluation import summarize
 
     solved = np.array([[False, True], [True, True], [True, True]])  # [N_sup=3, n=2]
     cell = solved.astype(np.float32)
@@ -243,8 +243,8 @@ def test_cli_train_dis_then_diagnose_and_eval_guidance(tmp_path):
 def test_a_step_that_overshoots_is_not_dead():
     """Margin at w = 1 below zero (it overshoots: a smaller step would be better still) while the cross-entropy
     of the solution fell a lot: alive. TRM's first step, from the readout of a constant state, reads like this."""
-    from agents.diagnostics import step_diagnostics
-    from agents.trm import SupervisionOutput
+    from agents.eval.diagnostics import step_diagnostics
+    from agents.model.trm import SupervisionOutput
 
     reference = torch.zeros(1, 2, 3)  # the same uniform prediction on both cells
     conditional = torch.tensor([[[12.0, 0.0, 0.0], [0.0, 1.5, 0.0]]])  # cell 0 right and sure, cell 1 wrong

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from agents.checkpoint import load_checkpoint, load_newest_valid
-from agents.distributed import Distributed
 from agents.trainers import TrainConfig, train
+from agents.trainers.distributed import Distributed
 
 SCRIPT = str(Path(sys.executable).parent / "recursion-env")
 # (compiling would cost each rank tens of seconds; compile and precision have tests of their own)

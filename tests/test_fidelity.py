@@ -1,6 +1,6 @@
 """The network is the official TRM, weight for weight: parameter counts, the mlp_t norm axis, SwiGLU widths, and
 official checkpoints imported and checked against a forward pass written here from the official code's text
-(models/recursive_reasoning/trm.py, models/layers.py), independently of agents/trm.py."""
+(models/recursive_reasoning/trm.py, models/layers.py), independently of agents/model/trm.py."""
 
 import json
 import math
@@ -11,11 +11,11 @@ import torch.nn.functional as F
 import yaml
 
 from agents.cli import main as cli
-from agents.evaluation import load_trained
-from agents.official import TOKEN_MAPS, CheckpointMismatch, import_official
-from agents.optim import AdamATan2, SignSGD
+from agents.eval.evaluation import load_trained
+from agents.model.official import TOKEN_MAPS, CheckpointMismatch, import_official
+from agents.model.optim import AdamATan2, SignSGD
+from agents.model.trm import TRM, Block, TRMConfig, swiglu_width
 from agents.trainers import PAPER_PRESET, DeepSupervisionConfig, config_from_dict
-from agents.trm import TRM, Block, TRMConfig, swiglu_width
 from recursion_env import make_task
 
 # -- the official network, written out --------------------------------------------------------------------------
@@ -274,7 +274,7 @@ def test_compiled_bfloat16_checkpoint_imports(tmp_path):
 def test_import_official_cli_and_the_run_is_usable(tmp_path, capsys):
     import gymnasium as gym
 
-    from agents.rollout import TRMPolicy
+    from agents.model.rollout import TRMPolicy
 
     arch = official_arch(hidden_size=32, num_heads=4, puzzle_emb_ndim=32)
     sd = official_state(arch, seq_len=81, vocab=11)
@@ -370,7 +370,7 @@ def test_adam_atan2_is_the_official_update():
 
 
 def test_sign_sgd_moves_only_the_rows_in_use():
-    from agents.trm import SparseEmbedding
+    from agents.model.trm import SparseEmbedding
 
     table = SparseEmbedding(4, 2).train()
     table.weight.fill_(1.0)
@@ -411,7 +411,7 @@ def test_paper_preset_is_the_official_recipe(tmp_path):
 
 
 def test_constant_ema_from_the_initial_weights():
-    from agents.trainers.common import EMA
+    from agents.trainers.loop import EMA
 
     model = TRM(TRMConfig(seq_len=4, vocab_size=3, hidden=8))
     start = model.output_head.weight.detach().clone()

@@ -77,8 +77,8 @@ def test_the_cycle_finder_finds_a_cycle_hidden_in_a_function():
 
 def test_the_packages_import_no_cycle():
     graph = import_graph()
-    assert {"agents.trainers.common", "agents.evaluation", "recursion_env.core"} <= set(graph)
-    assert "agents.zoo" in graph["agents.rollout"]  # an import inside a function (TRMPolicy.pretrained)
+    assert {"agents.trainers.loop", "agents.eval.evaluation", "recursion_env.core"} <= set(graph)
+    assert "agents.zoo" in graph["agents.model.rollout"]  # an import inside a function (TRMPolicy.pretrained)
     assert cycles(graph) == []
 
 

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.targets import diffusion_targets
+from agents.trainers.targets import diffusion_targets
 from recursion_env.tasks import make_task
 
 #: the settings the bench, the presets, the examples and the depth check train on (and the tasks' defaults)

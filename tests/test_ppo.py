@@ -7,7 +7,7 @@ import torch
 
 from agents.checkpoint import load_checkpoint
 from agents.cli import main as cli
-from agents.evaluation import load_trained
+from agents.eval.evaluation import load_trained
 from agents.trainers import DeepSupervisionConfig, DISConfig, train
 from agents.trainers.ppo import AnswerAndHalt, PPOConfig, train_ppo
 
@@ -168,7 +168,7 @@ def test_ppo_resumes_exactly(tmp_path, capsys):
 def test_ppo_envs_start_from_the_networks_initial_state_and_answer_as_evaluation_does():
     """The env's own initial latent is zeros; a TRM starts from y_init / z_init. PPO's envs must start where
     training and evaluation start, or its policy learns to halt a network that answers differently."""
-    from agents.rollout import RecursionRunner
+    from agents.model.rollout import RecursionRunner
     from agents.trainers.ppo import TRMActor, build_model, env_factory
 
     cfg = tiny()

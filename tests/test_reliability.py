@@ -138,8 +138,8 @@ def test_one_writer_per_folder_and_a_killed_holder_leaves_no_stale_lock(tmp_path
         err = capsys.readouterr().err
         assert f"being written by another process (pid {holder.pid})" in err and len(err.strip().splitlines()) == 1
         assert not (run / "checkpoint.pt").exists()
-        from agents.bench import BenchConfig
-        from agents.bench import run as bench_run
+        from agents.experiments.bench import BenchConfig
+        from agents.experiments.bench import run as bench_run
         with pytest.raises(ValueError, match="another process"):
             bench_run(BenchConfig.quick(out=str(run)))
     finally:
@@ -151,7 +151,7 @@ def test_one_writer_per_folder_and_a_killed_holder_leaves_no_stale_lock(tmp_path
 
 
 def test_bench_overwrite_removes_only_what_the_bench_wrote(tmp_path):
-    from agents.bench import BenchConfig, _check_folder
+    from agents.experiments.bench import BenchConfig, _check_folder
 
     out = tmp_path / "bench"
     cfg = BenchConfig.quick(out=str(out))
@@ -217,8 +217,8 @@ def test_data_convert_names_a_non_utf8_file_and_rejects_bad_rows_with_their_line
     (b"method: d\xc5s\n", r"sweep.yaml: the sweep file is not UTF-8 text \(byte 9"),
 ])
 def test_a_broken_sweep_or_official_config_is_one_line_naming_the_file_and_the_line(tmp_path, content, message):
-    from agents.official import read_official_arch
-    from agents.sweep import read_sweep
+    from agents.experiments.sweep import read_sweep
+    from agents.model.official import read_official_arch
 
     (tmp_path / "sweep.yaml").write_bytes(content)
     with pytest.raises(ValueError, match=message) as caught:
@@ -231,7 +231,7 @@ def test_a_broken_sweep_or_official_config_is_one_line_naming_the_file_and_the_l
 
 
 def test_a_sweep_with_an_unknown_method_names_the_file(tmp_path):
-    from agents.sweep import read_sweep
+    from agents.experiments.sweep import read_sweep
 
     (tmp_path / "sweep.yaml").write_text("method: d1s\n")
     with pytest.raises(ValueError, match=r"sweep.yaml: method 'd1s': sweeps run the supervised trainers"):

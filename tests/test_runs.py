@@ -9,7 +9,7 @@ import torch
 
 from agents.checkpoint import load_checkpoint, load_newest_valid, save_checkpoint
 from agents.cli import main as cli
-from agents.evaluation import load_trained
+from agents.eval.evaluation import load_trained
 from agents.trainers import TrainConfig, config_from_dict, train
 
 
@@ -121,7 +121,7 @@ def test_stale_temporaries_are_cleaned_and_files_honour_the_umask(tmp_path):
 def test_with_a_dataset_the_held_out_puzzles_are_the_evaluated_ones(tmp_path):
     """The dataset's own task (its header: here 11-12 givens, the command line's default differs) defines the
     held-out set: a file that contains those very puzzles has them dropped, and evaluation reads the same ones."""
-    from agents.evaluation import evaluation_set, load_trained
+    from agents.eval.evaluation import evaluation_set, load_trained
     from recursion_env import make_task
     from recursion_env.tasks import PuzzleBatch, save_dataset
 
@@ -140,7 +140,7 @@ def test_with_a_dataset_the_held_out_puzzles_are_the_evaluated_ones(tmp_path):
 
 
 def test_a_checkpoint_with_wrong_keys_or_shapes_is_one_clear_error(tmp_path, capsys):
-    from agents.evaluation import load_trained
+    from agents.eval.evaluation import load_trained
 
     run = tmp_path / "run"
     train(tiny(run, steps=1))
@@ -162,7 +162,7 @@ def test_timed_looks_are_saved_during_training_and_evaluated_after_it(tmp_path, 
     """A look every few training seconds saves the EMA weights; none is evaluated until the last optimizer step is
     done, so runs that share a machine train side by side whatever a look costs. The result equals evaluating the
     saved weights by hand, and a resume keeps the evaluated looks."""
-    import agents.trainers.common as common
+    import agents.trainers.loop as common
     from agents.trainers.deep_supervision import DeepSupervision
 
     steps_at_evaluation, steps = [], [0]
@@ -189,7 +189,7 @@ def test_timed_looks_are_saved_during_training_and_evaluated_after_it(tmp_path, 
         assert (tmp_path / "run" / h["snapshot"]).exists() and h["elapsed_s"] <= result["wall_clock_s"]
     model, task, trained = load_trained(tmp_path / "run")
     model.load_state_dict(load_checkpoint(tmp_path / "run" / looks[0]["snapshot"])["ema"])
-    from agents.evaluation import evaluation_set
+    from agents.eval.evaluation import evaluation_set
 
     x, y = evaluation_set(task, {"eval_seed": cfg.eval_seed}, cfg.eval_n)
     by_hand = rollout(model, task, x, y, precision=trained["precision"])  # (looks run in the run's precision)
@@ -206,8 +206,8 @@ def test_the_network_config_is_nested_in_the_checkpoint_and_old_flat_configs_sti
     carrying DIS's fields) still resumes, into the same network."""
     from dataclasses import asdict
 
+    from agents.model.trm import TRMConfig
     from agents.trainers import config_from_dict
-    from agents.trm import TRMConfig
 
     run = tmp_path / "run"
     cfg = tiny(run, steps=2, method="dis")

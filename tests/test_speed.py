@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-import agents.precision as precision_module
+import agents.model.precision as precision_module
 from agents.checkpoint import load_checkpoint
-from agents.data import DeviceFeed
-from agents.evaluation import evaluate_run, load_trained
-from agents.optim import AdamATan2, SignSGD, sparse_sign_sgd_
-from agents.rollout import RecursionRunner
+from agents.eval.evaluation import evaluate_run, load_trained
+from agents.model.optim import AdamATan2, SignSGD, sparse_sign_sgd_
+from agents.model.rollout import RecursionRunner
+from agents.model.trm import TRM, TRMConfig
 from agents.trainers import config_from_dict, train
-from agents.trainers.common import EMA
-from agents.trm import TRM, TRMConfig
+from agents.trainers.data import DeviceFeed
+from agents.trainers.loop import EMA
 from recursion_env import make_task
 
 SMALL = dict(task_kwargs={"size": 4}, hidden=16, batch_size=8, eval_n=16, progress=False, final_eval=False,
@@ -92,7 +92,7 @@ def test_no_host_sync_in_the_training_loop_between_log_points(tmp_path, monkeypa
 def test_finished_rows_start_on_the_streams_puzzles_in_order(tmp_path):
     """The device feed hands the k-th finished row the k-th unused puzzle: the rows and puzzles that taking
     finished.sum() puzzles from the stream would give."""
-    from agents.data import PuzzleStream
+    from agents.trainers.data import PuzzleStream
 
     task = make_task("sudoku", size=4)
     stream = PuzzleStream(task, seed=3, chunk=5)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.data import PuzzleStream
+from agents.trainers.data import PuzzleStream
 from recursion_env.tasks import load_puzzles, make_task
 from recursion_env.tasks.store import PuzzleStore, convert_csv, write_csv
 
@@ -113,7 +113,7 @@ def test_training_streams_from_the_converted_folder_lazily_and_ranks_take_disjoi
     result = train(DISConfig(task_kwargs={"size": 6}, dataset=str(tmp_path / "store"), model={"hidden": 16},
                                batch_size=8, steps=3, eval_n=8, out=str(tmp_path / "run"), progress=False))
     assert result["optimizer_steps"] == 3
-    from agents.evaluation import evaluate_run
+    from agents.eval.evaluation import evaluate_run
 
     assert evaluate_run(tmp_path / "run", n=20, puzzles=str(tmp_path / "store"))["n_puzzles"] == 20  # eval from it
     from agents.trainers import PPOConfig, train_ppo

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.evaluation import evaluate_run
-from agents.sweep import need_ray, read_sweep
+from agents.eval.evaluation import evaluate_run
+from agents.experiments.sweep import need_ray, read_sweep
 
 SWEEP = """\
 method: dis

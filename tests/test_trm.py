@@ -12,10 +12,10 @@ import torch
 import recursion_env  # noqa: F401
 from agents.checkpoint import load_checkpoint, save_checkpoint
 from agents.cli import main as cli
-from agents.evaluation import evaluate_run, load_trained, rollout_metrics
-from agents.rollout import RecursionRunner, TRMPolicy
+from agents.eval.evaluation import evaluate_run, load_trained, rollout_metrics
+from agents.model.rollout import RecursionRunner, TRMPolicy
+from agents.model.trm import TRM, TRMConfig
 from agents.trainers import TrainConfig, config_from_dict, train
-from agents.trm import TRM, TRMConfig
 from recursion_env import RecursionTorchRLEnv, make_task
 
 SUDOKU4 = make_task("sudoku", size=4)
@@ -265,8 +265,8 @@ def test_every_role_acts_through_the_one_trm_step(monkeypatch, input_from_answer
 
 
 def test_evaluation_with_diagnostics_is_one_rollout_for_both(trained, monkeypatch):
-    import agents.diagnostics as diagnostics
-    import agents.evaluation as evaluation
+    import agents.eval.diagnostics as diagnostics
+    import agents.eval.evaluation as evaluation
 
     plain, report = evaluate_run(trained, n=32, halting=True), diagnostics.diagnose(trained, n=32)
     rollouts = []
@@ -319,7 +319,7 @@ def test_halt_readout_position_zero_or_mean():
 
 
 def test_confidence_features_and_switching_the_halt_readout():
-    from agents.trm import confidence_features
+    from agents.model.trm import confidence_features
 
     sure = torch.full((1, 4, 5), -30.0)
     sure[..., 2] = 30.0  # every cell certain
@@ -355,7 +355,7 @@ def test_confidence_features_and_switching_the_halt_readout():
 def test_the_rules_readout_reads_whether_the_decoded_answer_obeys_the_rules():
     """halt_readout "rules": five features in [0, 1], 1 meaning stop; the fourth is 1 exactly when the answer
     decoded from the logits (givens kept) solves the puzzle, checked by the task's label-free rules."""
-    from agents.trm import rules_features
+    from agents.model.trm import rules_features
     from recursion_env.tasks import make_task
 
     task = make_task("sudoku", size=4)

@@ -10,8 +10,8 @@ import torch
 
 from agents import checkpoint, zoo
 from agents.cli import main as cli
-from agents.evaluation import evaluate_run
-from agents.rollout import TRMPolicy
+from agents.eval.evaluation import evaluate_run
+from agents.model.rollout import TRMPolicy
 
 ENTRIES = zoo.names()
 

@@ -9,8 +9,8 @@ objective]))`` (``registry``), and its import below.
 from __future__ import annotations
 
 from . import deep_supervision, policy_improvement, ppo  # noqa: F401  (importing a method's file registers it)
-from .common import ARC_PRESET, PAPER_PRESET, TrainConfig, train
 from .deep_supervision import DeepSupervisionConfig
+from .loop import ARC_PRESET, PAPER_PRESET, TrainConfig, train
 from .policy_improvement import DISConfig
 from .ppo import PPOConfig, train_ppo
 from .registry import METHODS, Method, config_class, config_from_dict, get_method, method

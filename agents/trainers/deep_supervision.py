@@ -1,7 +1,7 @@
 """Deep supervision, the TRM baseline: every supervision step is trained toward the final solution, and a
 halting head (TRM's Q head) learns whether the current prediction is already exactly right.
 
-The loop itself is :func:`agents.trainers.common.train`; this file is what is specific to TRM.
+The loop itself is :func:`agents.trainers.loop.train`; this file is what is specific to TRM.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..rollout import RecursionRunner
-from ..trm import SupervisionOutput
-from .common import TrainConfig, counted_cells, exactly_right, token_loss, train
+from ..model.rollout import RecursionRunner
+from ..model.trm import SupervisionOutput
+from .loop import TrainConfig, counted_cells, exactly_right, token_loss, train
 from .registry import Method, register
 
 

@@ -2,7 +2,7 @@
 strictly better intermediate target, so each step is a policy-improvement step. Defaults T=1, n=2, N_sup=6:
 6 x 1 x 3 = 18 forward passes per puzzle instead of TRM's 336, and no halting head.
 
-The loop itself is :func:`agents.trainers.common.train`; this file is what is specific to DIS: the targets
+The loop itself is :func:`agents.trainers.loop.train`; this file is what is specific to DIS: the targets
 (sampled afresh, per puzzle, when an episode starts in the core), the step index embedded into the input, and
 the per-step loss. Two recipes (``DISConfig.recipe``): "official-code" (the default; the official DIS code: the
 previous step's decoded answer is the next step's input, the steps weigh the same) and "paper" (the paper's
@@ -18,11 +18,11 @@ from typing import ClassVar
 
 import torch
 
-from ..rollout import RecursionRunner
-from ..targets import GENERATORS, make_targets
-from ..trm import SupervisionOutput, TRMConfig
-from .common import TrainConfig, counted_cells, exactly_right, token_loss, train
+from ..model.rollout import RecursionRunner
+from ..model.trm import SupervisionOutput, TRMConfig
+from .loop import TrainConfig, counted_cells, exactly_right, token_loss, train
 from .registry import Method, register
+from .targets import GENERATORS, make_targets
 
 #: the two DIS recipes (see DISConfig.recipe)
 DIS_RECIPES = {"paper": {"step_weight": "linear", "autoregressive": False},

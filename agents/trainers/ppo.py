@@ -54,10 +54,10 @@ from recursion_env.atomic import locks_folder, remove_stale_temporaries
 from recursion_env.tasks import PuzzleBatch, load_puzzles, make_task
 
 from ..checkpoint import StopRequest, save_checkpoint
-from ..data import outside, puzzle_keys
-from ..evaluation import evaluation_set, load_trained
-from ..trm import HALT_READOUTS, TRM, TRMConfig
-from .common import config_kwargs, resolve_model
+from ..eval.evaluation import evaluation_set, load_trained
+from ..model.trm import HALT_READOUTS, TRM, TRMConfig
+from .data import outside, puzzle_keys
+from .loop import config_kwargs, resolve_model
 from .registry import Method, register
 
 #: what running the whole schedule costs when ``nfe_cost`` is not given: just under the solve bonus (1), so a step
@@ -346,7 +346,7 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
     from torchrl.objectives.value import GAE
 
     from ..checkpoint import load_newest_valid
-    from .common import prepare_run_folder
+    from .loop import prepare_run_folder
 
     ps = None
     if resume:

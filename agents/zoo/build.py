@@ -19,8 +19,8 @@ from recursion_env.atomic import atomic_write
 
 from .. import checkpoint, zoo
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..evaluation import evaluate_run
-from ..precision import cpu_model
+from ..eval.evaluation import evaluate_run
+from ..model.precision import cpu_model
 
 #: what an entry keeps of a run's checkpoint (no optimizer, no training state)
 KEPT = ("model_config", "ema", "task", "task_kwargs", "train_config")

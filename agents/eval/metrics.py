@@ -1,5 +1,5 @@
 """What a rollout of a trained network measures: accuracy after every supervision-step prefix, halting, and the
-held-out puzzles of a run. :mod:`agents.evaluation` (a run's ``eval`` JSON) and :mod:`agents.diagnostics` (its
+held-out puzzles of a run. :mod:`agents.eval.evaluation` (a run's ``eval`` JSON) and :mod:`agents.eval.diagnostics` (its
 dead-compute report) both build on it."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import torch
 
 from recursion_env.tasks import PuzzleBatch, Task, load_puzzles
 
-from .precision import autocast, resolve_compile, resolve_precision
-from .rollout import RecursionRunner
-from .runs import load_trained
-from .trm import TRM
+from ..model.precision import autocast, resolve_compile, resolve_precision
+from ..model.rollout import RecursionRunner
+from ..model.trm import TRM
+from ..runs import load_trained
 
 
 @torch.no_grad()

@@ -1,5 +1,5 @@
 """Evaluating trained runs: the ``recursion-env eval`` JSON (accuracy after every supervision-step prefix, with
-halting, guidance and the dead-compute report on request). The measurements themselves are :mod:`agents.metrics`'
+halting, guidance and the dead-compute report on request). The measurements themselves are :mod:`agents.eval.metrics`'
 (re-exported here)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..runs import load_trained
 from .diagnostics import diagnose_model
 from .metrics import (
     evaluation_batch,
@@ -17,14 +18,13 @@ from .metrics import (
     run_precision,
     summarize,
 )
-from .runs import load_trained
 
 
 def evaluate_run(run, n: int = 1000, puzzles=None, halting: bool = False, guidance=None, device="cpu",
                  batch_size: int = 256, diagnostics: bool = False, w: float = 1.0,
                  precision: str | None = None, compile: str = "off") -> dict:
     """The ``recursion-env eval`` JSON: method, task, n_puzzles, by_step, and halting / guidance on request.
-    ``diagnostics=True`` adds the dead-compute report (``agents.diagnostics``, its margin taken under guidance
+    ``diagnostics=True`` adds the dead-compute report (``agents.eval.diagnostics``, its margin taken under guidance
     weight ``w``) from the same rollout. ``precision``: bf16, fp32, auto (the machine's), or None: the run's;
     ``compile``: on, off, or auto (bf16 rollouts of at least ``COMPILE_AUTO_FORWARD_PASSES`` forward passes)."""
     model, task, train_config, precision, inputs, labels = prepare_run(run, n, puzzles, device, precision, compile)

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..model.rollout import RecursionRunner
+from ..model.trm import SupervisionOutput
 from .metrics import prepare_run, rollout_metrics, summarize
-from .rollout import RecursionRunner
-from .trm import SupervisionOutput
 
 
 def guided_cross_entropy(reference: torch.Tensor, conditional: torch.Tensor, target: torch.Tensor, w: float):
@@ -75,7 +75,7 @@ def diagnose(run, n: int = 1000, w: float = 1.0, device="cpu", puzzles=None, pre
 
 def diagnose_model(model, task, inputs, labels, w: float = 1.0, device="cpu", precision: str = "fp32") -> dict:
     """The dead-compute report of ``model`` on ``inputs`` (with their ``labels``: the margin is measured at the
-    solution token), and under ``summary`` the rollout's :func:`~agents.metrics.summarize`."""
+    solution token), and under ``summary`` the rollout's :func:`~agents.eval.metrics.summarize`."""
     if labels is None:
         raise ValueError("diagnostics need labels (the margin is measured at the solution token)")
     N_sup = model.cfg.N_sup

@@ -23,7 +23,7 @@ import torch
 from recursion_env.atomic import locks_folder
 from recursion_env.tasks import Task, make_task
 
-from .checkpoint import read_torch, run_files, save_checkpoint
+from ..checkpoint import read_torch, run_files, save_checkpoint
 from .trm import TRM, TRMConfig
 
 #: for each task: official token id of each of our tokens (index = our token)
@@ -76,7 +76,7 @@ def read_official_state(path) -> dict[str, torch.Tensor]:
 
 def read_official_arch(path) -> dict:
     """The ``arch`` section of an official ``all_config.yaml`` (or a bare arch mapping)."""
-    from .checkpoint import read_yaml
+    from ..checkpoint import read_yaml
 
     path = Path(path)
     if not path.is_file():

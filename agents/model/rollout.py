@@ -89,7 +89,7 @@ def zoo_policy(task, name: str | None = None, device="cpu") -> TRMPolicy | None:
     """The halting env's policy provider ``zoo`` (entry point ``recursion_env.policies``): zoo entry ``name`` as a
     :class:`TRMPolicy`, or with ``name=None`` the entry that is the halting env's default for ``task``
     (:func:`agents.zoo.halting_env_default`), None when there is none."""
-    from . import zoo
+    from .. import zoo
 
     name = name or zoo.halting_env_default(task)
     if name is None:
@@ -129,7 +129,7 @@ class TRMPolicy:
     def pretrained(cls, name: str, device="cpu", **kwargs) -> TRMPolicy:
         """The policy of zoo entry ``name`` (``recursion-env zoo list``), e.g. for the halting env:
         ``gym.make("TRMHalting-Sudoku-v0", size=4, policy=TRMPolicy.pretrained("trm-sudoku4"))``."""
-        from .zoo import load
+        from ..zoo import load
 
         model, _ = load(name, device)
         return cls(model, **kwargs)

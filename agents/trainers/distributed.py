@@ -8,7 +8,7 @@ The supervised loop uses it for:
 * identical initialisation: every rank seeds the same and builds the same network; :meth:`broadcast_` checks it
   by copying rank 0's parameters over the others;
 * the data: each rank its own shard of the puzzle stream (the shared seed, rank ``r`` takes chunks
-  ``r, r + W, ...``: see ``agents.data.PuzzleStream``) and ``batch_size / W`` examples of the global batch;
+  ``r, r + W, ...``: see ``agents.trainers.data.PuzzleStream``) and ``batch_size / W`` examples of the global batch;
 * gradients averaged over the global batch (:meth:`average_gradients`, one all-reduce of every gradient);
   each rank's loss is a mean over its equal share, so the average is the global batch's mean; the optimizer
   step and the EMA are then identical on every rank;

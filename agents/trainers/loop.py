@@ -31,10 +31,8 @@ from recursion_env.atomic import folder_lock, remove_stale_temporaries
 from recursion_env.tasks import Task, load_puzzles, make_task
 
 from ..checkpoint import StopRequest, load_checkpoint, load_newest_valid, run_files, save_checkpoint
-from ..data import DeviceFeed, PuzzleStream
-from ..distributed import Distributed
-from ..evaluation import evaluation_batch, rollout_metrics, summarize
-from ..precision import (
+from ..eval.evaluation import evaluation_batch, rollout_metrics, summarize
+from ..model.precision import (
     COMPILE_MODES,
     PRECISIONS,
     autocast,
@@ -45,8 +43,10 @@ from ..precision import (
     resolve_precision,
     trained_precision,
 )
-from ..rollout import RecursionRunner
-from ..trm import TRM, TRMConfig
+from ..model.rollout import RecursionRunner
+from ..model.trm import TRM, TRMConfig
+from .data import DeviceFeed, PuzzleStream
+from .distributed import Distributed
 from .registry import Method, config_from_dict, get_method  # noqa: F401  (Method: the methods' import path)
 
 #: the network's fields, which a flat config dict holds beside the method's own
@@ -71,7 +71,7 @@ class TrainConfig:
     method: str = field(default="", init=False)  # the subclass's name in the registry; written to checkpoints
     task: str = "sudoku"
     task_kwargs: dict = field(default_factory=lambda: {"size": 6})
-    model: TRMConfig | dict | None = None  # the official architecture at every size (see agents/trm.py)
+    model: TRMConfig | dict | None = None  # the official architecture at every size (see agents/model/trm.py)
     # optimisation. Official values: optimizer adam_atan2, weight_decay_scope all, grad_clip 0 (off), a constant
     # EMA (ema_warmup False); ``--preset paper`` uses them all. The CPU defaults keep two named deviations that
     # short runs need: gradient clipping at 1.0 and an EMA whose decay warms up (a constant 0.999 from the
@@ -311,7 +311,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     """Train ``cfg.method``. ``resume``: continue the run in ``cfg.out`` for ``cfg.steps`` more steps and/or
     ``cfg.minutes`` more minutes, from its newest valid checkpoint; otherwise ``cfg.out`` must not hold a run
     (``overwrite`` replaces one). Under ``torchrun`` every process calls it: data-parallel over the processes
-    (``agents.distributed``), ``cfg.batch_size`` being the global batch."""
+    (``agents.trainers.distributed``), ``cfg.batch_size`` being the global batch."""
     ddp, device = Distributed.start(cfg.device)
     try:
         with folder_lock(cfg.out) if ddp.is_main else contextlib.nullcontext():  # one writer per run folder

@@ -56,7 +56,7 @@ class AdamATan2(torch.optim.Optimizer):
 
 
 class SignSGD(torch.optim.Optimizer):
-    """Sign-SGD with decoupled weight decay on :class:`~agents.trm.SparseEmbedding` tables, as the official sparse
+    """Sign-SGD with decoupled weight decay on :class:`~agents.model.trm.SparseEmbedding` tables, as the official sparse
     optimizer: the rows the last batch gathered (their identifiers and gradients, concatenated over the ranks by
     ``gather`` under data parallelism) are summed per identifier, and each such row moves by ``-lr sign(sum)``
     after decaying by ``1 - lr wd``; no other row is touched. Time and memory scale with the batch, not the table.

@@ -237,7 +237,7 @@ class Block(nn.Module):
 class SparseEmbedding(nn.Module):
     """The per-identifier embedding as the official ``CastedSparseEmbedding``: the table is a buffer (no gradient,
     no optimizer state the size of the table); in training the batch's rows are gathered into a local tensor that
-    carries the gradient, and :class:`~agents.optim.SignSGD` updates those rows only. Evaluation reads the table.
+    carries the gradient, and :class:`~agents.model.optim.SignSGD` updates those rows only. Evaluation reads the table.
     As official, one gathered batch per optimizer step: a second call before the step replaces the first."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int):

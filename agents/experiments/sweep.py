@@ -50,8 +50,8 @@ def need_ray():
 def read_sweep(path) -> dict:
     """The sweep file, checked: every key a train option of ``method`` (or a task option), every search a list
     or a known sampler. One ``ValueError`` naming the file and the key otherwise."""
-    from .checkpoint import read_yaml
-    from .trainers import method as get_method
+    from ..checkpoint import read_yaml
+    from ..trainers import method as get_method
 
     path = Path(path)
     spec = read_yaml(path, "sweep file")
@@ -64,7 +64,7 @@ def read_sweep(path) -> dict:
     if name not in ("trm", "dis"):
         raise ValueError(f"{path}: method {name!r}: sweeps run the supervised trainers (trm, dis)")
     config = get_method(name).config
-    from .trainers.common import MODEL_FIELDS
+    from ..trainers.loop import MODEL_FIELDS
 
     options = {f.name for f in fields(config) if f.init} | MODEL_FIELDS | set(TASK_KEYS)
     for part in ("base", "grid", "random"):
@@ -90,7 +90,7 @@ def read_sweep(path) -> dict:
 
 def run_config(method: str, options: dict, out: str, device: str):
     """One trial's training config, built as the command line builds it (flat, then nested by ``from_dict``)."""
-    from .trainers import method as get_method
+    from ..trainers import method as get_method
 
     values = dict(options)
     task_kwargs = dict(values.pop("task_kwargs", None) or {})
@@ -106,7 +106,7 @@ def trial(params: dict) -> None:
     import torch
     from ray import tune
 
-    from .trainers import method as get_method
+    from ..trainers import method as get_method
 
     options = {k: v for k, v in params.items() if not k.startswith("_")}
     context = tune.get_context()

@@ -37,8 +37,8 @@ import torch
 from recursion_env.atomic import locks_folder
 from recursion_env.tasks import build_dataset, make_task, save_dataset
 
-from .precision import cpu_bf16_units, cpu_model
-from .trainers import DeepSupervisionConfig, DISConfig
+from ..model.precision import cpu_bf16_units, cpu_model
+from ..trainers import DeepSupervisionConfig, DISConfig
 
 
 def schedule(config_class) -> dict[str, int]:
@@ -205,7 +205,7 @@ def run_elapsed_s(run: Path) -> float | None:
     """Training seconds a run folder holds already (None: no checkpoint there)."""
     if not (run / "checkpoint.pt").exists():
         return None
-    from .checkpoint import load_newest_valid
+    from ..checkpoint import load_newest_valid
 
     state, _ = load_newest_valid(run / "checkpoint.pt")
     return float(state["ppo_state"]["elapsed"] if "ppo_state" in state else state["elapsed"])
@@ -285,8 +285,8 @@ def _check_folder(cfg: BenchConfig, out: Path, overwrite: bool) -> None:
 
 @locks_folder(lambda a: a["cfg"].out)
 def run(cfg: BenchConfig, progress=print, overwrite: bool = False) -> dict:
-    from .diagnostics import save_plots
-    from .evaluation import evaluate_run
+    from ..eval.diagnostics import save_plots
+    from ..eval.evaluation import evaluate_run
 
     out = Path(cfg.out)
     _check_folder(cfg, out, overwrite)
