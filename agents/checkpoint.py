@@ -53,17 +53,24 @@ def guard_output(path, overwrite: bool, flag: str = "--overwrite") -> Path:
     return path
 
 
-def _plain(obj):
-    """Numpy arrays -> tensors, numpy scalars -> Python, recursively: what ``weights_only`` loading accepts."""
+def map_leaves(fn, obj):
+    """``fn`` applied to every leaf of nested dicts, lists and tuples (the containers rebuilt, same types)."""
+    if isinstance(obj, dict):
+        return {k: map_leaves(fn, v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(map_leaves(fn, v) for v in obj)
+    return fn(obj)
+
+
+def _plain_leaf(obj):
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(obj.copy())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v) for v in obj)
-    return obj
+    return obj.item() if isinstance(obj, np.generic) else obj
+
+
+def _plain(obj):
+    """Numpy arrays -> tensors, numpy scalars -> Python, recursively: what ``weights_only`` loading accepts."""
+    return map_leaves(_plain_leaf, obj)
 
 
 def _rotate(path: Path, keep: int) -> None:

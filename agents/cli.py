@@ -655,6 +655,19 @@ def _method_asked_for_help(argv: list[str]) -> str | None:
     return None
 
 
+def add_rollout_arguments(parser, run_help: str, n_help: str, puzzles_help: str, writes: str, replaces: str) -> None:
+    """What every command that rolls a trained run out takes (eval, diagnose): the run, the puzzles, where the
+    result goes, the device, the precision and compilation."""
+    parser.add_argument("run", help=run_help)
+    parser.add_argument("--puzzles", default=None, help=puzzles_help)
+    parser.add_argument("--n", type=int, default=1000, help=n_help)
+    parser.add_argument("--json", default=None, help=f"write {writes} here (refused if the file exists)")
+    parser.add_argument("--overwrite", action="store_true", help=f"replace existing {replaces}")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_precision_argument(parser, "the network's precision", default=None)
+    add_eval_compile_argument(parser)
+
+
 def build_parser(help_method: str | None = None) -> argparse.ArgumentParser:
     """The command line; ``help_method`` hides the train options that method does not have from ``train --help``
     (they still parse, and are refused as another method's)."""
@@ -729,18 +742,13 @@ def build_parser(help_method: str | None = None) -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a trained run")
-    ev.add_argument("run", help="a run folder (train, demo or import-official wrote it)")
-    ev.add_argument("--puzzles", default=None, help="a file of puzzles (task's text form, .csv or .npz)")
-    ev.add_argument("--n", type=int, default=1000, help="held-out puzzles; with --task arc: held-out tasks")
+    add_rollout_arguments(ev, "a run folder (train, demo or import-official wrote it)",
+                          "held-out puzzles; with --task arc: held-out tasks",
+                          "a file of puzzles (task's text form, .csv or .npz)", "the result", "--json file")
     ev.add_argument("--task", choices=["arc"], default=None,
                     help="arc: the voting evaluation (every variant of each test input, inverted, voted; pass@1/2)")
     ev.add_argument("--halting", action="store_true", help="also stop each puzzle when its halting head says so")
     ev.add_argument("--guidance", default=None, help="comma-separated guidance weights w, e.g. 0,0.5,1,2")
-    ev.add_argument("--json", default=None, help="write the result here (refused if the file exists)")
-    ev.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    ev.add_argument("--device", default="cpu", help="cpu or cuda")
-    add_precision_argument(ev, "the network's precision", default=None)
-    add_eval_compile_argument(ev)
     ev.set_defaults(func=cmd_eval)
 
     imp = sub.add_parser("import-official", help="turn a checkpoint of the official TRM code into a run folder")
@@ -755,16 +763,10 @@ def build_parser(help_method: str | None = None) -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_import_official)
 
     dg = sub.add_parser("diagnose", help="dead-compute diagnostics per supervision step")
-    dg.add_argument("run", help="a run folder")
-    dg.add_argument("--n", type=int, default=1000, help="held-out puzzles")
+    add_rollout_arguments(dg, "a run folder", "held-out puzzles", "a file of puzzles instead of held-out ones",
+                          "the report", "--json and --plots files")
     dg.add_argument("--w", type=float, default=1.0, help="guidance weight of the policy the margin is taken under")
-    dg.add_argument("--puzzles", default=None, help="a file of puzzles instead of held-out ones")
-    dg.add_argument("--json", default=None, help="write the report here (refused if the file exists)")
     dg.add_argument("--plots", default=None, help="folder for accuracy_vs_nfe.png and margin_per_step.png")
-    dg.add_argument("--overwrite", action="store_true", help="replace existing --json and --plots files")
-    dg.add_argument("--device", default="cpu", help="cpu or cuda")
-    add_precision_argument(dg, "the network's precision", default=None)
-    add_eval_compile_argument(dg)
     dg.set_defaults(func=cmd_diagnose)
 
     zoo = sub.add_parser("zoo", help="trained networks shipped in the package: zoo:NAME wherever a run goes")

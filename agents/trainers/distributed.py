@@ -30,6 +30,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from ..checkpoint import map_leaves
+
 
 def launched_world() -> int:
     """How many processes torchrun started (``WORLD_SIZE``; 1 outside torchrun)."""
@@ -149,10 +151,4 @@ class Distributed:
 
 def to_cpu(obj):
     """Tensors in nested dicts/lists/tuples moved to the CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.cpu()
-    if isinstance(obj, dict):
-        return {k: to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_cpu(v) for v in obj)
-    return obj
+    return map_leaves(lambda x: x.cpu() if isinstance(x, torch.Tensor) else x, obj)
