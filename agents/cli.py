@@ -14,12 +14,9 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import NamedTuple
 
-PRECISION_HELP = ("bf16 (autocast, fp32 master weights), fp32, or auto: bf16 on CUDA and on a CPU with native "
-                  "bf16 units (AMX or AVX512-BF16), else fp32")
-
 
 def add_precision_argument(p: argparse.ArgumentParser, what: str, default: str | None = "auto") -> None:
-    from .model.precision import PRECISIONS
+    from .model.precision import PRECISION_HELP, PRECISIONS
 
     p.add_argument("--precision", choices=list(PRECISIONS), default=default,
                    help=f"{what}: {PRECISION_HELP}" + (f" (default {default})" if default
@@ -457,101 +454,13 @@ NOT_OPTIONS = {"method", "task", "task_kwargs", "model", "out", "progress"}
 #: ``halt_readout`` field is an option)
 NOT_MODEL_OPTIONS = {"seq_len", "vocab_size", "num_puzzle_ids", "step_embedding", "input_from_answer", "halt_readout",
                      "keeps_givens"}
-#: A field documents its option with ``field(metadata={"help": ..., "choices": [...]})`` beside it; the tables below
-#: hold the texts of the fields that predate that.
-#: spellings other than ``--`` + the field name with dashes
-FLAGS = {"N_sup": ("--n-sup",), "L_layers": ("--layers",), "nfe_cost": ("--nfe-cost",),
-         "augment": ("--no-augment",), "final_eval": ("--no-final-eval",)}
-CHOICES = {"mixer": ["mlp", "attention"], "optimizer": ["adam_atan2", "adamw"],
-           "weight_decay_scope": ["all", "matrices"], "loss": ["stablemax", "ce"], "step_weight": ["linear", "uniform"],
-           "mode": ["halting", "full"], "reward_mode": ["label", "verifier"]}
-HELP = {
-    "steps": "trm/dis: optimizer steps (with --resume: more steps)",
-    "batch_size": "puzzles per optimizer step (the global batch under torchrun)",
-    "weight_decay": "weight decay of the optimizer",
-    "betas": "the optimizer's two moment decays",
-    "warmup_steps": "steps of linear learning-rate warm-up",
-    "ema_decay": "decay of the weights' exponential moving average (evaluation and checkpoints use the average)",
-    "loss": "stablemax (official) or ce cross-entropy on the answer tokens",
-    "eval_n": "held-out puzzles, excluded from training, for the looks and the final evaluation",
-    "eval_seed": "seed of the held-out puzzles",
-    "seed": "seed of the network's init, the training stream and the halting draws",
-    "checkpoint_every": "write a checkpoint every N optimizer steps (ppo: iterations), and at least every few minutes",
-    "log_every": "log and top up the device's puzzles every N steps (one host sync each)",
-    "halt_loss_weight": "trm: weight of the halting head's loss",
-    "halt_exploration": "trm: probability of a random minimum number of supervision steps (official 0.1)",
-    "hidden": "width D of the network (official 512)",
-    "L_layers": "layers of the shared network f",
-    "T": "latent recursions per supervision step (the last T-1 without gradients)",
-    "n": "latent updates z = f(x + y + z) per recursion, before y = f(y + z)",
-    "N_sup": "supervision steps per puzzle",
-    "rms_norm_eps": "epsilon of the RMS norms",
-    "rope_theta": "base of the rotary position encoding",
-    "step_weight": "dis: per-step loss weights, linear (the paper) or uniform (the official code); default the "
-                   "recipe's",
-    "solve_bonus": "ppo: reward for an answer that becomes solved (and its negative when it breaks)",
-    "train_pool": "ppo: generated training puzzles when no --dataset is given",
-    "rollout_len": "ppo: env steps collected per environment per iteration",
-    "epochs": "ppo: passes over each iteration's frames",
-    "minibatch_size": "ppo: frames per gradient step",
-    "gamma": "ppo: discount",
-    "clip_epsilon": "ppo: clipping of the probability ratio",
-    "critic_coeff": "ppo: weight of the critic's loss",
-    "iterations": "ppo: iterations of collect + update (with --resume: more iterations)",
-    "minutes": "training time (with --resume: more minutes)",
-    "device": "cpu, cuda, or auto",
-    "keep": "checkpoints to keep (checkpoint.pt, .1, ...): --resume falls back to the newest valid one",
-    "mixer": "mlp (TRM's mlp_t) or attention",
-    "heads": "attention heads",
-    "expansion": "SwiGLU expansion",
-    "pos": "position encoding (default as official: none for mlp, rope for attention)",
-    "puzzle_emb_len": "latent slots before the cells, slot 0 holding the identifier embedding",
-    "puzzle_emb_ndim": "width of the identifier embedding (default: hidden; 0 = none)",
-    "optimizer": "adam_atan2 (official) or adamw",
-    "weight_decay_scope": "decay every parameter (official) or only matrices other than embeddings",
-    "grad_clip": "clip the gradient norm (0 = off, official)",
-    "ema_warmup": "ramp the EMA decay up (CPU default) or keep it constant (--no-ema-warmup, official)",
-    "puzzle_emb_lr": "sign-SGD learning rate of the identifier embedding (default: --lr)",
-    "puzzle_emb_weight_decay": "its weight decay (default: --weight-decay)",
-    "lr": "learning rate (trm/dis: 1e-3 on CPU; ppo: 1e-2 halting, 3e-4 full)",
-    "dataset": ".npz / .csv / text file of training puzzles",
-    "n_train": "a fixed generated training set of this size",
-    "augment": "train on the puzzles as they are, without the task's symmetries",
-    "final_eval": "skip the held-out evaluation at the end",
-    "eval_every": "evaluate 256 held-out puzzles every N steps",
-    "eval_every_minutes": "... and/or save a look every M training minutes, evaluated on 256 held-out puzzles after "
-                          "training (so a look costs the runs beside it nothing)",
-    "compile": "torch.compile the shared network f (static shapes, compiled before the training clock starts: "
-               "3-9 s at width 64, ~30 s at width 512 on a 2-core CPU): on, off, or auto (runs of at least 10 "
-               "minutes or 2000 steps, where a C++ compiler or CUDA is found)",
-    "precision": PRECISION_HELP,
-    "targets": "dis: intermediate-target generator",
-    "recipe": "dis: 'official-code' (the official DIS code: the previous decoded answer as input, uniform step "
-              "weights) or 'paper' (the puzzle as every step's input, linearly increasing weights)",
-    "autoregressive": "dis: feed the previous decoded answer as the next step's input (whatever the recipe)",
-    "anytime_weight": "dis: weight of an extra loss toward the final solution at every step",
-    "mode": "ppo: train only the halting decision (network frozen) or the whole TRM",
-    "init": "ppo: start from this TRM/DIS run (default: a fresh network)",
-    "nfe_cost": "ppo: reward cost per forward pass (default 0.9 / the network's NFE budget: 0.05 for DIS's 18)",
-    "reward_mode": "ppo: label or label-free (the task's verifier)",
-    "num_envs": "ppo: environments per batch",
-    "entropy_coeff": "ppo: entropy bonus (default 0.01 halting, 0 full)",
-    "collector": "ppo: one process, --workers processes (multisync) or --workers Ray actors (ray: the [ray] extra)",
-    "workers": "ppo --collector multisync/ray: worker processes or Ray actors",
-    "gae_lambda": "ppo: GAE lambda (default 0.95 halting, 0 full: each step's answer gets its own credit)",
-    "halt_readout": "ppo: the halting head reads the readout's confidence and whether the decoded answer obeys the "
-                    "puzzle's rules (rules: the halting default; no label, no forward pass), the confidence alone "
-                    "(least sure cell, mean doubt, mean entropy), y at position 0 (TRM), the mean of y, or what the "
-                    "model has (keep; the full default)",
-    "halt_bias": "ppo: reset the halting head's bias first (halting default 0 = p(halt) 1/2; 'keep' keeps it, the "
-                 "full default)",
-}
+#: A field documents its option beside it (``agents.options.option``: help, choices, flag spellings).
 
 
 def _argparse_kwargs(name: str, annotation, default, choices=None) -> dict:
     """How argparse reads a field, from its type."""
-    if choices or name in CHOICES:
-        return {"choices": list(choices or CHOICES[name])}
+    if choices:
+        return {"choices": list(choices)}
     if name == "halt_bias":
         return {"type": _number_or_keep}
     if annotation in (bool, bool | None):
@@ -585,8 +494,10 @@ def train_options() -> dict[str, TrainOption]:
         if name in (NOT_MODEL_OPTIONS if model else NOT_OPTIONS):
             return
         entry = found.setdefault(name, {"owners": [], "model": model, "defaults": {}, "help": f.metadata.get("help"),
+                                        "flags": f.metadata.get("flags"),
                                         "kwargs": _argparse_kwargs(name, hints[name], default,
                                                                    f.metadata.get("choices"))})
+        entry["help"] = entry["help"] or f.metadata.get("help")  # (a method that redeclares a field's default)
         entry["owners"].append(owner)
         if default is not None and not isinstance(default, bool) and name != "iterations":  # (a budget: given)
             entry["defaults"][owner] = default
@@ -606,10 +517,10 @@ def train_options() -> dict[str, TrainOption]:
         defaults = sorted(set(map(str, e["defaults"].values())))
         shown = ("default " + defaults[0] if len(defaults) == 1 else
                  "default " + ", ".join(f"{o} {v}" for o, v in e["defaults"].items())) if defaults else ""
-        help_text = "; ".join(t for t in (e["help"] or HELP.get(name, ""), shown) if t) or None
+        help_text = "; ".join(t for t in (e["help"], shown) if t) or None
         if help_text and "%" in help_text:
             help_text = help_text.replace("%", "%%")
-        options[name] = TrainOption(FLAGS.get(name, ("--" + name.replace("_", "-"),)), name, tuple(e["owners"]),
+        options[name] = TrainOption(e["flags"] or ("--" + name.replace("_", "-"),), name, tuple(e["owners"]),
                                     e["model"], help_text, e["kwargs"])
     return options
 

@@ -183,9 +183,9 @@ def test_diagnostics_flag_a_step_that_changes_nothing(tmp_path):
     original = model.supervision_step
     calls = {"n": 0}
 
-    def frozen_third_step(x, y, z, T=None, n=None):
+    def frozen_third_step(x, y, z, T=None, n=None, **kw):
         calls["n"] += 1
-        out = original(x, y, z, T, n)
+        out = original(x, y, z, T, n, **kw)
         if calls["n"] % 4 == 3:  # the third supervision step returns its input unchanged
             ref = out.reference_logits
             return out._replace(y=y, z=z, logits=ref, halt_logit=out.halt_logit)

@@ -22,6 +22,9 @@ from functools import cache
 
 import torch
 
+#: what ``--precision`` means, for every command that takes it
+PRECISION_HELP = ("bf16 (autocast, fp32 master weights), fp32, or auto: bf16 on CUDA and on a CPU with native "
+                  "bf16 units (AMX or AVX512-BF16), else fp32")
 PRECISIONS = ("auto", "bf16", "fp32")
 COMPILE_MODES = ("auto", "on", "off")
 

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..options import option
 
 HALT_READOUTS = ("first", "mean", "confidence", "rules")
 #: the readouts that read the decoded answer rather than y (their heads take `readout_features`, not width D)
@@ -41,20 +43,23 @@ class TRMConfig:
 
     seq_len: int = 0  # cells; 0 = not known yet (for_task)
     vocab_size: int = 0
-    hidden: int = 128  # D (official: 512)
-    L_layers: int = 2
-    mixer: str = "mlp"  # "mlp" (TRM's mlp_t: an MLP across the sequence) or "attention"
-    heads: int = 8
-    expansion: float = 4.0
-    T: int = 3
-    n: int = 6
-    N_sup: int = 16
+    hidden: int = option(128, "width D of the network (official 512)")
+    L_layers: int = option(2, "layers of the shared network f", flags=("--layers",))
+    mixer: str = option("mlp", "mlp (TRM's mlp_t) or attention", choices=("mlp", "attention"))
+    heads: int = option(8, "attention heads")
+    expansion: float = option(4.0, "SwiGLU expansion")
+    T: int = option(3, "latent recursions per supervision step (the last T-1 without gradients)")
+    n: int = option(6, "latent updates z = f(x + y + z) per recursion, before y = f(y + z)")
+    N_sup: int = option(16, "supervision steps per puzzle", flags=("--n-sup",))
     #: "none", "rope" or "learned"; default as official: none for mlp_t, rope for attention
-    pos: str | None = field(default=None, metadata={"choices": POSITIONS})
+    pos: str | None = option(
+        None,
+        "position encoding (default as official: none for mlp, rope for attention)",
+        choices=POSITIONS)
     #: latent slots in front of the cells (official default 16); slot 0 carries the per-identifier embedding
-    puzzle_emb_len: int = 16
+    puzzle_emb_len: int = option(16, "latent slots before the cells, slot 0 holding the identifier embedding")
     #: width of the per-identifier embedding, <= puzzle_emb_len * hidden (None = hidden, as official; 0 = none)
-    puzzle_emb_ndim: int | None = None
+    puzzle_emb_ndim: int | None = option(None, "width of the identifier embedding (default: hidden; 0 = none)")
     num_puzzle_ids: int = 1  # identifiers in the table (Sudoku and Maze data have one)
     step_embedding: int = 0  # supervision steps embedded into x (0 = none; DIS uses N_sup)
     input_from_answer: bool = False  # x embeds the previous decoded answer instead of the puzzle (DIS option)
@@ -62,9 +67,13 @@ class TRMConfig:
     #: what the halting head reads: y at position 0 (TRM), the mean of y ("mean"), the readout's confidence
     #: ("confidence", see `confidence_features`), or that and how far the decoded answer is from obeying the
     #: puzzle's rules ("rules", see `TRM.set_rules`)
-    halt_readout: str = "first"
-    rms_norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
+    halt_readout: str = option(
+        "first",
+        "ppo: the halting head reads the readout's confidence and whether the decoded answer obeys the puzzle's "
+        "rules (rules: the halting default; no label, no forward pass), the confidence alone (least sure cell, mean "
+        "doubt, mean entropy), y at position 0 (TRM), the mean of y, or what the model has (keep; the full default)")
+    rms_norm_eps: float = option(1e-5, "epsilon of the RMS norms")
+    rope_theta: float = option(10000.0, "base of the rotary position encoding")
 
     def __post_init__(self) -> None:
         if self.mixer not in ("mlp", "attention"):

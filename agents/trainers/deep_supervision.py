@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..model.rollout import RecursionRunner
 from ..model.trm import SupervisionOutput
+from ..options import option
 from .loop import TrainConfig, counted_cells, exactly_right, token_loss, train
 from .registry import Method, register
 
@@ -23,8 +24,10 @@ class DeepSupervisionConfig(TrainConfig):
     NFE) and the halting head's training."""
 
     method: str = field(default="trm", init=False)
-    halt_loss_weight: float = 0.5  # the halting (Q) head's BCE beside the answer loss
-    halt_exploration: float = 0.1  # chance that an example must run a random minimum of steps before halting
+    halt_loss_weight: float = option(0.5, "trm: weight of the halting head's loss")
+    halt_exploration: float = option(
+        0.1,
+        "trm: probability of a random minimum number of supervision steps (official 0.1)")
 
 
 class DeepSupervision:

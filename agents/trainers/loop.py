@@ -34,6 +34,7 @@ from ..checkpoint import StopRequest, load_checkpoint, load_newest_valid, run_fi
 from ..eval.evaluation import evaluation_batch, rollout_metrics, summarize
 from ..model.precision import (
     COMPILE_MODES,
+    PRECISION_HELP,
     PRECISIONS,
     autocast,
     checked_compile,
@@ -45,6 +46,7 @@ from ..model.precision import (
 )
 from ..model.rollout import RecursionRunner
 from ..model.trm import TRM, TRMConfig
+from ..options import option
 from .data import DeviceFeed, PuzzleStream
 from .distributed import Distributed
 from .registry import Method, config_from_dict, get_method  # noqa: F401  (Method: the methods' import path)
@@ -57,10 +59,10 @@ CHECKPOINT_MINUTES = 5.0
 
 
 @dataclass
-class TrainConfig:
-    """What every supervised method shares: the task, the network (``model``), the optimisation, the data and the
-    run. A method subclasses it with its own fields next to its loss (``DeepSupervisionConfig`` in
-    deep_supervision.py, ``DISConfig`` in policy_improvement.py); ``train`` options are derived from the fields.
+class RunConfig:
+    """What every method shares, the supervised ones (:class:`TrainConfig`) and PPO (``PPOConfig``): the task, the
+    network (``model``), the training puzzles and the held-out ones, the budget in minutes, the learning rate and
+    clipping, the seed, the device and the run folder. A method redeclares a field only to change its default.
 
     ``model`` is a frozen :class:`TRMConfig`, or a dict of the fields to change from the method's
     ``MODEL_DEFAULTS`` (``DISConfig(model={"hidden": 32})`` keeps DIS's T=1, n=2, N_sup=6)."""
@@ -72,64 +74,108 @@ class TrainConfig:
     task: str = "sudoku"
     task_kwargs: dict = field(default_factory=lambda: {"size": 6})
     model: TRMConfig | dict | None = None  # the official architecture at every size (see agents/model/trm.py)
-    # optimisation. Official values: optimizer adam_atan2, weight_decay_scope all, grad_clip 0 (off), a constant
-    # EMA (ema_warmup False); ``--preset paper`` uses them all. The CPU defaults keep two named deviations that
-    # short runs need: gradient clipping at 1.0 and an EMA whose decay warms up (a constant 0.999 from the
-    # initial weights still holds 37% of them after 1,000 steps).
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    betas: tuple = (0.9, 0.95)
-    warmup_steps: int = 100
-    optimizer: str = "adam_atan2"  # or "adamw"
-    weight_decay_scope: str = "all"  # or "matrices" (no decay on embeddings and 1-D parameters)
-    grad_clip: float = 1.0  # 0 = off (official)
-    ema_decay: float = 0.999
-    ema_warmup: bool = True  # False: constant decay from the start (official)
-    puzzle_emb_lr: float | None = None  # sign-SGD on the identifier embedding; None = lr
-    puzzle_emb_weight_decay: float | None = None  # None = weight_decay
-    loss: str = "stablemax"  # or "ce"
-    # data
-    dataset: str | None = None  # .npz / .csv / text file / a `data convert` folder; None = generated on the fly
-    n_train: int | None = None  # with no dataset: a fixed set of this many generated puzzles (None = endless)
-    augment: bool = True
-    stream_chunk: int = field(default=256, metadata={"help": (
-        "puzzles drawn or generated at once; under torchrun rank r takes chunks r, r + W, ... of one stream")})
-    eval_n: int = 1000
-    eval_seed: int = 1_000_003
-    final_eval: bool = True  # evaluate eval_n held-out puzzles at the end (the benchmark does its own)
-    # run
-    steps: int | None = None
-    minutes: float | None = None
-    seed: int = 0
-    device: str = "cpu"
-    #: bf16 autocast (fp32 master weights, fp32 norms and loss) or fp32; auto: bf16 where the machine has native
-    #: bf16 units (CUDA; a CPU with AMX or AVX512-BF16), else fp32
-    precision: str = field(default="auto", metadata={"choices": PRECISIONS})
-    #: torch.compile the shared network f: on, off, or auto (runs of at least COMPILE_AUTO_MINUTES minutes or
-    #: COMPILE_AUTO_STEPS steps, where a compiler is found; compiling is off the training clock)
-    compile: str = field(default="auto", metadata={"choices": COMPILE_MODES})
-    eval_every: int = 0  # 0 = only at the end
-    #: also look at the held-out accuracy every this many training minutes (0 = off): equal looks for methods of
-    #: unequal step costs. A look saves the EMA weights (``looks/step_NNNNNNN.pt``) and is evaluated after training
-    #: ends, so runs that share a machine keep training side by side until their budgets end, whatever a look costs.
-    eval_every_minutes: float = 0.0
-    checkpoint_every: int = 200  # steps; and at least every CHECKPOINT_MINUTES of training
-    keep: int = 3  # checkpoints kept (checkpoint.pt, .1, ...): --resume falls back to the newest valid one
-    log_every: int = 10
+    lr: float | None = option(1e-3, "learning rate (trm/dis: 1e-3 on CPU; ppo: 1e-2 halting, 3e-4 full)")
+    grad_clip: float = option(1.0, "clip the gradient norm (0 = off, official)")
+    dataset: str | None = option(
+        None, ".npz / .csv / text file of training puzzles, or a `data convert` folder (default: generated on the fly)")
+    eval_n: int = option(1000, "held-out puzzles, excluded from training, for the looks and the final evaluation")
+    eval_seed: int = option(1_000_003, "seed of the held-out puzzles")
+    minutes: float | None = option(None, "training time (with --resume: more minutes)")
+    seed: int = option(0, "seed of the network's init, the training stream and the halting draws")
+    device: str = option("cpu", "cpu, cuda, or auto")
+    checkpoint_every: int = option(
+        200,
+        "write a checkpoint every N optimizer steps (ppo: iterations), and at least every few minutes")
     out: str = "runs/trm"
     progress: bool = True
 
     def __post_init__(self) -> None:
         self.model = resolve_model(self.model, self.MODEL_DEFAULTS)
-        if self.loss not in ("stablemax", "ce"):
-            raise ValueError(f"loss must be 'stablemax' or 'ce', got {self.loss!r}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
-        if self.steps is not None and self.steps < 0:
-            raise ValueError(f"--steps must be >= 0, got {self.steps}")
         if self.minutes is not None and not self.minutes >= 0:
             raise ValueError(f"--minutes must be >= 0, got {self.minutes}")
+
+    @classmethod
+    def from_dict(cls, d: dict, strict: bool = True):
+        """A config from ``asdict`` output or from the flat form (the network's fields beside the others) that the
+        command line and ``PAPER_PRESET`` use. ``strict``: a key this method does not have is an error; otherwise
+        (a checkpoint's config) it is dropped."""
+        return cls(**config_kwargs(cls, d, strict))
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """What every supervised method shares beyond :class:`RunConfig`: the optimisation, the data stream and the
+    run's looks and checkpoints. A method subclasses it with its own fields next to its loss
+    (``DeepSupervisionConfig`` in deep_supervision.py, ``DISConfig`` in policy_improvement.py); ``train`` options are
+    derived from the fields."""
+
+    # optimisation. Official values: optimizer adam_atan2, weight_decay_scope all, grad_clip 0 (off), a constant
+    # EMA (ema_warmup False); ``--preset paper`` uses them all. The CPU defaults keep two named deviations that
+    # short runs need: gradient clipping at 1.0 and an EMA whose decay warms up (a constant 0.999 from the
+    # initial weights still holds 37% of them after 1,000 steps).
+    batch_size: int = option(64, "puzzles per optimizer step (the global batch under torchrun)")
+    weight_decay: float = option(0.1, "weight decay of the optimizer")
+    betas: tuple = option((0.9, 0.95), "the optimizer's two moment decays")
+    warmup_steps: int = option(100, "steps of linear learning-rate warm-up")
+    optimizer: str = option("adam_atan2", "adam_atan2 (official) or adamw", choices=("adam_atan2", "adamw"))
+    weight_decay_scope: str = option(
+        "all",
+        "decay every parameter (official) or only matrices other than embeddings",
+        choices=("all", "matrices"))
+    ema_decay: float = option(
+        0.999,
+        "decay of the weights' exponential moving average (evaluation and checkpoints use the average)")
+    ema_warmup: bool = option(
+        True,
+        "ramp the EMA decay up (CPU default) or keep it constant (--no-ema-warmup, official)")
+    puzzle_emb_lr: float | None = option(None, "sign-SGD learning rate of the identifier embedding (default: --lr)")
+    puzzle_emb_weight_decay: float | None = option(None, "its weight decay (default: --weight-decay)")
+    loss: str = option(
+        "stablemax",
+        "stablemax (official) or ce cross-entropy on the answer tokens",
+        choices=("stablemax", "ce"))
+    # data
+    n_train: int | None = option(None, "a fixed generated training set of this size (default: endless)")
+    augment: bool = option(
+        True,
+        "train on the puzzles as they are, without the task's symmetries",
+        flags=("--no-augment",))
+    stream_chunk: int = option(
+        256,
+        "puzzles drawn or generated at once; under torchrun rank r takes chunks r, r + W, ... of one stream")
+    final_eval: bool = option(True, "skip the held-out evaluation at the end", flags=("--no-final-eval",))
+    # run
+    steps: int | None = option(None, "trm/dis: optimizer steps (with --resume: more steps)")
+    #: bf16 autocast (fp32 master weights, fp32 norms and loss) or fp32; auto: bf16 where the machine has native
+    #: bf16 units (CUDA; a CPU with AMX or AVX512-BF16), else fp32
+    precision: str = option("auto", PRECISION_HELP, choices=PRECISIONS)
+    #: torch.compile the shared network f: on, off, or auto (runs of at least COMPILE_AUTO_MINUTES minutes or
+    #: COMPILE_AUTO_STEPS steps, where a compiler is found; compiling is off the training clock)
+    compile: str = option(
+        "auto",
+        "torch.compile the shared network f (static shapes, compiled before the training clock starts: 3-9 s at "
+        "width 64, ~30 s at width 512 on a 2-core CPU): on, off, or auto (runs of at least 10 minutes or 2000 steps,"
+        " where a C++ compiler or CUDA is found)",
+        choices=COMPILE_MODES)
+    eval_every: int = option(0, "evaluate 256 held-out puzzles every N steps")
+    #: also look at the held-out accuracy every this many training minutes (0 = off): equal looks for methods of
+    #: unequal step costs. A look saves the EMA weights (``looks/step_NNNNNNN.pt``) and is evaluated after training
+    #: ends, so runs that share a machine keep training side by side until their budgets end, whatever a look costs.
+    eval_every_minutes: float = option(
+        0.0,
+        "... and/or save a look every M training minutes, evaluated on 256 held-out puzzles after training (so a "
+        "look costs the runs beside it nothing)")
+    keep: int = option(3, "checkpoints to keep (checkpoint.pt, .1, ...): --resume falls back to the newest valid one")
+    log_every: int = option(10, "log and top up the device's puzzles every N steps (one host sync each)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss not in ("stablemax", "ce"):
+            raise ValueError(f"loss must be 'stablemax' or 'ce', got {self.loss!r}")
+        if self.steps is not None and self.steps < 0:
+            raise ValueError(f"--steps must be >= 0, got {self.steps}")
         if self.keep < 1:
             raise ValueError(f"--keep must be >= 1, got {self.keep}")
         if self.stream_chunk < 1:
@@ -141,13 +187,6 @@ class TrainConfig:
     def model_config(self, task: Task) -> TRMConfig:
         """The network this run trains on ``task`` (a method may add to it: DIS embeds the step index)."""
         return self.model.for_task(task)
-
-    @classmethod
-    def from_dict(cls, d: dict, strict: bool = True) -> TrainConfig:
-        """A config from ``asdict`` output or from the flat form (the network's fields beside the others) that the
-        command line, ``PAPER_PRESET`` and checkpoints written before the nested ``model`` use. ``strict``: a key
-        this method does not have is an error; otherwise (a checkpoint's config) it is dropped."""
-        return cls(**config_kwargs(cls, d, strict))
 
 
 def resolve_model(model: TRMConfig | dict | None, defaults: dict) -> TRMConfig:

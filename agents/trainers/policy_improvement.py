@@ -20,6 +20,7 @@ import torch
 
 from ..model.rollout import RecursionRunner
 from ..model.trm import SupervisionOutput, TRMConfig
+from ..options import option
 from .loop import TrainConfig, counted_cells, exactly_right, token_loss, train
 from .registry import Method, register
 from .targets import GENERATORS, make_targets
@@ -43,11 +44,20 @@ class DISConfig(TrainConfig):
 
     method: str = field(default="dis", init=False)
     #: the intermediate-target generator: diffusion, mask or solver (Sudoku)
-    targets: str = field(default="diffusion", metadata={"choices": GENERATORS})
-    recipe: str = field(default="official-code", metadata={"choices": tuple(DIS_RECIPES)})
-    step_weight: str | None = None  # "linear" or "uniform"
-    autoregressive: bool | None = None
-    anytime_weight: float = 0.0  # an extra loss toward the final solution at every step (the anytime DIS)
+    targets: str = option("diffusion", "dis: intermediate-target generator", choices=GENERATORS)
+    recipe: str = option(
+        "official-code",
+        "dis: 'official-code' (the official DIS code: the previous decoded answer as input, uniform step weights) or"
+        " 'paper' (the puzzle as every step's input, linearly increasing weights)",
+        choices=tuple(DIS_RECIPES))
+    step_weight: str | None = option(
+        None,
+        "dis: per-step loss weights, linear (the paper) or uniform (the official code); default the recipe's",
+        choices=("linear", "uniform"))
+    autoregressive: bool | None = option(
+        None,
+        "dis: feed the previous decoded answer as the next step's input (whatever the recipe)")
+    anytime_weight: float = option(0.0, "dis: weight of an extra loss toward the final solution at every step")
 
     def __post_init__(self) -> None:
         super().__post_init__()

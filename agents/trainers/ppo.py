@@ -56,8 +56,9 @@ from recursion_env.tasks import PuzzleBatch, load_puzzles, make_task
 from ..checkpoint import StopRequest, save_checkpoint
 from ..eval.evaluation import evaluation_set, load_trained
 from ..model.trm import HALT_READOUTS, TRM, TRMConfig
+from ..options import option
 from .data import outside, puzzle_keys
-from .loop import config_kwargs, resolve_model
+from .loop import RunConfig
 from .registry import Method, register
 
 #: what running the whole schedule costs when ``nfe_cost`` is not given: just under the solve bonus (1), so a step
@@ -69,66 +70,77 @@ COLLECTORS = ("sync", "multisync", "ray")
 
 
 @dataclass
-class PPOConfig:
-    """``train --method ppo``. TorchRL is imported when training starts, not with this config."""
+class PPOConfig(RunConfig):
+    """``train --method ppo``: :class:`RunConfig` (the fields every method shares, four with PPO's defaults) and the
+    environments, the reward and the PPO update. TorchRL is imported when training starts, not with this config.
+    The training puzzles (``dataset``) are held in memory: a .npz, .csv or text file."""
 
     #: a fresh network (no ``init``): DIS's schedule, 18 NFE
     MODEL_DEFAULTS: ClassVar[dict] = {"hidden": 64, "T": 1, "n": 2, "N_sup": 6}
 
     method: str = field(default="ppo", init=False)
-    mode: str = "halting"  # "halting" or "full"
-    init: str | None = None  # a trained TRM/DIS run; None = a fresh network
-    task: str = "sudoku"
+    mode: str = option(
+        "halting",
+        "ppo: train only the halting decision (network frozen) or the whole TRM",
+        choices=("halting", "full"))
+    init: str | None = option(None, "ppo: start from this TRM/DIS run (default: a fresh network)")
     task_kwargs: dict = field(default_factory=lambda: {"size": 4})
-    model: TRMConfig | dict | None = None  # a fresh network only (with ``init`` the network is the init run's)
     #: the reward's cost per forward pass; None = BUDGET_COST / the network's NFE budget (N_sup steps): DIS's 18
     #: NFE 0.05 each, the TRM's 336 0.0027. At 0.01 a DIS step (3 NFE) cost 0.03, and the advantage of halting a
     #: solved answer was too small beside the solve bonus's +-1 for PPO to learn it in 40 iterations
-    nfe_cost: float | None = None
+    nfe_cost: float | None = option(
+        None,
+        "ppo: reward cost per forward pass (default 0.9 / the network's NFE budget: 0.05 for DIS's 18)",
+        flags=("--nfe-cost",))
     #: reset the halting head's bias before training ("keep" = keep). Its init of -5 (p(halt) ~ 0.7%) leaves PPO
     #: almost no halting to learn from; DIS checkpoints never trained it. 0 starts at p(halt) = 1/2.
     #: None = 0 for halting, keep for full.
-    halt_bias: float | str | None = None
+    halt_bias: float | str | None = option(
+        None,
+        "ppo: reset the halting head's bias first (halting default 0 = p(halt) 1/2; 'keep' keeps it, the full "
+        "default)")
     #: what the halting head reads (TRMConfig.halt_readout): "keep" keeps the model's; "mean" (a whole-board
     #: summary), "confidence" (how sure the readout is) or "rules" (that, and how far the decoded answer is from
     #: obeying the puzzle's rules) for a frozen model whose halting head was never trained (DIS), whose position 0
     #: is just the first cell's embedding. None = rules for halting, keep for full.
-    halt_readout: str | None = field(default=None, metadata={"choices": ("keep", *HALT_READOUTS)})
-    reward_mode: str = "label"
-    solve_bonus: float = 1.0
-    dataset: str | None = None
-    train_pool: int = 4096  # without a dataset: this many generated training puzzles, none of them held out
-    eval_n: int = 1000
-    eval_seed: int = 1_000_003  # the held-out puzzles (the supervised trainers' default too)
-    num_envs: int = 64
-    rollout_len: int = 8
+    halt_readout: str | None = option(
+        None,
+        "ppo: the halting head reads the readout's confidence and whether the decoded answer obeys the puzzle's "
+        "rules (rules: the halting default; no label, no forward pass), the confidence alone (least sure cell, mean "
+        "doubt, mean entropy), y at position 0 (TRM), the mean of y, or what the model has (keep; the full default)",
+        choices=("keep", *HALT_READOUTS))
+    reward_mode: str = option("label", "ppo: label or label-free (the task's verifier)", choices=("label", "verifier"))
+    solve_bonus: float = option(1.0, "ppo: reward for an answer that becomes solved (and its negative when it breaks)")
+    train_pool: int = option(4096, "ppo: generated training puzzles when no --dataset is given")
+    num_envs: int = option(64, "ppo: environments per batch")
+    rollout_len: int = option(8, "ppo: env steps collected per environment per iteration")
     #: "sync" (one process: SyncDataCollector, named Collector in torchrl >= 0.14), "multisync" (``workers``
     #: processes, each stepping num_envs / workers envs: MultiSyncDataCollector / MultiSyncCollector) or "ray"
     #: (``workers`` Ray actors, on this machine or a cluster: TorchRL's RayCollector; the [ray] extra)
-    collector: str = field(default="sync", metadata={"choices": COLLECTORS})
-    workers: int = 2
-    iterations: int | None = 50
-    minutes: float | None = None
-    epochs: int = 4
-    minibatch_size: int = 256
-    lr: float | None = None  # None = 1e-2 for halting (a head on three features), 3e-4 for full
-    gamma: float = 1.0
+    collector: str = option(
+        "sync",
+        "ppo: one process, --workers processes (multisync) or --workers Ray actors (ray: the [ray] extra)",
+        choices=COLLECTORS)
+    workers: int = option(2, "ppo --collector multisync/ray: worker processes or Ray actors")
+    iterations: int | None = option(50, "ppo: iterations of collect + update (with --resume: more iterations)")
+    epochs: int = option(4, "ppo: passes over each iteration's frames")
+    minibatch_size: int = option(256, "ppo: frames per gradient step")
+    lr: float | None = None  # 1e-2 for halting (a head on a few features), 3e-4 for full
+    gamma: float = option(1.0, "ppo: discount")
     #: GAE's lambda; None = 0.95 for halting, 0 (one-step TD) for full: see the module docstring
-    gae_lambda: float | None = None
-    clip_epsilon: float = 0.2
+    gae_lambda: float | None = option(
+        None,
+        "ppo: GAE lambda (default 0.95 halting, 0 full: each step's answer gets its own credit)")
+    clip_epsilon: float = option(0.2, "ppo: clipping of the probability ratio")
     #: None = 0.01 for halting, 0 for full: a per-cell entropy bonus held a from-scratch 4x4 run near uniform
     #: answers (return 0.56 vs 0.77 without it after 115 iterations)
-    entropy_coeff: float | None = None
-    critic_coeff: float = 0.5
-    grad_clip: float = 1.0
-    seed: int = 0
-    device: str = "cpu"
-    checkpoint_every: int = 10  # iterations; the run resumes exactly from its newest valid checkpoint
+    entropy_coeff: float | None = option(None, "ppo: entropy bonus (default 0.01 halting, 0 full)")
+    critic_coeff: float = option(0.5, "ppo: weight of the critic's loss")
+    checkpoint_every: int = 10  # iterations
     out: str = "runs/ppo"
-    progress: bool = True
 
     def __post_init__(self):
-        self.model = resolve_model(self.model, self.MODEL_DEFAULTS)
+        super().__post_init__()
         if self.mode not in ("halting", "full"):
             raise ValueError(f"mode must be 'halting' or 'full', got {self.mode!r}")
         if self.collector not in COLLECTORS:
@@ -154,11 +166,6 @@ class PPOConfig:
         if self.halt_bias != "keep" and not isinstance(self.halt_bias, (int, float)):
             raise ValueError(f"halt_bias must be a number or 'keep', got {self.halt_bias!r}")
 
-    @classmethod
-    def from_dict(cls, d: dict, strict: bool = True) -> PPOConfig:
-        """A config from ``asdict`` output or the flat form (``TrainConfig.from_dict``); ``strict=False`` for a
-        checkpoint's config (whose ``init_method`` is not an option)."""
-        return cls(**config_kwargs(cls, d, strict))
 
 
 class AnswerAndHalt(torch.distributions.Distribution):
@@ -261,6 +268,11 @@ def make_env(task, dataset, num_envs: int, seed: int, device: str, **config):
     return TransformedEnv(env, RewardSum())
 
 
+def nfe_cost(cfg: PPOConfig, mcfg: TRMConfig) -> float:
+    """The reward's cost per forward pass: ``cfg.nfe_cost``, or BUDGET_COST spread over the network's schedule."""
+    return cfg.nfe_cost if cfg.nfe_cost is not None else BUDGET_COST / (mcfg.N_sup * mcfg.nfe_per_supervision_step)
+
+
 def env_factory(cfg: PPOConfig, model: TRM, task, dataset):
     """``env_fn(num_envs=, seed=)``: PPO's environments over ``dataset`` with the network's schedule (NFE per
     step, N_sup) and its own initial (y_init, z_init): episodes start where training and evaluation start them,
@@ -269,7 +281,7 @@ def env_factory(cfg: PPOConfig, model: TRM, task, dataset):
     initial_latent = torch.stack(model.initial_state(1), 1)[0].detach().float().cpu()
     return partial(make_env, task, dataset, device=cfg.device, initial_latent=initial_latent,
                    latent_dim=mcfg.hidden, latent_len=mcfg.latent_len, nfe_per_step=mcfg.nfe_per_supervision_step,
-                   max_steps=mcfg.N_sup, nfe_cost=cfg.nfe_cost, reward_mode=cfg.reward_mode,
+                   max_steps=mcfg.N_sup, nfe_cost=nfe_cost(cfg, mcfg), reward_mode=cfg.reward_mode,
                    solve_bonus=cfg.solve_bonus)
 
 
@@ -380,8 +392,7 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
     if not keep.any():
         raise ValueError("every training puzzle is also a held-out puzzle")
     dataset = pool[np.flatnonzero(keep)]
-    if cfg.nfe_cost is None:  # (the run saves the cost it trained with)
-        cfg = replace(cfg, nfe_cost=BUDGET_COST / (model.cfg.N_sup * model.cfg.nfe_per_supervision_step))
+    cfg = replace(cfg, nfe_cost=nfe_cost(cfg, model.cfg))  # (the run saves the cost it trained with)
     if cfg.halt_readout != "keep":
         model.set_halt_readout(cfg.halt_readout)  # saved with the run, so evaluation halts the same way
     mcfg = model.cfg  # (after the switch: the model's config now says what its heads read)
