@@ -360,13 +360,92 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
 
 
 def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, device_name: str) -> dict:
-    from torch.utils.tensorboard import SummaryWriter
+    return SupervisedRun(cfg, resume, overwrite, ddp, device_name).run()
 
-    out = Path(cfg.out)
-    ckpt_path = out / "checkpoint.pt"
-    state = None
-    if resume:
-        state, _ = load_newest_valid(ckpt_path, set_aside=ddp.is_main)
+
+class SupervisedRun:
+    """One trm/dis run, from a fresh start or its newest valid checkpoint to the end of its budget. :meth:`run` is
+    the loop, top to bottom; what it changes as it goes (``step``, the training clock ``elapsed``, the forward
+    passes ``train_nfe``, the looks in ``history``) are this object's fields, and :meth:`checkpoint` saves them
+    with the network, the optimizers, every rank's data stream, carried batch and RNG."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, device_name: str):
+        from torch.utils.tensorboard import SummaryWriter  # (tensorboard loads when a run starts, not on import)
+
+        out = Path(cfg.out)
+        self.out, self.ckpt_path, self.ddp, self.main = out, out / "checkpoint.pt", ddp, ddp.is_main
+        state = None
+        if resume:
+            state, _ = load_newest_valid(self.ckpt_path, set_aside=ddp.is_main)
+            cfg, mine = self._resumed_config(cfg, state)
+        else:
+            prepare_run_folder(out, overwrite, remove=ddp.is_main)
+        self.cfg = cfg
+        self.local_batch = local_batch = ddp.shard(cfg.batch_size)
+        ddp.barrier()  # every rank has checked the folder before rank 0 writes to it
+        if ddp.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.ckpt_path)
+        self.device = device = torch.device(device_name)
+        self.method = method = get_method(cfg.method)(cfg, device=device, rank=ddp.rank)
+
+        # -- seeds, task, data, model, optimizer (the same seed on every rank: the same network) ----------------
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        task = build_task(cfg)
+        dataset = None
+        if cfg.dataset:  # the file's task (its header) is the run's task: the one recorded, held out and evaluated
+            task, dataset = load_puzzles(cfg.dataset, task)
+        elif cfg.n_train:
+            dataset = task.generate(cfg.n_train, seed=cfg.seed)
+        self.task = task
+        held_out = evaluation_batch(task, {"eval_seed": cfg.eval_seed}, cfg.eval_n)
+        self.eval_x, self.eval_y = held_out.inputs, held_out.labels
+        self.eval_ids = held_out.meta.get("puzzle_identifiers")
+        self.stream = PuzzleStream(task, seed=cfg.seed, dataset=dataset, augment=cfg.augment, exclude=self.eval_x,
+                                   chunk=cfg.stream_chunk, shard=(ddp.rank, ddp.world))
+        self.model_cfg = cfg.model_config(task)
+        self.model = model = TRM(self.model_cfg).to(device)
+        ddp.broadcast_(model)
+        self.ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)
+        self.optimizers = model.configure_optimizers(
+            cfg.lr, cfg.weight_decay, cfg.betas, optimizer=cfg.optimizer, weight_decay_scope=cfg.weight_decay_scope,
+            puzzle_emb_lr=cfg.puzzle_emb_lr, puzzle_emb_weight_decay=cfg.puzzle_emb_weight_decay,
+            gather=ddp.all_gather if ddp.active else None)
+        # linear warm-up to each optimizer's own rate, then constant (official: lr_min_ratio 1.0)
+        self.schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+                          for o in self.optimizers]
+        self.runner = runner = RecursionRunner(model, task, local_batch, device)
+        self.precision = resolve_precision(cfg.precision, device)
+        self.compiled = resolve_compile(cfg.compile, device, cfg.steps, cfg.minutes)
+        model.compile_f(self.compiled)
+        # the stream's next puzzles on the device, topped up at the log points: enough for log_every steps
+        self.feed = DeviceFeed(self.stream, device, reserve=local_batch * (cfg.log_every + 1),
+                               prepare=lambda x, y: method.prepare(runner, x, y))
+        self.halt_rng = torch.Generator(device=device).manual_seed(cfg.seed + 1 + ddp.rank)
+        if ddp.active:  # each rank's own draws from here on (exploration, targets); the network is built
+            torch.manual_seed(cfg.seed + 1_000_003 * (1 + ddp.rank))
+        self.step, self.elapsed, self.train_nfe, self.history = 0, 0.0, 0, []
+        if state is None:
+            self.feed.top_up()
+            x, y, ids, extra = self.feed.take(torch.ones(local_batch, dtype=torch.bool, device=device))
+            runner.restart(None, x, y, ids)
+            method.on_start(runner, None, extra)
+        else:
+            self._load(state, mine)
+        self.saved_at = self.elapsed  # training seconds at the last checkpoint
+        if self.main:
+            print(f"train {cfg.method}: {describe(self.precision, device)}, torch.compile "
+                  f"{'on' if self.compiled else 'off'}", flush=True)
+            (out / "config.json").write_text(json.dumps({
+                "train": asdict(cfg), "model": self.model_cfg.to_dict(), "processes": ddp.world,
+                "precision": self.precision, "compiled": self.compiled}, indent=2))
+        self.writer = SummaryWriter(str(out / "tb")) if self.main else None
+
+    def _resumed_config(self, cfg: TrainConfig, state: dict) -> tuple[TrainConfig, dict]:
+        """The run's own config with ``cfg``'s budget as more steps / minutes, and this rank's saved state."""
+        out = self.out
         if "imported_from" in state.get("train_config", {}) and "step" not in state:
             raise ValueError(f"{out} holds an imported official checkpoint, with weights but no training state: "
                              f"--resume continues runs trained here; evaluate it (recursion-env eval {out}) or "
@@ -384,293 +463,247 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, de
         if "ranks" not in state:
             raise ValueError(f"{out} was saved by an older recursion-env (no per-process training state): it cannot "
                              "be resumed exactly; retrain it")
-        per_rank = state["ranks"]
+        per_rank, ddp = state["ranks"], self.ddp
         if len(per_rank) != ddp.world:
             raise ValueError(f"{out} was trained by {len(per_rank)} process(es), and each one's data stream and "
                              f"carried batch are in its checkpoint: resume it with {len(per_rank)} (torchrun "
                              f"--nproc-per-node/--nnodes), not {ddp.world}")
-        mine = per_rank[ddp.rank]
-    else:
-        prepare_run_folder(out, overwrite, remove=ddp.is_main)
-    local_batch = ddp.shard(cfg.batch_size)
-    ddp.barrier()  # every rank has checked the folder before rank 0 writes to it
-    if ddp.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(ckpt_path)
-    device = torch.device(device_name)
-    method = get_method(cfg.method)(cfg, device=device, rank=ddp.rank)
-    main = ddp.is_main
+        return cfg, per_rank[ddp.rank]
 
-    # -- set up: seeds, task, data, model, optimizer (the same seed on every rank: the same network) ----------
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    task = build_task(cfg)
-    dataset = None
-    if cfg.dataset:  # the file's task (its header) is the run's task: the one recorded, held out and evaluated
-        task, dataset = load_puzzles(cfg.dataset, task)
-    elif cfg.n_train:
-        dataset = task.generate(cfg.n_train, seed=cfg.seed)
-    held_out = evaluation_batch(task, {"eval_seed": cfg.eval_seed}, cfg.eval_n)
-    eval_x, eval_y, eval_ids = held_out.inputs, held_out.labels, held_out.meta.get("puzzle_identifiers")
-    stream = PuzzleStream(task, seed=cfg.seed, dataset=dataset, augment=cfg.augment, exclude=eval_x,
-                          chunk=cfg.stream_chunk, shard=(ddp.rank, ddp.world))
-    model_cfg = cfg.model_config(task)
-    model = TRM(model_cfg).to(device)
-    ddp.broadcast_(model)
-    ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)
-    optimizers = model.configure_optimizers(
-        cfg.lr, cfg.weight_decay, cfg.betas, optimizer=cfg.optimizer, weight_decay_scope=cfg.weight_decay_scope,
-        puzzle_emb_lr=cfg.puzzle_emb_lr, puzzle_emb_weight_decay=cfg.puzzle_emb_weight_decay,
-        gather=ddp.all_gather if ddp.active else None)
-    # linear warm-up to each optimizer's own rate, then constant (official: lr_min_ratio 1.0)
-    schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
-                 for o in optimizers]
-    runner = RecursionRunner(model, task, local_batch, device)
-    precision = resolve_precision(cfg.precision, device)
-    compiled = resolve_compile(cfg.compile, device, cfg.steps, cfg.minutes)
-    model.compile_f(compiled)
-    # the stream's next puzzles on the device, topped up at the log points: enough for log_every steps
-    feed = DeviceFeed(stream, device, reserve=local_batch * (cfg.log_every + 1),
-                      prepare=lambda x, y: method.prepare(runner, x, y))
-    halt_rng = torch.Generator(device=device).manual_seed(cfg.seed + 1 + ddp.rank)
-    if ddp.active:  # each rank's own draws from here on (exploration, targets); the network is built
-        torch.manual_seed(cfg.seed + 1_000_003 * (1 + ddp.rank))
-    step, elapsed, train_nfe = 0, 0.0, 0
-    if state is None:
-        feed.top_up()
-        x, y, ids, extra = feed.take(torch.ones(local_batch, dtype=torch.bool, device=device))
-        runner.restart(None, x, y, ids)
-        method.on_start(runner, None, extra)
-    else:
-        model.load_state_dict(state["model"])
-        ema.shadow = {k: state["ema"][k].to(device) for k in ema.shadow}
-        ema.updates = state["ema_updates"]
-        for o, s in zip(optimizers, state["optimizer"]):
+    def _load(self, state: dict, mine: dict) -> None:
+        """Everything :meth:`checkpoint` saved, back where it was."""
+        device = self.device
+        self.model.load_state_dict(state["model"])
+        self.ema.shadow = {k: state["ema"][k].to(device) for k in self.ema.shadow}
+        self.ema.updates = state["ema_updates"]
+        for o, s in zip(self.optimizers, state["optimizer"]):
             o.load_state_dict(s)
-        for o, s in zip(schedules, state["schedule"]):
+        for o, s in zip(self.schedules, state["schedule"]):
             o.load_state_dict(s)
-        stream.load_state_dict(mine["stream"])
+        self.stream.load_state_dict(mine["stream"])
         # the feed as it stood (its next top-up at the same step as the uninterrupted run's: the same draws);
         # checkpoints from before the feed took puzzles from the stream as needed
         if "feed" in mine:
-            feed.load_state_dict(mine["feed"])
+            self.feed.load_state_dict(mine["feed"])
         else:
-            feed.top_up()
-        runner.core.load_state_dict(mine["core"])
-        method.load_state_dict(mine["method"])
-        halt_rng.set_state(mine["halt_rng"])
+            self.feed.top_up()
+        self.runner.core.load_state_dict(mine["core"])
+        self.method.load_state_dict(mine["method"])
+        self.halt_rng.set_state(mine["halt_rng"])
         torch.set_rng_state(mine["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in mine:
             torch.cuda.set_rng_state(mine["cuda_rng"], device)
-        step, elapsed, train_nfe = state["step"], state["elapsed"], state["train_nfe"]
-    if main:
-        print(f"train {cfg.method}: {describe(precision, device)}, torch.compile {'on' if compiled else 'off'}",
-              flush=True)
+        self.step, self.elapsed, self.train_nfe = state["step"], state["elapsed"], state["train_nfe"]
+        self.history = list(state.get("history", []))
 
-    saved_at = [elapsed]  # training seconds at the last checkpoint
-
-    def checkpoint() -> None:
+    def checkpoint(self) -> None:
         """Every rank's stream, carried batch and RNG, gathered; written by rank 0; the others wait for it."""
-        saved_at[0] = elapsed
-        mine = {"stream": stream.state_dict(), "feed": feed.state_dict(), "core": runner.core.state_dict(),
-                "method": method.state_dict(), "halt_rng": halt_rng.get_state(), "torch_rng": torch.get_rng_state()}
+        self.saved_at = self.elapsed
+        device, ddp = self.device, self.ddp
+        mine = {"stream": self.stream.state_dict(), "feed": self.feed.state_dict(),
+                "core": self.runner.core.state_dict(), "method": self.method.state_dict(),
+                "halt_rng": self.halt_rng.get_state(), "torch_rng": torch.get_rng_state()}
         if device.type == "cuda":
             mine["cuda_rng"] = torch.cuda.get_rng_state(device)
         if ddp.active:  # (hashing every parameter, the identifier table included, only where ranks can differ)
-            mine["parameters_sha256"] = parameters_sha256(model)
+            mine["parameters_sha256"] = parameters_sha256(self.model)
         ranks = ddp.gather(mine)
         diverged = [r for r, s in enumerate(ranks) if s.get("parameters_sha256") != ranks[0].get("parameters_sha256")]
         if diverged:  # the all-reduce keeps them equal: a difference is a bug, not a state to save
-            raise RuntimeError(f"step {step}: the parameters of rank(s) {diverged} differ from rank 0's")
-        if main:
-            save_checkpoint(ckpt_path, keep=cfg.keep, state={
-                "train_config": asdict(cfg), "model_config": model_cfg.to_dict(), "model": model.state_dict(),
-                "ema": ema.weights(model), "ema_updates": ema.updates, "precision": precision, "compiled": compiled,
-                "optimizer": [o.state_dict() for o in optimizers], "schedule": [o.state_dict() for o in schedules],
-                "ranks": ranks, "step": step, "elapsed": elapsed, "train_nfe": train_nfe, "history": history,
-                "task": task.name, "task_kwargs": task.kwargs})
+            raise RuntimeError(f"step {self.step}: the parameters of rank(s) {diverged} differ from rank 0's")
+        if self.main:
+            model = self.model
+            save_checkpoint(self.ckpt_path, keep=self.cfg.keep, state={
+                "train_config": asdict(self.cfg), "model_config": self.model_cfg.to_dict(),
+                "model": model.state_dict(), "ema": self.ema.weights(model), "ema_updates": self.ema.updates,
+                "precision": self.precision, "compiled": self.compiled,
+                "optimizer": [o.state_dict() for o in self.optimizers],
+                "schedule": [o.state_dict() for o in self.schedules], "ranks": ranks, "step": self.step,
+                "elapsed": self.elapsed, "train_nfe": self.train_nfe, "history": self.history,
+                "task": self.task.name, "task_kwargs": self.task.kwargs})
         ddp.barrier()
 
-    if main:
-        (out / "config.json").write_text(json.dumps({"train": asdict(cfg), "model": model_cfg.to_dict(),
-                                                     "processes": ddp.world, "precision": precision,
-                                                     "compiled": compiled}, indent=2))
-    writer = SummaryWriter(str(out / "tb")) if main else None
-    budget_s = None if cfg.minutes is None else 60 * cfg.minutes
-    bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and main), desc=f"train {cfg.method}",
-               unit="step")
-    history = [] if state is None else list(state.get("history", []))
-    next_eval_s = 60 * cfg.eval_every_minutes * (1 + int(elapsed // (60 * cfg.eval_every_minutes))) \
-        if cfg.eval_every_minutes else None
-    last_loss = None
-
-    def evaluate(net: TRM, k: int) -> dict:
+    def evaluate(self, net: TRM, k: int) -> dict:
         """The first ``k`` held-out puzzles, split across the ranks, gathered, summarised (the same on all)."""
-        mine_ = np.arange(ddp.rank, k, ddp.world)
-        parts = ddp.gather(rollout_metrics(net, task, eval_x[mine_], None if eval_y is None else eval_y[mine_],
-                                           device=device, puzzle_ids=None if eval_ids is None else eval_ids[mine_],
-                                           precision=precision))
+        ddp = self.ddp
+        mine = np.arange(ddp.rank, k, ddp.world)
+        parts = ddp.gather(rollout_metrics(
+            net, self.task, self.eval_x[mine], None if self.eval_y is None else self.eval_y[mine], device=self.device,
+            puzzle_ids=None if self.eval_ids is None else self.eval_ids[mine], precision=self.precision))
         order = np.argsort(np.concatenate([np.arange(r, k, ddp.world) for r in range(ddp.world)]), kind="stable")
         metrics = {key: (parts[0][key] if not isinstance(parts[0][key], np.ndarray)
                          else np.concatenate([p[key] for p in parts], axis=1)[:, order])
                    for key in parts[0]}
         return summarize(metrics)
 
-    def evaluate_look(net: TRM, at_step: int) -> dict:
-        summary = evaluate(net, min(cfg.eval_n, 256))  # a quick look; the final evaluation uses all
-        if writer:
-            writer.add_scalar("eval/best_exact_accuracy", max(r["exact_accuracy"] for r in summary["by_step"]),
-                              at_step)
-            writer.add_scalar("eval/halting_exact_accuracy", summary["halting"]["exact_accuracy"], at_step)
+    def evaluate_look(self, net: TRM, at_step: int) -> dict:
+        summary = self.evaluate(net, min(self.cfg.eval_n, 256))  # a quick look; the final evaluation uses all
+        if self.writer:
+            self.writer.add_scalar("eval/best_exact_accuracy",
+                                   max(r["exact_accuracy"] for r in summary["by_step"]), at_step)
+            self.writer.add_scalar("eval/halting_exact_accuracy", summary["halting"]["exact_accuracy"], at_step)
         return summary
 
-    def budget_left() -> bool:
+    def budget_left(self) -> bool:
+        cfg = self.cfg
         # (a microsecond of slack: a resumed budget, minutes = seconds / 60 + more, rounds in its last bit)
-        return (cfg.steps is None or step < cfg.steps) and (budget_s is None or elapsed < budget_s - 1e-6)
+        return (cfg.steps is None or self.step < cfg.steps) and (
+            cfg.minutes is None or self.elapsed < 60 * cfg.minutes - 1e-6)
 
-    def train_forward():
+    def train_forward(self):
         """One supervision step of the carried batch and its loss: (output, loss, metrics)."""
-        with autocast(precision, device):
-            out_step = runner.forward()
-            loss, metrics = method.loss(out_step, runner)
+        with autocast(self.precision, self.device):
+            out_step = self.runner.forward()
+            loss, metrics = self.method.loss(out_step, self.runner)
         return out_step, loss, metrics
 
-    # -- the loop: one supervision step of the carried batch per optimizer step --------------------------------
-    # Between two log points nothing is read back to the host: losses, metrics and episode counts add up on the
-    # device, halting and the replacement of finished rows happen there, and under torchrun the ranks agree on
-    # the clock and on stopping only at the log points.
-    stopped = False
-    sums: dict[str, torch.Tensor] = {}
-    summed_steps = 0
-    with StopRequest() as stop:
-        compile_s = 0.0
-        if compiled and budget_left():
-            # compile now, off the training clock: one supervision step forward and backward, then forgotten (no
-            # state changes: no optimizer step, no draws)
-            t_compile = time.perf_counter()
-            model.train()
-            _, loss, _ = train_forward()
-            loss.backward()
-            for o in optimizers:
-                o.zero_grad(set_to_none=True)
-            if model_cfg.puzzle_emb_ndim:
-                model.puzzle_embedding.local = None
-            compile_s = time.perf_counter() - t_compile
+    def compile_step(self) -> float:
+        """Compile now, off the training clock: one supervision step forward and backward, then forgotten (no state
+        changes: no optimizer step, no draws). Returns the seconds it took."""
+        t_compile = time.perf_counter()
+        self.model.train()
+        _, loss, _ = self.train_forward()
+        loss.backward()
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
+        if self.model_cfg.puzzle_emb_ndim:
+            self.model.puzzle_embedding.local = None
+        compile_s = time.perf_counter() - t_compile
+        if self.main:
+            print(f"compiled the training step in {compile_s:.1f}s (not counted as training time)", flush=True)
+        return compile_s
+
+    def run(self) -> dict:
+        cfg, ddp, model, runner, method, feed = self.cfg, self.ddp, self.model, self.runner, self.method, self.feed
+        optimizers, schedules, writer, out, main = self.optimizers, self.schedules, self.writer, self.out, self.main
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and main), desc=f"train {cfg.method}",
+                   unit="step")
+        look_every_s = 60 * cfg.eval_every_minutes
+        next_look_s = look_every_s * (1 + int(self.elapsed // look_every_s)) if look_every_s else None
+        last_loss = None
+
+        # -- the loop: one supervision step of the carried batch per optimizer step --------------------------------
+        # Between two log points nothing is read back to the host: losses, metrics and episode counts add up on the
+        # device, halting and the replacement of finished rows happen there, and under torchrun the ranks agree on
+        # the clock and on stopping only at the log points.
+        stopped = False
+        sums: dict[str, torch.Tensor] = {}
+        summed_steps = 0
+        with StopRequest() as stop:
+            compile_s = self.compile_step() if self.compiled and self.budget_left() else 0.0
+            t_start = time.perf_counter() - self.elapsed
+            while self.budget_left():
+                model.train()
+                out_step, loss, metrics = self.train_forward()
+                for o in optimizers:
+                    o.zero_grad(set_to_none=True)
+                loss.backward()
+                ddp.average_gradients(model.parameters())  # the global batch's mean (each rank's loss: its share's)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+                for o, sched in zip(optimizers, schedules):
+                    o.step()
+                    sched.step()
+                self.ema.update(model)
+
+                halt = method.halt(out_step, runner, self.halt_rng)
+                res = runner.commit(out_step, halt)
+                self.train_nfe += cfg.batch_size * self.model_cfg.nfe_per_supervision_step  # the global batch's
+                finished = res.terminated | res.truncated
+                # the episodes that end here, counted before their rows start anew
+                counts = {"loss": loss.detach(), **metrics, "episodes": finished.sum(),
+                          "episodes_solved": (finished & res.info["solved"]).sum(),
+                          "episode_steps": (runner.core.step_count * finished).sum()}
+                sums = {k: sums[k] + v if k in sums else v for k, v in counts.items()}
+                summed_steps += 1
+                x, y, ids, extra = feed.take(finished)
+                runner.restart(finished, x, y, ids)
+                method.on_start(runner, finished, extra)
+                self.step += 1
+                step = self.step
+                logging = step % cfg.log_every == 0
+                # one clock and one stop for all ranks (agreed at the log points), so they look, checkpoint and stop
+                # at the same step
+                clock = time.perf_counter() - t_start
+                if logging or not ddp.active:
+                    self.elapsed, stopped = ddp.agree(clock, bool(stop.requested))
+                bar.update(1)
+
+                if logging:
+                    feed.top_up()
+                    # sums over the ranks: the method's metrics are means over equal shares; episodes are counted
+                    names = sorted(sums)
+                    totals = dict(zip(names, ddp.sum([float(sums[k]) for k in names])))
+                    n_done = totals.pop("episodes")
+                    n_solved, n_steps = totals.pop("episodes_solved"), totals.pop("episode_steps")
+                    logged = {k: v / (ddp.world * summed_steps) for k, v in totals.items()}
+                    last_loss = logged["loss"]
+                    logged |= {"grad_norm": float(grad_norm), "lr": schedules[0].get_last_lr()[0]}
+                    if n_done:
+                        logged |= {"episode_exact": n_solved / n_done, "episode_steps": n_steps / n_done}
+                    sums, summed_steps = {}, 0
+                    if writer:
+                        for k, v in logged.items():
+                            writer.add_scalar(f"train/{k}", v, step)
+                    bar.set_postfix(loss=f"{logged['loss']:.3f}", **({"exact": f"{logged['episode_exact']:.2f}"}
+                                                                   if "episode_exact" in logged else {}))
+                look = {"step": step, "elapsed_s": self.elapsed, "train_forward_passes": self.train_nfe}
+                if cfg.eval_every and step % cfg.eval_every == 0:
+                    t_eval = time.perf_counter()
+                    self.history.append(look | self.evaluate_look(self.ema.copy_to(copy.deepcopy(model)), step))
+                    t_start += time.perf_counter() - t_eval  # the look is not training time
+                elif look_every_s and self.elapsed >= next_look_s:
+                    snapshot = f"looks/step_{step:07d}.pt"
+                    if main:
+                        save_checkpoint(out / snapshot, {"ema": self.ema.weights(model)})
+                    self.history.append(look | {"snapshot": snapshot})  # evaluated after training, below
+                while look_every_s and next_look_s <= self.elapsed:
+                    next_look_s += look_every_s
+                if step % cfg.checkpoint_every == 0 or self.elapsed - self.saved_at >= 60 * CHECKPOINT_MINUTES:
+                    self.checkpoint()
+                if stopped:  # SIGTERM / SIGINT (on any rank): this step is done; the checkpoint below, then return
+                    break
+        if self.device.type == "cuda":  # the steps still queued on the card are training time too
+            torch.cuda.synchronize(self.device)
+        self.elapsed, _ = ddp.agree(time.perf_counter() - t_start, False)  # (under torchrun: rank 0's clock)
+        if summed_steps:  # the loss of the steps since the last log point
+            last_loss = float(sums["loss"]) / summed_steps
+        bar.close()
+        if self.step == 0 or self.step % cfg.checkpoint_every:  # not saved at this step yet
+            self.checkpoint()
+        if stopped:  # the looks and the final evaluation are left to the resumed run
+            if writer:
+                writer.close()
             if main:
-                print(f"compiled the training step in {compile_s:.1f}s (not counted as training time)", flush=True)
-        t_start = time.perf_counter() - elapsed
-        while budget_left():
-            model.train()
-            out_step, loss, metrics = train_forward()
-            for o in optimizers:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            ddp.average_gradients(model.parameters())  # the global batch's mean (each rank's loss: its share's)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            for o, sched in zip(optimizers, schedules):
-                o.step()
-                sched.step()
-            ema.update(model)
+                stop.report(f"step {self.step}", out)
+            return {"method": cfg.method, "optimizer_steps": self.step, "train_forward_passes": self.train_nfe,
+                    "wall_clock_s": self.elapsed, "stopped_by": stop.requested or "a signal to another process"}
 
-            halt = method.halt(out_step, runner, halt_rng)
-            res = runner.commit(out_step, halt)
-            train_nfe += cfg.batch_size * model_cfg.nfe_per_supervision_step  # the global batch's
-            finished = res.terminated | res.truncated
-            # the episodes that end here, counted before their rows start anew
-            counts = {"loss": loss.detach(), **metrics, "episodes": finished.sum(),
-                      "episodes_solved": (finished & res.info["solved"]).sum(),
-                      "episode_steps": (runner.core.step_count * finished).sum()}
-            sums = {k: sums[k] + v if k in sums else v for k, v in counts.items()}
-            summed_steps += 1
-            x, y, ids, extra = feed.take(finished)
-            runner.restart(finished, x, y, ids)
-            method.on_start(runner, finished, extra)
-            step += 1
-            logging = step % cfg.log_every == 0
-            # one clock and one stop for all ranks (agreed at the log points), so they look, checkpoint and stop
-            # at the same step
-            clock = time.perf_counter() - t_start
-            if logging or not ddp.active:
-                elapsed, stopped = ddp.agree(clock, bool(stop.requested))
-            bar.update(1)
+        # -- the looks saved during training, evaluated now that the training clock has stopped -----------------
+        history = self.history
+        pending = [i for i, h in enumerate(history) if "snapshot" in h and "by_step" not in h]
+        if pending:
+            ddp.barrier()  # rank 0 has written every snapshot
+            looker = copy.deepcopy(model)
+            for i in tqdm(pending, disable=not (cfg.progress and main), desc="held-out looks", unit="look"):
+                looker.load_state_dict(load_checkpoint(out / history[i]["snapshot"], map_location=self.device)["ema"])
+                history[i] |= self.evaluate_look(looker, history[i]["step"])
+            self.checkpoint()  # a resume after this point does not evaluate them again
 
-            if logging:
-                feed.top_up()
-                # sums over the ranks: the method's metrics are means over equal shares; episodes are counted
-                names = sorted(sums)
-                totals = dict(zip(names, ddp.sum([float(sums[k]) for k in names])))
-                n_done = totals.pop("episodes")
-                n_solved, n_steps = totals.pop("episodes_solved"), totals.pop("episode_steps")
-                logged = {k: v / (ddp.world * summed_steps) for k, v in totals.items()}
-                last_loss = logged["loss"]
-                logged |= {"grad_norm": float(grad_norm), "lr": schedules[0].get_last_lr()[0]}
-                if n_done:
-                    logged |= {"episode_exact": n_solved / n_done, "episode_steps": n_steps / n_done}
-                sums, summed_steps = {}, 0
-                if writer:
-                    for k, v in logged.items():
-                        writer.add_scalar(f"train/{k}", v, step)
-                bar.set_postfix(loss=f"{logged['loss']:.3f}", **({"exact": f"{logged['episode_exact']:.2f}"}
-                                                               if "episode_exact" in logged else {}))
-            look = {"step": step, "elapsed_s": elapsed, "train_forward_passes": train_nfe}
-            if cfg.eval_every and step % cfg.eval_every == 0:
-                t_eval = time.perf_counter()
-                history.append(look | evaluate_look(ema.copy_to(copy.deepcopy(model)), step))
-                t_start += time.perf_counter() - t_eval  # the look is not training time
-            elif cfg.eval_every_minutes and elapsed >= next_eval_s:
-                snapshot = f"looks/step_{step:07d}.pt"
-                if main:
-                    save_checkpoint(out / snapshot, {"ema": ema.weights(model)})
-                history.append(look | {"snapshot": snapshot})  # evaluated after training, below
-            while cfg.eval_every_minutes and next_eval_s <= elapsed:
-                next_eval_s += 60 * cfg.eval_every_minutes
-            if step % cfg.checkpoint_every == 0 or elapsed - saved_at[0] >= 60 * CHECKPOINT_MINUTES:
-                checkpoint()
-            if stopped:  # SIGTERM / SIGINT (on any rank): this step is done; the checkpoint below, then return
-                break
-    if device.type == "cuda":  # the steps still queued on the card are training time too
-        torch.cuda.synchronize(device)
-    elapsed, _ = ddp.agree(time.perf_counter() - t_start, False)  # (under torchrun: rank 0's clock, on every rank)
-    if summed_steps:  # the loss of the steps since the last log point
-        last_loss = float(sums["loss"]) / summed_steps
-    bar.close()
-    if step == 0 or step % cfg.checkpoint_every:  # not saved at this step yet
-        checkpoint()
-    if stopped:  # the looks and the final evaluation are left to the resumed run
-        if writer:
-            writer.close()
+        # -- final evaluation with the EMA weights ---------------------------------------------------------------
+        summary = self.evaluate(self.ema.copy_to(copy.deepcopy(model)), len(self.eval_x)) if cfg.final_eval else {}
+        emitted, dropped = ddp.sum([self.stream.emitted - len(feed), self.stream.dropped])  # (less the feed's unused)
+        task = self.task
+        result = {"method": cfg.method, "task": task.name, "task_kwargs": task.kwargs, "optimizer_steps": self.step,
+                  "train_forward_passes": self.train_nfe, "wall_clock_s": self.elapsed, "compile_s": compile_s,
+                  "precision": self.precision, "compiled": self.compiled, "last_loss": last_loss,
+                  "examples_seen": int(emitted), "held_out_dropped_from_training": int(dropped),
+                  "processes": ddp.world, **summary, "history": history}
         if main:
-            stop.report(f"step {step}", out)
-        return {"method": cfg.method, "optimizer_steps": step, "train_forward_passes": train_nfe,
-                "wall_clock_s": elapsed, "stopped_by": stop.requested or "a signal to another process"}
-
-    # -- the looks saved during training, evaluated now that the training clock has stopped ---------------------
-    pending = [i for i, h in enumerate(history) if "snapshot" in h and "by_step" not in h]
-    if pending:
-        ddp.barrier()  # rank 0 has written every snapshot
-        looker = copy.deepcopy(model)
-        for i in tqdm(pending, disable=not (cfg.progress and main), desc="held-out looks", unit="look"):
-            looker.load_state_dict(load_checkpoint(out / history[i]["snapshot"], map_location=device)["ema"])
-            history[i] |= evaluate_look(looker, history[i]["step"])
-        checkpoint()  # a resume after this point does not evaluate them again
-
-    # -- final evaluation with the EMA weights -------------------------------------------------------------------
-    summary = {}
-    if cfg.final_eval:
-        summary = evaluate(ema.copy_to(copy.deepcopy(model)), len(eval_x))
-    emitted, dropped = ddp.sum([stream.emitted - len(feed), stream.dropped])  # (less what the feed holds unused)
-    result = {"method": cfg.method, "task": task.name, "task_kwargs": task.kwargs, "optimizer_steps": step,
-              "train_forward_passes": train_nfe, "wall_clock_s": elapsed, "compile_s": compile_s,
-              "precision": precision, "compiled": compiled, "last_loss": last_loss,
-              "examples_seen": int(emitted), "held_out_dropped_from_training": int(dropped),
-              "processes": ddp.world, **summary, "history": history}
-    if main:
-        (out / "train_metrics.json").write_text(json.dumps(result, indent=2))
-    if writer:
-        if summary:
-            writer.add_scalar("eval/final_best_exact_accuracy", max(r["exact_accuracy"] for r in summary["by_step"]),
-                              step)
-        writer.close()
-    ddp.barrier()
-    return result
+            (out / "train_metrics.json").write_text(json.dumps(result, indent=2))
+        if writer:
+            if summary:
+                writer.add_scalar("eval/final_best_exact_accuracy",
+                                  max(r["exact_accuracy"] for r in summary["by_step"]), self.step)
+            writer.close()
+        ddp.barrier()
+        return result

@@ -341,6 +341,37 @@ def ppo_resume_config(cfg: PPOConfig, state: dict) -> PPOConfig:
     return PPOConfig.from_dict({**saved, **budget, "progress": cfg.progress, "device": cfg.device}, strict=False)
 
 
+@dataclass
+class PPORun:
+    """What a PPO checkpoint holds besides the loop's history: the network, the optimizer, the environments and
+    the collector's carried step (one-process collector: an exact resume), the clock's start."""
+
+    cfg: PPOConfig
+    out: Path
+    model: TRM
+    mcfg: TRMConfig
+    task: object
+    optimizer: torch.optim.Optimizer
+    collector: object
+    base_env: object
+    init_method: str
+    t0: float
+
+    def checkpoint(self, iterations: int, history: list) -> int:
+        """Write the run as it stands after ``iterations`` iterations; returns ``iterations``."""
+        cfg = self.cfg
+        weights = copy.deepcopy(self.model.state_dict())
+        ppo_state = {"iteration": iterations, "elapsed": time.perf_counter() - self.t0, "history": history,
+                     "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+        if cfg.collector == "sync":  # the environments and the collector's carried step: an exact resume
+            ppo_state |= {"env": self.base_env.env_state(), "carrier": self.collector._carrier.to_dict()}
+        save_checkpoint(self.out / "checkpoint.pt", keep=3, state={
+            "train_config": {**asdict(cfg), "init_method": self.init_method},
+            "model_config": self.mcfg.to_dict(), "model": weights, "ema": weights, "task": self.task.name,
+            "task_kwargs": self.task.kwargs, "step": iterations, "ppo_state": ppo_state})
+        return iterations
+
+
 @locks_folder(lambda a: a["cfg"].out)
 def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> dict:
     """Train with PPO into ``cfg.out``, which must not hold a run (``overwrite`` replaces one); ``resume``
@@ -442,19 +473,8 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
         history, done_iterations, elapsed = list(ps["history"]), ps["iteration"], ps["elapsed"]
     t0 = time.perf_counter() - elapsed
 
-    saved = [done_iterations]  # the iteration last written
-
-    def checkpoint(iterations: int) -> None:
-        saved[0] = iterations
-        weights = copy.deepcopy(model.state_dict())
-        ppo_state = {"iteration": iterations, "elapsed": time.perf_counter() - t0, "history": history,
-                     "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
-        if cfg.collector == "sync":  # the environments and the collector's carried step: an exact resume
-            ppo_state |= {"env": base_env.env_state(), "carrier": collector._carrier.to_dict()}
-        save_checkpoint(out / "checkpoint.pt", keep=3, state={
-            "train_config": {**asdict(cfg), "init_method": init_method},
-            "model_config": mcfg.to_dict(), "model": weights, "ema": weights, "task": task.name,
-            "task_kwargs": task.kwargs, "step": iterations, "ppo_state": ppo_state})
+    saved_iteration = done_iterations  # the iteration last written to the checkpoint
+    run = PPORun(cfg, out, model, mcfg, task, optimizer, collector, base_env, init_method, t0)
     bar = tqdm(total=cfg.iterations, disable=not cfg.progress, desc=f"ppo {cfg.mode}", unit="iter")
 
     # -- the loop: collect, estimate advantages, several epochs of clipped updates ---------------------------------
@@ -504,12 +524,12 @@ def train_ppo(cfg: PPOConfig, overwrite: bool = False, resume: bool = False) -> 
             finished = (cfg.iterations is not None and it + 1 >= cfg.iterations) or (
                 cfg.minutes is not None and stats["elapsed_s"] >= 60 * cfg.minutes) or bool(stop.requested)
             if finished or (it + 1) % cfg.checkpoint_every == 0:
-                checkpoint(it + 1)
+                saved_iteration = run.checkpoint(it + 1, history)
             if finished:
                 break
     bar.close()
-    if not history or history[-1]["iteration"] != saved[0]:  # not saved at this iteration yet (e.g. 0 iterations)
-        checkpoint(len(history))
+    if not history or history[-1]["iteration"] != saved_iteration:  # not saved at this iteration yet (0 iterations)
+        run.checkpoint(len(history), history)
     collector.shutdown()
     writer.close()
     if stop.requested:
