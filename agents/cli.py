@@ -292,7 +292,7 @@ def cmd_zoo_list(args) -> int:
 def cmd_zoo_build(args) -> int:
     from .zoo.build import build
 
-    m = build(args.name, overwrite=args.overwrite)
+    m = build(args.name, overwrite=args.overwrite, from_recipe=args.from_recipe)
     last = m["held_out"]["by_step"][-1]
     print(f"wrote zoo:{m['name']} ({m['bytes'] / 2**20:.2f} MB, sha256 {m['sha256'][:12]}...): exact "
           f"{last['exact_accuracy']:.3f} at {last['nfe']} NFE on {m['held_out']['n']} held-out puzzles, built in "
@@ -686,6 +686,9 @@ def build_parser(help_method: str | None = None) -> argparse.ArgumentParser:
     zb = zoo_sub.add_parser("build", help="retrain an entry from its manifest (or its recipe) and replace it")
     zb.add_argument("name", help="the entry, e.g. trm-sudoku4")
     zb.add_argument("--overwrite", action="store_true", help="replace the entry's files in the package")
+    zb.add_argument("--from-recipe", action="store_true",
+                    help="train with this version's recipe (agents.zoo.RECIPES) even where a manifest exists, e.g. "
+                         "after the recipe changed")
     zb.set_defaults(func=cmd_zoo_build)
 
     bench = sub.add_parser("bench", help="measured comparisons")

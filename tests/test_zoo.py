@@ -97,6 +97,10 @@ def test_zoo_build_trains_exports_and_measures_an_entry(tmp_path, monkeypatch):
     assert set(state) == {"model_config", "ema", "task", "task_kwargs", "train_config"}  # no optimizer state
     with pytest.raises(ValueError, match="--overwrite"):
         build("tiny")
+    # a manifest's commands rebuild an entry; from_recipe takes the recipe's, which may have changed since
+    zoo.RECIPES["tiny"]["commands"][0][zoo.RECIPES["tiny"]["commands"][0].index("2")] = "3"
+    assert "3" not in build("tiny", overwrite=True, progress=lambda *_: None)["commands"][0]
+    assert "3" in build("tiny", overwrite=True, progress=lambda *_: None, from_recipe=True)["commands"][0]
 
 
 def test_the_halting_env_defaults_to_the_zoos_anytime_dis_on_its_board():

@@ -49,10 +49,13 @@ def _entry_files(name: str, overwrite: bool) -> tuple[Path, Path]:
     return weights, manifest_path
 
 
-def build(name: str, overwrite: bool = False, progress=print) -> dict:
-    """Train, export and measure entry ``name``; returns its manifest."""
+def build(name: str, overwrite: bool = False, progress=print, from_recipe: bool = False) -> dict:
+    """Train, export and measure entry ``name`` with its manifest's commands (``from_recipe``, or no manifest yet:
+    with its recipe in :data:`agents.zoo.RECIPES`); returns its manifest."""
     _, manifest_path = _entry_files(name, overwrite)  # (refused before any training)
-    if manifest_path.exists():
+    if from_recipe and name not in zoo.RECIPES:
+        raise ValueError(f"zoo:{name}: no recipe for it (known: {', '.join(sorted(zoo.RECIPES))})")
+    if manifest_path.exists() and not from_recipe:
         recipe = json.loads(manifest_path.read_text())
     elif name in zoo.RECIPES:
         recipe = zoo.RECIPES[name]
