@@ -36,7 +36,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -176,6 +176,57 @@ def _rows(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Ten
     return torch.where(mask.view(-1, *[1] * (new.ndim - 1)), new, old)
 
 
+@dataclass
+class EpisodeState:
+    """The batch's episodes, one row per env (every tensor batch-first): what a transition reads and writes, what a
+    reset replaces row by row, and what a checkpoint saves. The fields that depend on the puzzle alone
+    (``DERIVED``) are not saved; loading derives them again."""
+
+    puzzle: torch.Tensor  # [B, L] int64, 0 = blank
+    givens: torch.Tensor  # [B, L] bool: the cells the answer keeps
+    puzzle_id: torch.Tensor  # [B] int64: ARC's augmented variants; 0 where the data has one puzzle family
+    label: torch.Tensor  # [B, L] int64, the givens written in
+    answer: torch.Tensor  # [B, L] int64: the current decoded answer
+    latent: torch.Tensor  # [B, 2, latent_len, D] float32: (y, z)
+    step_count: torch.Tensor  # [B] int64: transitions taken
+    nfe: torch.Tensor  # [B] int64: forward passes charged
+    score: torch.Tensor  # [B] float32: the potential S of the answer
+    cell_accuracy: torch.Tensor  # [B] float32
+    solved: torch.Tensor  # [B] bool: the rule verifier's judgement
+    potential: torch.Tensor  # [B] float32: S + solve_bonus * [solved]; a reward is its change less the compute
+    done: torch.Tensor  # [B] bool: an episode that ended (or never began) must be reset before it is stepped
+    scored_label: torch.Tensor  # [B, L] int64: the label on the scored cells, -1 elsewhere
+    n_scored: torch.Tensor  # [B] float32
+    context: torch.Tensor | None  # the task's rule context (task.rule_context), or None
+
+    DERIVED: ClassVar[tuple] = ("scored_label", "n_scored", "context")
+
+    def update(self, new: dict, mask: torch.Tensor | None = None) -> None:
+        """Replace fields with ``new``'s full-batch tensors, or only their rows in ``mask`` (bool ``[B]``)."""
+        for k, v in new.items():
+            if v is None or mask is None:
+                setattr(self, k, v)
+            else:
+                setattr(self, k, _rows(mask, v, getattr(self, k)))
+
+    def put_rows(self, idx: torch.Tensor, new: dict) -> None:
+        """Write ``new``'s tensors (one row per index in ``idx``) into the rows ``idx``, the stored tensors left
+        untouched (each field gets a copy): tensors a caller holds from an earlier observation keep their values."""
+        for k, v in new.items():
+            if v is not None:
+                rows = getattr(self, k).clone()
+                rows[idx] = v
+                setattr(self, k, rows)
+
+    def saved(self) -> dict:
+        """The fields to save (clones), ``DERIVED`` left out."""
+        return {f.name: getattr(self, f.name).clone() for f in fields(self) if f.name not in self.DERIVED}
+
+
+#: the state's fields, readable (and writable) on the core by name: ``core.answer`` is ``core.state.answer``
+EPISODE_FIELDS = tuple(f.name for f in fields(EpisodeState))
+
+
 def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
@@ -221,33 +272,26 @@ class RecursionCore:
         self.latent_shape = (2, config.latent_len or task.seq_len, config.latent_dim)
         self.rng = np.random.default_rng(seed)
         B, L, dev = self.batch_size, self.seq_len, self.device
-        self.puzzle = torch.zeros(B, L, dtype=torch.int64, device=dev)
-        self.label = torch.zeros(B, L, dtype=torch.int64, device=dev)
-        self.givens = torch.zeros(B, L, dtype=torch.bool, device=dev)
-        #: each puzzle's identifier (ARC's augmented variants; 0 where the data has one puzzle family)
-        self.puzzle_id = torch.zeros(B, dtype=torch.int64, device=dev)
-        self.answer = torch.zeros(B, L, dtype=torch.int64, device=dev)
-        self.latent = torch.zeros(B, *self.latent_shape, dtype=torch.float32, device=dev)
         #: the (y, z) every episode starts from when reset() is given no latent: zeros, or the agent's own
         #: initial state (a TRM's y_init and z_init): a policy that acts on the env's observation sees the state
         #: its network was trained from
         self.initial_latent = torch.zeros(self.latent_shape, dtype=torch.float32, device=dev)
         if initial_latent is not None:
             self.initial_latent = self._check_latent(initial_latent, 1, "initial_latent")[0].clone()
-        self.step_count = torch.zeros(B, dtype=torch.int64, device=dev)
-        self.nfe = torch.zeros(B, dtype=torch.int64, device=dev)
-        self.score = torch.zeros(B, dtype=torch.float32, device=dev)
-        self.cell_accuracy = torch.zeros(B, dtype=torch.float32, device=dev)
-        self.solved = torch.zeros(B, dtype=torch.bool, device=dev)
-        #: S + solve_bonus * [solved]; a transition's reward is the change of this potential minus the compute
-        self.potential = torch.zeros(B, dtype=torch.float32, device=dev)
-        self.scored_label, self.n_scored = self._scored_cells(self.givens, self.label)
-        self.context = task.rule_context(self.puzzle)
+        cells = torch.zeros(B, L, dtype=torch.int64, device=dev)
+        ints, floats = torch.zeros(B, dtype=torch.int64, device=dev), torch.zeros(B, dtype=torch.float32, device=dev)
+        no = torch.zeros(B, dtype=torch.bool, device=dev)
+        givens = torch.zeros(B, L, dtype=torch.bool, device=dev)
+        scored_label, n_scored = self._scored_cells(givens, cells)
+        self.state = EpisodeState(
+            puzzle=cells, givens=givens, puzzle_id=ints, label=cells.clone(), answer=cells.clone(),
+            latent=torch.zeros(B, *self.latent_shape, dtype=torch.float32, device=dev), step_count=ints.clone(),
+            nfe=ints.clone(), score=floats, cell_accuracy=floats.clone(), solved=no, potential=floats.clone(),
+            done=torch.ones(B, dtype=torch.bool, device=dev), scored_label=scored_label, n_scored=n_scored,
+            context=task.rule_context(cells))
         #: how many puzzle identifiers the task's data has (ARC's variants), or None: then the observation holds
         #: no ``puzzle_id``
         self.num_puzzle_ids = None if task.identifiers is None else len(task.identifiers)
-        # an episode that ended (or never began) must be reset before it is stepped
-        self.done = torch.ones(B, dtype=torch.bool, device=dev)
         self._label_score = config.reward_mode == "label"
         if not task.has_rule_verifier and not self._label_score:
             raise ValueError(f"{task.name} has no rule verifier: reward_mode 'verifier' needs one; an answer is "
@@ -344,25 +388,16 @@ class RecursionCore:
             latent = self._kept(self._check_latent(latent, n, "reset latent"), latent, owned)
         puzzle_ids = (torch.zeros(n, dtype=torch.int64, device=self.device) if puzzle_ids is None
                       else _as_tensor(puzzle_ids, "puzzle_ids", self.device).to(torch.int64).reshape(n))
-        updates, context = self._episode_start(puzzles, labels, latent, puzzle_ids)
+        updates = self._episode_start(puzzles, labels, latent, puzzle_ids)
         updates["answer"] = puzzles.clone()
         if idx is None:
-            for k, v in updates.items():
-                setattr(self, k, v)
-            self.context = context
+            self.state.update(updates)
         else:
-            for k, v in updates.items():
-                new = getattr(self, k).clone()
-                new[idx] = v
-                setattr(self, k, new)
-            if self.context is not None:
-                ctx = self.context.clone()
-                ctx[idx] = context
-                self.context = ctx
+            self.state.put_rows(idx, updates)
         return self.observation()
 
-    def _episode_start(self, puzzles, labels, latent, puzzle_ids) -> tuple[dict, torch.Tensor | None]:
-        """The state of episodes that start on ``puzzles`` (the rules of a reset), and their rule context."""
+    def _episode_start(self, puzzles, labels, latent, puzzle_ids) -> dict:
+        """The state of episodes that start on ``puzzles``: the rules of a reset."""
         givens = self.givens_of(puzzles)
         labels = torch.where(givens, puzzles, labels)
         scored_label, n_scored = self._scored_cells(givens, labels)
@@ -372,8 +407,8 @@ class RecursionCore:
         return {"puzzle": puzzles, "givens": givens, "puzzle_id": puzzle_ids, "label": labels, "answer": puzzles,
                 "latent": latent, "step_count": zeros, "nfe": zeros, "score": score, "cell_accuracy": cell_acc,
                 "solved": solved, "potential": score + self.config.solve_bonus * solved,
-                "scored_label": scored_label, "n_scored": n_scored,
-                "done": torch.zeros_like(puzzle_ids, dtype=torch.bool)}, context
+                "scored_label": scored_label, "n_scored": n_scored, "context": context,
+                "done": torch.zeros_like(puzzle_ids, dtype=torch.bool)}
 
     def restart(self, mask: torch.Tensor | None, puzzles: torch.Tensor, labels: torch.Tensor, latent: torch.Tensor,
                 puzzle_ids: torch.Tensor) -> None:
@@ -382,18 +417,10 @@ class RecursionCore:
         ``puzzle_ids [B]`` int64. The trusted counterpart of :meth:`reset`, as :meth:`transition` is of
         :meth:`step`: no validation, no copies, no host synchronisation, the shapes never change (a training loop
         that replaces its finished rows in place keeps one compiled graph)."""
-        updates, context = self._episode_start(puzzles, labels, latent.expand(self.batch_size, *self.latent_shape),
-                                               puzzle_ids)
+        updates = self._episode_start(puzzles, labels, latent.expand(self.batch_size, *self.latent_shape), puzzle_ids)
         if mask is None:  # (the answer changes, the puzzle stays; the latent gets memory of its own, every row's)
             updates["answer"], updates["latent"] = puzzles.clone(), updates["latent"].contiguous()
-            for k, v in updates.items():
-                setattr(self, k, v)
-            self.context = context
-            return
-        for k, v in updates.items():
-            setattr(self, k, _rows(mask, v, getattr(self, k)))
-        if self.context is not None:
-            self.context = _rows(mask, context, self.context)
+        self.state.update(updates, mask)
 
     def _derive_labels(self, puzzles: torch.Tensor):
         """Labels for puzzles given without: the task's (solution, canonical path). Where the task has none, label
@@ -513,13 +540,10 @@ class RecursionCore:
         new = {"answer": answer, "latent": latent, "score": score, "cell_accuracy": cell_accuracy,
                "solved": solved, "potential": potential, "step_count": step_count,
                "nfe": self.nfe + cfg.nfe_per_step, "done": terminated | truncated}
-        if mask is not None:  # the envs outside the mask keep their state, get reward 0 and do not end
-            for k, v in new.items():
-                new[k] = _rows(mask, v, getattr(self, k))
+        self.state.update(new, mask)  # the envs outside the mask keep their state, get reward 0 and do not end
+        if mask is not None:
             terminated, truncated = terminated & mask, truncated & mask
             reward = torch.where(mask, reward, 0.0)
-        for k, v in new.items():
-            setattr(self, k, v)
         return StepResult(self.observation(), reward, terminated, truncated, self.info())
 
     def stop(self, mask=None) -> StepResult:
@@ -528,32 +552,26 @@ class RecursionCore:
         if active is None:
             active = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)
         self._refuse_finished(active, "stop()")
-        self.done = self.done | active
+        self.state.done = self.state.done | active
         zeros = torch.zeros(self.batch_size, dtype=torch.float32, device=self.device)
         return StepResult(self.observation(), zeros, active.clone(), torch.zeros_like(active), self.info())
 
     # -- persistence ------------------------------------------------------------------------------------------
-    _STATE = ("puzzle", "givens", "puzzle_id", "label", "answer", "latent", "step_count", "nfe", "score",
-              "cell_accuracy", "solved", "potential", "done")
-
     def state_dict(self) -> dict:
-        """Every per-env tensor plus the puzzle-draw generator: enough to continue exactly where it stood (what
-        depends on the puzzle alone is derived again on loading)."""
-        state = {k: getattr(self, k).clone() for k in self._STATE}
-        state["rng"] = self.rng.bit_generator.state
-        return state
+        """Every per-env tensor of the state (:meth:`EpisodeState.saved`) plus the puzzle-draw generator: enough to
+        continue exactly where it stood (what depends on the puzzle alone is derived again on loading)."""
+        return self.state.saved() | {"rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
-        for k in self._STATE:
-            if k == "puzzle_id" and k not in state:  # (saved before identifiers: one puzzle family)
-                continue
+        loaded = {}
+        for k, now in self.state.saved().items():
             v = torch.as_tensor(state[k], device=self.device)
-            if v.shape != getattr(self, k).shape:
-                raise ValueError(
-                    f"core state {k!r}: expected shape {tuple(getattr(self, k).shape)}, got {tuple(v.shape)}")
-            setattr(self, k, v.to(getattr(self, k).dtype))
-        self.scored_label, self.n_scored = self._scored_cells(self.givens, self.label)
-        self.context = self.task.rule_context(self.puzzle)
+            if v.shape != now.shape:
+                raise ValueError(f"core state {k!r}: expected shape {tuple(now.shape)}, got {tuple(v.shape)}")
+            loaded[k] = v.to(now.dtype)
+        loaded["scored_label"], loaded["n_scored"] = self._scored_cells(loaded["givens"], loaded["label"])
+        loaded["context"] = self.task.rule_context(loaded["puzzle"])
+        self.state.update(loaded)
         self.rng.bit_generator.state = state["rng"]
 
     # -- views ------------------------------------------------------------------------------------------
@@ -576,6 +594,15 @@ class RecursionCore:
         """Analytic bounds of one transition's reward: S moves by at most 1 either way, ``solved`` flips once."""
         cost = self.config.nfe_cost * self.config.nfe_per_step
         return -1.0 - self.config.solve_bonus - cost, 1.0 + self.config.solve_bonus - cost
+
+
+def _state_field(name: str) -> property:
+    return property(lambda self: getattr(self.state, name), lambda self, v: setattr(self.state, name, v),
+                    doc=f"``state.{name}`` (see :class:`EpisodeState`)")
+
+
+for _name in EPISODE_FIELDS:  # the state's fields by name on the core: core.answer is core.state.answer
+    setattr(RecursionCore, _name, _state_field(_name))
 
 
 def single_thread_in_workers() -> None:

@@ -742,5 +742,5 @@ def test_the_trusted_transition_is_steps_rules_without_reading_back(monkeypatch,
             b = trusted.transition(latent.clone(), answer, halt, mask)
         for x, y in zip(a[1:4], b[1:4]):
             assert torch.equal(x, y)
-        for k in RecursionCore._STATE:
+        for k in checked.state.saved():
             assert torch.equal(getattr(checked, k), getattr(trusted, k)), k
