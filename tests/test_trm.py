@@ -381,3 +381,21 @@ def test_the_rules_readout_reads_whether_the_decoded_answer_obeys_the_rules():
     h = rules_features(logits_y, model.answer_rule_score(puzzle, logits_y))
     assert torch.allclose(halt, model.halt_head(h).squeeze(-1))
     assert torch.allclose(value, model.value_head(h).squeeze(-1))
+
+
+def test_the_rules_readout_keeps_a_costly_context_per_puzzle_and_scores_the_same():
+    """A maze's rule context (two breadth-first searches) is computed once per puzzle and kept; the scores are the
+    uncached ones, in any row order."""
+    from recursion_env.tasks import make_task
+
+    task = make_task("maze", size=7)
+    assert task.costly_rule_context and not make_task("sudoku", size=4).costly_rule_context
+    puzzle = torch.as_tensor(task.generate(6, seed=0).inputs)
+    logits = torch.randn(6, task.seq_len, task.vocab_size, generator=torch.Generator().manual_seed(0))
+    model = TRM(TRMConfig(hidden=16, T=1, n=1).for_task(task))
+    model.set_rules(task)
+    expected = task.rule_score(puzzle, torch.where(puzzle != 0, puzzle, logits.argmax(-1)))
+    assert torch.equal(model.answer_rule_score(puzzle, logits), expected)
+    assert len(model._rule_contexts) == len({tuple(r.tolist()) for r in puzzle})
+    order = torch.tensor([5, 3, 1, 0, 2, 4])
+    assert torch.equal(model.answer_rule_score(puzzle[order], logits[order]), expected[order])

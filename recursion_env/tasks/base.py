@@ -81,6 +81,9 @@ class Task:
     ignore_label: int | None = None
     #: rule_counts checks an answer without the label (False: ARC, where only the stored output says)
     has_rule_verifier: bool = True
+    #: whether :meth:`rule_context` is worth computing once per puzzle and keeping (a maze's breadth-first
+    #: search), rather than again for every answer checked
+    costly_rule_context: bool = False
     #: the names of the data's puzzle identifiers (ARC's augmented variants; index 0 the blank one), or None: one
     #: puzzle family, identifier 0
     identifiers: list[str] | None = None

@@ -28,6 +28,7 @@ _MOVES = ((-1, 0), (0, -1), (0, 1), (1, 0))  # up, left, right, down: the canoni
 class MazeTask(Task):
     name = "maze"
     vocab_size = 5
+    costly_rule_context = True  # two breadth-first searches per puzzle
 
     def __init__(self, size: int = 9, loop_fraction: float = 0.0, min_path: int | None = None):
         size = integer_option("maze", "size", size)
