@@ -33,16 +33,10 @@ def add_eval_compile_argument(p: argparse.ArgumentParser) -> None:
 
 
 def _task_kwargs(args) -> dict:
-    """Task options from the command line, keeping only those the chosen task takes."""
-    if args.task == "sudoku":
-        kw = {"size": args.size or 9, "min_givens": args.min_givens, "max_givens": args.max_givens}
-    elif args.task == "maze":
-        kw = {"size": args.size or 9, "loop_fraction": args.loop_fraction}
-    elif args.task == "arc":
-        kw = {"version": args.version, "num_aug": args.num_aug}
-    else:
-        kw = {"board": args.board, "min_given": args.min_given, "max_given": args.max_given}
-    return {k: v for k, v in kw.items() if v is not None}
+    """Task options from the command line: those the chosen task declares (``Task.options``) that were given."""
+    from recursion_env.tasks import TASKS
+
+    return {k: getattr(args, k) for k in TASKS[args.task].options if getattr(args, k, None) is not None}
 
 
 def _number_or_keep(text: str):
@@ -389,10 +383,6 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 #: the task options each task takes (the bench passes on only those given)
-BENCH_TASK_OPTIONS = {"sudoku": ("size", "min_givens", "max_givens"), "maze": ("size", "loop_fraction"),
-                      "nqueens": ("board", "min_given", "max_given")}
-
-
 def cmd_bench(args) -> int:
     from .experiments.bench import BenchConfig, run
 
@@ -412,7 +402,7 @@ def cmd_bench(args) -> int:
             kw["seeds"] = [int(x) for x in args.seeds.split(",")]
         except ValueError:
             raise ValueError(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. 0,1,2") from None
-    task_kwargs = {k: getattr(args, k) for k in BENCH_TASK_OPTIONS[args.task] if getattr(args, k) is not None}
+    task_kwargs = _task_kwargs(args)
     if args.task == "nqueens" and task_kwargs.get("board") == 8:
         task_kwargs.pop("board")  # (--board defaults to 8)
     if args.hard:

@@ -401,3 +401,19 @@ def test_sudoku_deductions_are_the_naked_and_hidden_singles(size, seed):
     assert found.shape == grids.shape and not (found & (grids != 0)).any()
     for g, f in zip(grids, found):
         assert set(np.flatnonzero(f).tolist()) == _singles_by_hand(task, g)
+
+
+def test_each_task_declares_its_options_once_and_every_reader_takes_them_from_there():
+    """``Task.options`` are constructor parameters; the command line, the bench and sweep files read them."""
+    import inspect
+
+    from agents.cli import _task_kwargs, build_parser
+    from agents.experiments.sweep import TASK_KEYS
+    from recursion_env.tasks import TASKS
+
+    for name, cls in TASKS.items():
+        assert cls.options and set(cls.options) <= set(inspect.signature(cls.__init__).parameters), name
+        assert set(cls.options) <= set(TASK_KEYS)
+    args = build_parser().parse_args(["data", "build", "--task", "maze", "--size", "7", "--loop-fraction", "0.2",
+                                      "--min-givens", "3", "--n", "1", "--out", "x.npz"])
+    assert _task_kwargs(args) == {"size": 7, "loop_fraction": 0.2}  # sudoku's --min-givens is not a maze option

@@ -31,9 +31,11 @@ from dataclasses import fields
 from pathlib import Path
 
 from recursion_env.atomic import locks_folder
+from recursion_env.tasks import TASKS
 
 #: task options a sweep config may give at the top level of ``base``/``grid``/``random`` (into ``task_kwargs``)
-TASK_KEYS = ("size", "box", "min_givens", "max_givens", "loop_fraction", "board", "min_given", "max_given")
+#: the task options a sweep file may give beside the method's (each task declares its own: ``Task.options``)
+TASK_KEYS = tuple(dict.fromkeys(k for cls in TASKS.values() for k in cls.options))
 SAMPLERS = ("uniform", "loguniform", "randint", "choice")
 
 

@@ -209,6 +209,7 @@ def _augmentations(pairs: list[Pair], num_aug: int, rng: np.random.Generator) ->
 
 class ARCTask(Task):
     name = "arc"
+    options = ("version", "num_aug")
     seq_len = CANVAS * CANVAS
     vocab_size = 12
     grid_shape = (CANVAS, CANVAS)

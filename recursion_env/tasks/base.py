@@ -77,6 +77,8 @@ class Task:
     #: the answer keeps the input's non-zero cells (the givens); False where the input is not part of the answer
     #: (ARC: an output grid is drawn from the input, every cell the model's)
     keeps_givens: bool = True
+    #: the task's options that the command line, the bench and sweep files pass by name (its constructor's)
+    options: tuple = ()
     #: a label token the loss and the scores skip (ARC's PAD around the grid); None = every cell counts
     ignore_label: int | None = None
     #: rule_counts checks an answer without the label (False: ARC, where only the stored output says)

@@ -27,6 +27,7 @@ _MOVES = ((-1, 0), (0, -1), (0, 1), (1, 0))  # up, left, right, down: the canoni
 
 class MazeTask(Task):
     name = "maze"
+    options = ("size", "loop_fraction")
     vocab_size = 5
     costly_rule_context = True  # two breadth-first searches per puzzle
 

@@ -20,6 +20,7 @@ _CHARS = ".xQ"
 
 class NQueensTask(Task):
     name = "nqueens"
+    options = ("board", "min_given", "max_given")
     vocab_size = 3
 
     def __init__(self, board: int = 8, min_given: int = 1, max_given: int | None = None):

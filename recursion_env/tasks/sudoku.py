@@ -30,6 +30,7 @@ class _Unsolvable(Exception):
 
 class SudokuTask(Task):
     name = "sudoku"
+    options = ("size", "box", "min_givens", "max_givens")
 
     def __init__(self, size: int = 9, box: tuple[int, int] | None = None, min_givens: int | None = None,
                  max_givens: int | None = None):
