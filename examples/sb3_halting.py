@@ -8,8 +8,9 @@ held-out puzzles.
 Stable-Baselines3's PPO runs with its own defaults (20,480 steps: ten of its rollouts); what it learns is in the
 README ("Learned halting").
 
-The controller sees the halting env's 5 features (step fraction, answer entropy, changed fraction, max-prob
-gain, halting logit) and chooses continue/halt; the reward is the core's: score gain - nfe_cost * NFE + solve bonus.
+The controller sees the halting env's 6 features (step fraction, answer entropy, changed fraction, max-prob
+gain, halting logit, whether the answer obeys the puzzle's rules) and chooses continue/halt; the reward is the
+core's: score gain - nfe_cost * NFE + solve bonus. (The 71 s above was measured before the sixth feature.)
 """
 
 import argparse
