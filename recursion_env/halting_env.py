@@ -230,7 +230,7 @@ class RecursionHaltingEnv(gym.Env):
             float((self._changed.float() * blank).sum() / n_blank),
             float((gain * blank).sum() / n_blank),
             halt_logit,
-            float(self.task.has_rule_verifier and bool(self.task.rule_score(core.puzzle, core.answer)[0] >= 1)),
+            float(self.task.has_rule_verifier and bool(core.solved[0])),  # (the core's rule verdict on the answer)
         ], dtype=np.float32).clip(self.observation_space.low, self.observation_space.high)
         return (self._features.copy(), float(res.reward[0]), bool(res.terminated[0]), bool(res.truncated[0]),
                 self.core.env_info())

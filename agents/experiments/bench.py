@@ -45,7 +45,7 @@ def schedule(config_class) -> dict[str, int]:
     """A method's recursion schedule (T, n, N_sup) and its forward passes, from its config's defaults: per
     supervision step T (n + 1), in all N_sup T (n + 1)."""
     m = config_class().model
-    per_step = m.T * (m.n + 1)
+    per_step = m.nfe_per_supervision_step
     return {"T": m.T, "n": m.n, "N_sup": m.N_sup, "nfe_per_step": per_step, "nfe": m.N_sup * per_step}
 
 

@@ -30,7 +30,7 @@ from torch import nn
 from ..options import option
 
 HALT_READOUTS = ("first", "mean", "confidence", "rules")
-#: the readouts that read the decoded answer rather than y (their heads take `readout_features`, not width D)
+#: the readouts that read the decoded answer rather than y, and their heads' input width (not D: `_head_inputs`)
 ANSWER_READOUTS = {"confidence": 3, "rules": 5}
 POSITIONS = ("none", "rope", "learned")
 
@@ -67,11 +67,7 @@ class TRMConfig:
     #: what the halting head reads: y at position 0 (TRM), the mean of y ("mean"), the readout's confidence
     #: ("confidence", see `confidence_features`), or that and how far the decoded answer is from obeying the
     #: puzzle's rules ("rules", see `TRM.set_rules`)
-    halt_readout: str = option(
-        "first",
-        "ppo: the halting head reads the readout's confidence and whether the decoded answer obeys the puzzle's "
-        "rules (rules: the halting default; no label, no forward pass), the confidence alone (least sure cell, mean "
-        "doubt, mean entropy), y at position 0 (TRM), the mean of y, or what the model has (keep; the full default)")
+    halt_readout: str = "first"
     rms_norm_eps: float = option(1e-5, "epsilon of the RMS norms")
     rope_theta: float = option(10000.0, "base of the rotary position encoding")
 
@@ -144,13 +140,18 @@ def lecun_linear(fan_in: int, fan_out: int, bias: bool = False) -> nn.Linear:
     return layer
 
 
+def _cell_doubt_and_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per cell ``[B, L]``: log(1 - max prob), floored at log(1e-6) (finite gradients), and the entropy / log V."""
+    logp = logits.float().log_softmax(-1)
+    doubt = (-torch.expm1(logp.max(-1).values)).clamp_min(1e-6).log()
+    return doubt, -(logp.exp() * logp).sum(-1) / math.log(logits.shape[-1])
+
+
 def confidence_features(logits: torch.Tensor) -> torch.Tensor:
     """``[B, 3]`` from logits ``[B, L, V]``: log(1 - max prob) of the least sure cell and averaged over cells, and
     the mean entropy / log V. A halting head on these decides from how sure the answer is; a frozen network's y was
     never trained to carry that linearly (DIS trains no halting head). Log-scaled so a linear head can be sharp."""
-    logp = logits.float().log_softmax(-1)
-    doubt = (-torch.expm1(logp.max(-1).values)).clamp_min(1e-6).log()  # log(1 - max p), finite gradients
-    entropy = -(logp.exp() * logp).sum(-1) / math.log(logits.shape[-1])
+    doubt, entropy = _cell_doubt_and_entropy(logits)
     return torch.stack([doubt.max(-1).values, doubt.mean(-1), entropy.mean(-1)], -1)
 
 
@@ -161,11 +162,10 @@ def rules_features(logits: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
     log(1e-4)). Signed alike on purpose: with features that are large where halting is right and small where it is
     wrong, punishing a bad halt moves the bias, not the weights that make a good halt likely (the log-doubts of
     `confidence_features`, large in magnitude where the answer is sure, tie the two together)."""
-    logp = logits.float().log_softmax(-1)
-    doubt = (-torch.expm1(logp.max(-1).values)).clamp(1e-6, 1.0).log() / math.log(1e-6)
-    entropy = -(logp.exp() * logp).sum(-1) / math.log(logits.shape[-1])
+    doubt, entropy = _cell_doubt_and_entropy(logits)
+    sure = doubt / math.log(1e-6)  # in [0, 1]: 1 where 1 - max p <= 1e-6, 0 where it is 1
     closeness = (1.0 - score.float()).clamp(1e-4, 1.0).log() / math.log(1e-4)
-    return torch.stack([doubt.min(-1).values, doubt.mean(-1), 1.0 - entropy.mean(-1), (score >= 1).float(),
+    return torch.stack([sure.min(-1).values, sure.mean(-1), 1.0 - entropy.mean(-1), (score >= 1).float(),
                         closeness], -1)
 
 

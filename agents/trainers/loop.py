@@ -354,13 +354,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     ddp, device = Distributed.start(cfg.device)
     try:
         with folder_lock(cfg.out) if ddp.is_main else contextlib.nullcontext():  # one writer per run folder
-            return _train(cfg, resume, overwrite, ddp, device)
+            return SupervisedRun(cfg, resume, overwrite, ddp, device).run()
     finally:
         ddp.close()
-
-
-def _train(cfg: TrainConfig, resume: bool, overwrite: bool, ddp: Distributed, device_name: str) -> dict:
-    return SupervisedRun(cfg, resume, overwrite, ddp, device_name).run()
 
 
 class SupervisedRun:

@@ -90,8 +90,7 @@ class PPOConfig(RunConfig):
     #: solved answer was too small beside the solve bonus's +-1 for PPO to learn it in 40 iterations
     nfe_cost: float | None = option(
         None,
-        "ppo: reward cost per forward pass (default 0.9 / the network's NFE budget: 0.05 for DIS's 18)",
-        flags=("--nfe-cost",))
+        "ppo: reward cost per forward pass (default 0.9 / the network's NFE budget: 0.05 for DIS's 18)")
     #: reset the halting head's bias before training ("keep" = keep). Its init of -5 (p(halt) ~ 0.7%) leaves PPO
     #: almost no halting to learn from; DIS checkpoints never trained it. 0 starts at p(halt) = 1/2.
     #: None = 0 for halting, keep for full.
